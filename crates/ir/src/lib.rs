@@ -1,0 +1,103 @@
+//! The compiled routing config: the contract between `translate` and the data plane.
+//!
+//! Stage: the output of *translate* and the only input of the *data plane*. `translate` builds
+//! an [`Config`] from a snapshot of resources; the data plane serves whatever `Config` it is
+//! handed, one `Arc<Config>` per request or connection. Nothing here knows about YAML, Gateway
+//! API structs or Kubernetes: matchers are compiled, hostnames normalised, invalid rules are
+//! explicit values ([`Action::Invalid`]) that the data plane answers with the spec's error.
+//!
+//! Route selection ([`HttpListener::select`]) is pure: it takes the parts of a request that
+//! routing looks at and returns the rule to apply, implementing the Gateway API precedence.
+//!
+//! Must not depend on: `model`, `translate`, tokio, hyper, kube.
+
+mod backend;
+mod filter;
+mod hostname;
+mod route;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use backend::{
+    Backend, BackendProtocol, BackendTarget, Endpoint, InvalidBackend, WeightedBackend,
+};
+pub use filter::{
+    HeaderModifier, Mirror, PathModifier, Redirect, RedirectScheme, RequestFilters, UrlRewrite,
+};
+pub use hostname::{Hostname, HostnameMatch};
+pub use route::{
+    Action, HeaderMatch, HttpMatch, HttpRequestParts, PathMatch, QueryMatch, RouteId, RouteKind,
+    RouteTable, Rule, Selected, StringMatch, Timeouts,
+};
+
+/// A complete routing configuration, replaced as a whole on every reload.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Config {
+    /// Every socket the data plane must listen on, keyed by bind address. Listeners of one or
+    /// several Gateways that share an address and port share one socket.
+    pub binds: BTreeMap<SocketAddr, Bind>,
+}
+
+/// One listening socket and the Gateway listeners served on it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Bind {
+    /// HTTP listeners on this socket, most specific hostname first (see [`Bind::listener_for`]).
+    pub http: Vec<Arc<HttpListener>>,
+}
+
+/// A Gateway listener of protocol HTTP, with the routes attached to it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpListener {
+    /// Gateway namespace/name and listener name, for logs, metrics and `explain`.
+    pub gateway: String,
+    /// The listener's `name`.
+    pub name: String,
+    /// The listener's `hostname`; `None` matches every host.
+    pub hostname: Option<HostnameMatch>,
+    /// The port as declared in the Gateway spec (used for redirects), which may differ from
+    /// the bound port.
+    pub port: u16,
+    /// The scheme clients use to reach this listener (`http` or `https`).
+    pub scheme: RedirectScheme,
+    /// The compiled routes.
+    pub routes: RouteTable,
+}
+
+// === impl Bind ===
+
+impl Bind {
+    /// Picks the listener for a request's host. Listener isolation (GEP-1713 and the
+    /// `GatewayHTTPListenerIsolation` feature): a request is served only by the listener whose
+    /// hostname matches it most specifically, an exact hostname before the longest wildcard,
+    /// and a listener without a hostname last.
+    pub fn listener_for(&self, host: &str) -> Option<&Arc<HttpListener>> {
+        self.http
+            .iter()
+            .filter(|listener| match &listener.hostname {
+                None => true,
+                Some(pattern) => pattern.matches(host),
+            })
+            .max_by_key(|listener| {
+                listener
+                    .hostname
+                    .as_ref()
+                    .map_or((0, 0), HostnameMatch::specificity)
+            })
+    }
+
+    /// Sorts listeners so that the most specific hostname comes first; ties keep their order.
+    pub fn sort_listeners(&mut self) {
+        self.http.sort_by_key(|listener| {
+            std::cmp::Reverse(
+                listener
+                    .hostname
+                    .as_ref()
+                    .map_or((0, 0), HostnameMatch::specificity),
+            )
+        });
+    }
+}
