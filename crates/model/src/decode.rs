@@ -1,0 +1,312 @@
+//! Decoding manifests: YAML text to validated [`Object`]s, or errors that say exactly what is
+//! wrong and where.
+//!
+//! A file decodes as a whole: if any document has an error the file yields no objects, so a
+//! caller can keep the file's last good version ("nothing is half-applied"). Documents of a
+//! kind portcullis does not know are reported as [`Warning`]s and skipped.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::validate::{self, FieldErrors};
+use crate::yaml::{self, Document};
+use crate::{Kind, Object, gw, k8s};
+
+/// A problem that makes a file unusable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct DecodeError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line of the offending field (or of the document).
+    pub line: usize,
+    /// Field path inside the document, such as `spec.listeners[0].port`; empty for errors
+    /// about the whole document.
+    pub path: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// Something worth telling the user that does not stop the file from loading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line of the document.
+    pub line: usize,
+    /// What was skipped and why.
+    pub message: String,
+}
+
+/// The objects of one file, with the line each document starts on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FileContents {
+    /// Decoded objects and their document's line.
+    pub objects: Vec<(Object, usize)>,
+    /// Skipped documents.
+    pub warnings: Vec<Warning>,
+}
+
+/// Decodes every document of a file. `file` is only used in messages.
+pub fn decode_file(file: &Path, text: &str) -> Result<FileContents, Vec<DecodeError>> {
+    let documents = yaml::load(text).map_err(|error| {
+        vec![DecodeError {
+            file: file.to_path_buf(),
+            line: error.line,
+            path: String::new(),
+            message: format!("invalid YAML at column {}: {}", error.column, error.message),
+        }]
+    })?;
+    let mut contents = FileContents::default();
+    let mut errors = Vec::new();
+    for document in &documents {
+        let mut fields = FieldErrors::default();
+        match decode_document(document, &mut fields) {
+            Ok(Some(object)) if fields.is_empty() => contents.objects.push((object, document.line)),
+            Ok(Some(_)) => {}
+            Ok(None) => {}
+            Err(skipped) => contents.warnings.push(Warning {
+                file: file.to_path_buf(),
+                line: document.line,
+                message: skipped,
+            }),
+        }
+        errors.extend(fields.into_iter().map(|(path, message)| DecodeError {
+            file: file.to_path_buf(),
+            line: document.line_of(&path),
+            path,
+            message,
+        }));
+    }
+    if errors.is_empty() {
+        Ok(contents)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Decodes one document. `Ok(None)` when it had errors (recorded in `fields`), `Err` with a
+/// message when its kind is unknown and it is skipped.
+fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Object>, String> {
+    let Some(map) = doc.value.as_object() else {
+        fields.push(
+            "",
+            "a manifest must be a mapping with apiVersion, kind and metadata",
+        );
+        return Ok(None);
+    };
+    let (Some(api_version), Some(kind)) = (
+        map.get("apiVersion").and_then(Value::as_str),
+        map.get("kind").and_then(Value::as_str),
+    ) else {
+        fields.push("", "apiVersion and kind are required strings");
+        return Ok(None);
+    };
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let Some(kind) = known_kind(group, version, kind) else {
+        return Err(format!(
+            "skipped {api_version} {kind}: not a kind portcullis reads"
+        ));
+    };
+    let object = match kind {
+        Kind::GatewayClass => custom(doc, fields, |metadata, spec| {
+            let mut object = gw::gatewayclasses::GatewayClass::new("", spec);
+            object.metadata = metadata;
+            Object::GatewayClass(Arc::new(object))
+        }),
+        Kind::Gateway => custom(doc, fields, |metadata, spec| {
+            let mut object = gw::gateways::Gateway::new("", spec);
+            object.metadata = metadata;
+            Object::Gateway(Arc::new(object))
+        }),
+        Kind::HttpRoute => custom(doc, fields, |metadata, spec| {
+            let mut object = gw::httproutes::HttpRoute::new("", spec);
+            object.metadata = metadata;
+            Object::HttpRoute(Arc::new(object))
+        }),
+        Kind::ReferenceGrant => custom(doc, fields, |metadata, spec| {
+            let mut object = gw::referencegrants::ReferenceGrant::new("", spec);
+            object.metadata = metadata;
+            Object::ReferenceGrant(Arc::new(object))
+        }),
+        Kind::Namespace => {
+            core::<k8s::Namespace>(doc, fields).map(|o| Object::Namespace(Arc::new(o)))
+        }
+        Kind::Service => core::<k8s::Service>(doc, fields).map(|o| Object::Service(Arc::new(o))),
+        Kind::EndpointSlice => {
+            core::<k8s::EndpointSlice>(doc, fields).map(|o| Object::EndpointSlice(Arc::new(o)))
+        }
+        Kind::Secret => core::<k8s::Secret>(doc, fields).map(|o| Object::Secret(Arc::new(o))),
+    };
+    let Some(object) = object else {
+        return Ok(None);
+    };
+    let object = with_default_namespace(object);
+    validate::object(&object, fields);
+    Ok(Some(object))
+}
+
+/// Maps a group, version and kind to a known kind; Gateway API kinds are accepted in the
+/// versions a cluster serves them (`v1`, and `v1beta1` for the kinds that had it).
+fn known_kind(group: &str, version: &str, kind: &str) -> Option<Kind> {
+    match (group, version, kind) {
+        ("gateway.networking.k8s.io", "v1" | "v1beta1", "GatewayClass") => Some(Kind::GatewayClass),
+        ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => Some(Kind::Gateway),
+        ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => Some(Kind::HttpRoute),
+        ("gateway.networking.k8s.io", "v1" | "v1beta1", "ReferenceGrant") => {
+            Some(Kind::ReferenceGrant)
+        }
+        ("", "v1", "Namespace") => Some(Kind::Namespace),
+        ("", "v1", "Service") => Some(Kind::Service),
+        ("", "v1", "Secret") => Some(Kind::Secret),
+        ("discovery.k8s.io", "v1", "EndpointSlice") => Some(Kind::EndpointSlice),
+        _ => None,
+    }
+}
+
+/// Decodes a Gateway API object: `metadata` and `spec` separately (so `apiVersion` may be
+/// any served version), rejecting unknown top-level fields. `status` is accepted and ignored:
+/// status is computed, never read.
+fn custom<S: DeserializeOwned>(
+    doc: &Document,
+    fields: &mut FieldErrors,
+    build: impl FnOnce(k8s::ObjectMeta, S) -> Object,
+) -> Option<Object> {
+    let map = doc.value.as_object()?;
+    for key in map.keys() {
+        if !matches!(
+            key.as_str(),
+            "apiVersion" | "kind" | "metadata" | "spec" | "status"
+        ) {
+            fields.push(
+                key,
+                "unknown field; allowed: apiVersion, kind, metadata, spec, status",
+            );
+        }
+    }
+    let metadata = typed::<k8s::ObjectMeta>(map.get("metadata"), "metadata", fields);
+    let spec = match map.get("spec") {
+        Some(spec) => typed::<S>(Some(spec), "spec", fields),
+        None => {
+            fields.push("spec", "required field is missing");
+            None
+        }
+    };
+    Some(build(metadata?, spec?))
+}
+
+/// Decodes a core Kubernetes object as a whole.
+fn core<T: DeserializeOwned>(doc: &Document, fields: &mut FieldErrors) -> Option<T> {
+    typed::<T>(Some(&doc.value), "", fields)
+}
+
+/// Deserializes a value, recording type errors and unknown fields with their paths.
+fn typed<T: DeserializeOwned>(
+    value: Option<&Value>,
+    prefix: &str,
+    fields: &mut FieldErrors,
+) -> Option<T> {
+    let null = Value::Null;
+    let value = value.unwrap_or(&null);
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| {
+        unknown.push(join(prefix, &ignored_path(&path)));
+    };
+    let deserializer = serde_ignored::Deserializer::new(value, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
+    for path in unknown {
+        fields.push(&path, "unknown field (not in the resource's schema)");
+    }
+    match result {
+        Ok(decoded) => Some(decoded),
+        Err(error) => {
+            let path = error.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            fields.push(&join(prefix, &path), &error.into_inner().to_string());
+            None
+        }
+    }
+}
+
+fn join(prefix: &str, path: &str) -> String {
+    match (prefix.is_empty(), path.is_empty()) {
+        (true, _) => path.to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) if path.starts_with('[') => format!("{prefix}{path}"),
+        (false, false) => format!("{prefix}.{path}"),
+    }
+}
+
+/// Formats a `serde_ignored` path as `a.b[0].c`.
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => join(&ignored_path(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+/// Namespaced objects without a namespace go to `default`, as `kubectl apply` does.
+fn with_default_namespace(object: Object) -> Object {
+    fn set(meta: &mut k8s::ObjectMeta) {
+        if meta.namespace.is_none() {
+            meta.namespace = Some("default".to_string());
+        }
+    }
+    if !object.kind().namespaced() || object.meta().namespace.is_some() {
+        return object;
+    }
+    match object {
+        Object::Gateway(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::Gateway(o)
+        }
+        Object::HttpRoute(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::HttpRoute(o)
+        }
+        Object::ReferenceGrant(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::ReferenceGrant(o)
+        }
+        Object::Service(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::Service(o)
+        }
+        Object::EndpointSlice(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::EndpointSlice(o)
+        }
+        Object::Secret(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::Secret(o)
+        }
+        other @ (Object::GatewayClass(_) | Object::Namespace(_)) => other,
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+//! The [`Store`] of decoded files and the immutable [`Snapshot`] it produces for translate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::decode::{DecodeError, FileContents, Warning};
+use crate::{Kind, Object, ResourceKey, gw, k8s};
+
+/// `namespace/name` of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectName {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// A complete, consistent set of resources: the only input of `translate`.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// GatewayClasses by name.
+    pub gateway_classes: BTreeMap<String, Arc<gw::gatewayclasses::GatewayClass>>,
+    /// Gateways.
+    pub gateways: BTreeMap<ObjectName, Arc<gw::gateways::Gateway>>,
+    /// HTTPRoutes.
+    pub http_routes: BTreeMap<ObjectName, Arc<gw::httproutes::HttpRoute>>,
+    /// ReferenceGrants.
+    pub reference_grants: BTreeMap<ObjectName, Arc<gw::referencegrants::ReferenceGrant>>,
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, Arc<k8s::Namespace>>,
+    /// Services.
+    pub services: BTreeMap<ObjectName, Arc<k8s::Service>>,
+    /// EndpointSlices (keyed by the slice's own name).
+    pub endpoint_slices: BTreeMap<ObjectName, Arc<k8s::EndpointSlice>>,
+    /// Secrets.
+    pub secrets: BTreeMap<ObjectName, Arc<k8s::Secret>>,
+}
+
+/// The decoded contents of a set of files, with the bookkeeping a standalone control plane
+/// needs: the last good version of each file, its current errors, and `metadata.generation`
+/// of every object (bumped when its spec changes, as the API server does).
+#[derive(Debug, Default)]
+pub struct Store {
+    files: BTreeMap<PathBuf, FileContents>,
+    errors: BTreeMap<PathBuf, Vec<DecodeError>>,
+    generations: HashMap<ResourceKey, (Value, i64)>,
+}
+
+// === impl ObjectName ===
+
+impl ObjectName {
+    /// Builds a name.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Builds a snapshot from objects; later duplicates of a key are ignored.
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut snapshot = Self::default();
+        for object in objects {
+            snapshot.insert(object);
+        }
+        snapshot
+    }
+
+    /// Whether the snapshot holds an object with this key.
+    pub fn contains(&self, key: &ResourceKey) -> bool {
+        let name = ObjectName::new(&key.namespace, &key.name);
+        match key.kind {
+            Kind::GatewayClass => self.gateway_classes.contains_key(&key.name),
+            Kind::Gateway => self.gateways.contains_key(&name),
+            Kind::HttpRoute => self.http_routes.contains_key(&name),
+            Kind::ReferenceGrant => self.reference_grants.contains_key(&name),
+            Kind::Namespace => self.namespaces.contains_key(&key.name),
+            Kind::Service => self.services.contains_key(&name),
+            Kind::EndpointSlice => self.endpoint_slices.contains_key(&name),
+            Kind::Secret => self.secrets.contains_key(&name),
+        }
+    }
+
+    fn insert(&mut self, object: Object) {
+        let key = object.key();
+        if self.contains(&key) {
+            return;
+        }
+        let name = ObjectName::new(&key.namespace, &key.name);
+        match object {
+            Object::GatewayClass(o) => drop(self.gateway_classes.insert(key.name, o)),
+            Object::Gateway(o) => drop(self.gateways.insert(name, o)),
+            Object::HttpRoute(o) => drop(self.http_routes.insert(name, o)),
+            Object::ReferenceGrant(o) => drop(self.reference_grants.insert(name, o)),
+            Object::Namespace(o) => drop(self.namespaces.insert(key.name, o)),
+            Object::Service(o) => drop(self.services.insert(name, o)),
+            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(name, o)),
+            Object::Secret(o) => drop(self.secrets.insert(name, o)),
+        }
+    }
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Records the result of decoding a file. On error the file's last good contents stay in
+    /// place and the errors are kept for reporting.
+    pub fn set_file(&mut self, path: &Path, decoded: Result<FileContents, Vec<DecodeError>>) {
+        match decoded {
+            Ok(contents) => {
+                self.errors.remove(path);
+                self.files.insert(path.to_path_buf(), contents);
+            }
+            Err(errors) => {
+                self.errors.insert(path.to_path_buf(), errors);
+            }
+        }
+    }
+
+    /// Forgets a deleted file.
+    pub fn remove_file(&mut self, path: &Path) {
+        self.files.remove(path);
+        self.errors.remove(path);
+    }
+
+    /// Paths of all known files.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files
+            .keys()
+            .chain(self.errors.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Current errors of every file, plus objects defined twice.
+    pub fn errors(&self) -> Vec<DecodeError> {
+        let mut errors: Vec<_> = self.errors.values().flatten().cloned().collect();
+        let mut seen: HashMap<ResourceKey, (&Path, usize)> = HashMap::new();
+        for (path, contents) in &self.files {
+            for (object, line) in &contents.objects {
+                let key = object.key();
+                if let Some((first, first_line)) = seen.get(&key) {
+                    errors.push(DecodeError {
+                        file: path.clone(),
+                        line: *line,
+                        path: String::new(),
+                        message: format!(
+                            "{key} is already defined at {}:{first_line}; this copy is ignored",
+                            first.display()
+                        ),
+                    });
+                } else {
+                    seen.insert(key, (path, *line));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Skipped documents of every file.
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.files
+            .values()
+            .flat_map(|c| c.warnings.iter().cloned())
+            .collect()
+    }
+
+    /// Builds a snapshot of the current contents, assigning generations: an object keeps its
+    /// generation while its spec is unchanged and gets the next one when the spec changes.
+    pub fn snapshot(&mut self) -> Snapshot {
+        let mut objects = Vec::new();
+        let mut present = HashMap::new();
+        for contents in self.files.values() {
+            for (object, _) in &contents.objects {
+                let key = object.key();
+                if present.contains_key(&key) {
+                    continue;
+                }
+                let spec = spec_of(object);
+                let initial = object.meta().generation.unwrap_or(1);
+                let generation = match self.generations.get(&key) {
+                    Some((old_spec, generation)) if *old_spec == spec => *generation,
+                    Some((_, generation)) => generation + 1,
+                    None => initial,
+                };
+                present.insert(key, (spec, generation));
+                objects.push(with_generation(object.clone(), generation));
+            }
+        }
+        self.generations = present;
+        Snapshot::from_objects(objects)
+    }
+}
+
+/// Everything but metadata and status: what the API server compares to bump generation.
+fn spec_of(object: &Object) -> Value {
+    let value = match object {
+        Object::GatewayClass(o) => serde_json::to_value(&o.spec),
+        Object::Gateway(o) => serde_json::to_value(&o.spec),
+        Object::HttpRoute(o) => serde_json::to_value(&o.spec),
+        Object::ReferenceGrant(o) => serde_json::to_value(&o.spec),
+        Object::Namespace(o) => serde_json::to_value(&o.spec),
+        Object::Service(o) => serde_json::to_value(&o.spec),
+        Object::EndpointSlice(o) => serde_json::to_value(&o.endpoints),
+        Object::Secret(o) => serde_json::to_value(&o.data),
+    };
+    value.unwrap_or(Value::Null)
+}
+
+fn with_generation(object: Object, generation: i64) -> Object {
+    fn set<T: Clone>(
+        mut arc: Arc<T>,
+        meta: impl FnOnce(&mut T) -> &mut k8s::ObjectMeta,
+        generation: i64,
+    ) -> Arc<T> {
+        let current = meta(Arc::make_mut(&mut arc));
+        current.generation = Some(generation);
+        arc
+    }
+    if object.meta().generation == Some(generation) {
+        return object;
+    }
+    match object {
+        Object::GatewayClass(o) => Object::GatewayClass(set(o, |o| &mut o.metadata, generation)),
+        Object::Gateway(o) => Object::Gateway(set(o, |o| &mut o.metadata, generation)),
+        Object::HttpRoute(o) => Object::HttpRoute(set(o, |o| &mut o.metadata, generation)),
+        Object::ReferenceGrant(o) => {
+            Object::ReferenceGrant(set(o, |o| &mut o.metadata, generation))
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,416 @@
+//! The checks a Kubernetes API server would apply before accepting an object: the CRD's
+//! OpenAPI constraints (patterns, lengths, ranges) and the CEL rules that matter for routing.
+//! Enum values are already enforced by the typed decoding. Each check cites the rule it
+//! mirrors so that a rejected manifest here is one a cluster would reject too.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::{Object, gw};
+
+/// Errors found in one document: field path and message.
+#[derive(Debug, Default)]
+pub(crate) struct FieldErrors(Vec<(String, String)>);
+
+impl FieldErrors {
+    pub(crate) fn push(&mut self, path: &str, message: &str) {
+        self.0.push((path.to_string(), message.to_string()));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl IntoIterator for FieldErrors {
+    type Item = (String, String);
+    type IntoIter = std::vec::IntoIter<(String, String)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// RFC 1123 subdomain: the `metadata.name` rule of most kinds.
+static DNS_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        .expect("static pattern compiles")
+});
+
+/// Gateway API `Hostname` (wildcard allowed as the first label).
+static HOSTNAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        .expect("static pattern compiles")
+});
+
+/// Gateway API `PreciseHostname` (no wildcard).
+static PRECISE_HOSTNAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        .expect("static pattern compiles")
+});
+
+/// Gateway API `SectionName` (listener names).
+static SECTION_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$").expect("static pattern compiles")
+});
+
+/// Gateway API `HTTPHeaderName`.
+static HEADER_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$").expect("static pattern compiles")
+});
+
+/// Gateway API `Duration` (GEP-2257).
+static DURATION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$").expect("static pattern compiles")
+});
+
+/// Gateway API `ProtocolType`.
+static PROTOCOL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[A-Za-z0-9]+$")
+        .expect("static pattern compiles")
+});
+
+/// Validates an object after decoding.
+pub(crate) fn object(object: &Object, errors: &mut FieldErrors) {
+    let meta = object.meta();
+    match meta.name.as_deref() {
+        None | Some("") => errors.push("metadata.name", "required field is missing"),
+        Some(name) if name.len() > 253 || !DNS_SUBDOMAIN.is_match(name) => errors.push(
+            "metadata.name",
+            "must be a lowercase RFC 1123 subdomain ([a-z0-9] and '-', '.'; at most 253 characters)",
+        ),
+        Some(_) => {}
+    }
+    match object {
+        Object::GatewayClass(class) => {
+            let controller = &class.spec.controller_name;
+            if controller.is_empty() || !controller.contains('/') {
+                errors.push(
+                    "spec.controllerName",
+                    "must be a domain-prefixed path such as example.com/controller",
+                );
+            }
+        }
+        Object::Gateway(gateway) => validate_gateway(&gateway.spec, errors),
+        Object::HttpRoute(route) => validate_http_route(&route.spec, errors),
+        Object::ReferenceGrant(grant) => {
+            if grant.spec.from.is_empty() || grant.spec.from.len() > 16 {
+                errors.push("spec.from", "must have between 1 and 16 entries");
+            }
+            if grant.spec.to.is_empty() || grant.spec.to.len() > 16 {
+                errors.push("spec.to", "must have between 1 and 16 entries");
+            }
+        }
+        Object::Namespace(_)
+        | Object::Service(_)
+        | Object::EndpointSlice(_)
+        | Object::Secret(_) => {}
+    }
+}
+
+fn validate_gateway(spec: &gw::gateways::GatewaySpec, errors: &mut FieldErrors) {
+    if spec.gateway_class_name.is_empty() {
+        errors.push("spec.gatewayClassName", "required field is missing");
+    }
+    if spec.listeners.is_empty() || spec.listeners.len() > 64 {
+        errors.push("spec.listeners", "must have between 1 and 64 listeners");
+    }
+    let mut names = HashSet::new();
+    let mut combinations = HashSet::new();
+    for (i, listener) in spec.listeners.iter().enumerate() {
+        let path = format!("spec.listeners[{i}]");
+        if !SECTION_NAME.is_match(&listener.name) || listener.name.len() > 253 {
+            errors.push(
+                &format!("{path}.name"),
+                "must match ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+            );
+        }
+        if !names.insert(listener.name.as_str()) {
+            errors.push(
+                &format!("{path}.name"),
+                "Listener name must be unique within the Gateway",
+            );
+        }
+        if !(1..=65535).contains(&listener.port) {
+            errors.push(&format!("{path}.port"), "must be between 1 and 65535");
+        }
+        if !PROTOCOL.is_match(&listener.protocol) {
+            errors.push(
+                &format!("{path}.protocol"),
+                "must be HTTP, HTTPS, TLS, TCP, UDP or a domain-prefixed protocol",
+            );
+        }
+        if let Some(hostname) = &listener.hostname {
+            check_hostname(hostname, &format!("{path}.hostname"), errors);
+            if matches!(listener.protocol.as_str(), "TCP" | "UDP") {
+                errors.push(
+                    &format!("{path}.hostname"),
+                    "hostname must not be specified for protocols ['TCP', 'UDP']",
+                );
+            }
+        }
+        if listener.tls.is_some() && matches!(listener.protocol.as_str(), "HTTP" | "TCP" | "UDP") {
+            errors.push(
+                &format!("{path}.tls"),
+                "tls must not be specified for protocols ['HTTP', 'TCP', 'UDP']",
+            );
+        }
+        if listener.tls.is_none() && listener.protocol == "HTTPS" {
+            errors.push(
+                &format!("{path}.tls"),
+                "tls must be specified for protocols ['HTTPS']",
+            );
+        }
+        let key = (
+            listener.port,
+            listener.protocol.as_str(),
+            listener.hostname.as_deref(),
+        );
+        if !combinations.insert(key) {
+            errors.push(
+                &path,
+                "Combination of port, protocol and hostname must be unique for each listener",
+            );
+        }
+    }
+    for (i, address) in spec.addresses.iter().flatten().enumerate() {
+        let path = format!("spec.addresses[{i}]");
+        let kind = address.r#type.as_deref().unwrap_or("IPAddress");
+        if let Some(value) = &address.value {
+            if kind == "IPAddress" && value.parse::<std::net::IpAddr>().is_err() {
+                errors.push(
+                    &format!("{path}.value"),
+                    "IPAddress values must be an IP address",
+                );
+            }
+            if kind == "Hostname" && !PRECISE_HOSTNAME.is_match(value) {
+                errors.push(
+                    &format!("{path}.value"),
+                    "Hostname values must be a hostname",
+                );
+            }
+        }
+    }
+}
+
+fn validate_http_route(spec: &gw::httproutes::HttpRouteSpec, errors: &mut FieldErrors) {
+    for (i, hostname) in spec.hostnames.iter().flatten().enumerate() {
+        check_hostname(hostname, &format!("spec.hostnames[{i}]"), errors);
+    }
+    if spec
+        .parent_refs
+        .as_ref()
+        .is_some_and(|refs| refs.len() > 32)
+    {
+        errors.push("spec.parentRefs", "must have at most 32 entries");
+    }
+    let rules = spec.rules.as_deref().unwrap_or_default();
+    if rules.len() > 16 {
+        errors.push("spec.rules", "must have at most 16 rules");
+    }
+    let mut rule_names = HashSet::new();
+    for (r, rule) in rules.iter().enumerate() {
+        let path = format!("spec.rules[{r}]");
+        if let Some(name) = &rule.name {
+            if !rule_names.insert(name.as_str()) {
+                errors.push(
+                    &format!("{path}.name"),
+                    "Rule name must be unique within the route",
+                );
+            }
+        }
+        let matches = rule.matches.as_deref().unwrap_or_default();
+        if matches.len() > 64 {
+            errors.push(&format!("{path}.matches"), "must have at most 64 matches");
+        }
+        for (m, matcher) in matches.iter().enumerate() {
+            validate_match(matcher, &format!("{path}.matches[{m}]"), errors);
+        }
+        let filters = rule.filters.as_deref().unwrap_or_default();
+        crate::validate::filters::rule_filters(
+            filters,
+            matches,
+            &format!("{path}.filters"),
+            errors,
+        );
+        for (b, backend) in rule.backend_refs.iter().flatten().enumerate() {
+            let bpath = format!("{path}.backendRefs[{b}]");
+            if backend
+                .weight
+                .is_some_and(|w| !(0..=1_000_000).contains(&w))
+            {
+                errors.push(&format!("{bpath}.weight"), "must be between 0 and 1000000");
+            }
+            if backend.port.is_some_and(|p| !(1..=65535).contains(&p)) {
+                errors.push(&format!("{bpath}.port"), "must be between 1 and 65535");
+            }
+            let is_service = backend.kind.as_deref().unwrap_or("Service") == "Service"
+                && backend.group.as_deref().unwrap_or_default().is_empty();
+            if is_service && backend.port.is_none() {
+                errors.push(
+                    &format!("{bpath}.port"),
+                    "Must have port for Service reference",
+                );
+            }
+            let filters = backend.filters.as_deref().unwrap_or_default();
+            crate::validate::filters::backend_filters(filters, &format!("{bpath}.filters"), errors);
+        }
+        if let Some(timeouts) = &rule.timeouts {
+            check_timeouts(timeouts, &format!("{path}.timeouts"), errors);
+        }
+    }
+}
+
+fn validate_match(
+    matcher: &gw::httproutes::HttpRouteRulesMatches,
+    path: &str,
+    errors: &mut FieldErrors,
+) {
+    use gw::httproutes::HttpRouteRulesMatchesPathType as PathType;
+    if let Some(p) = &matcher.path {
+        let value = p.value.as_deref().unwrap_or("/");
+        let kind = p.r#type.clone().unwrap_or(PathType::PathPrefix);
+        if !matches!(kind, PathType::RegularExpression) {
+            if !value.starts_with('/') {
+                errors.push(&format!("{path}.path.value"), "value must be an absolute path and start with '/' when type one of ['Exact', 'PathPrefix']");
+            }
+            let bad = ["//", "/./", "/../", "%2f", "%2F", "#"];
+            if bad.iter().any(|b| value.contains(b))
+                || value.ends_with("/..")
+                || value.ends_with("/.")
+            {
+                errors.push(
+                    &format!("{path}.path.value"),
+                    "must not contain '//', '/./', '/../', '%2f', '%2F' or '#', nor end with '/..' or '/.'",
+                );
+            }
+        }
+        if value.len() > 1024 {
+            errors.push(
+                &format!("{path}.path.value"),
+                "must be at most 1024 characters",
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    for (h, header) in matcher.headers.iter().flatten().enumerate() {
+        if !HEADER_NAME.is_match(&header.name) {
+            errors.push(
+                &format!("{path}.headers[{h}].name"),
+                "must be a valid HTTP header name",
+            );
+        }
+        if !seen.insert(header.name.to_ascii_lowercase()) {
+            errors.push(
+                &format!("{path}.headers[{h}].name"),
+                "header names must be unique within a match",
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    for (q, query) in matcher.query_params.iter().flatten().enumerate() {
+        if !HEADER_NAME.is_match(&query.name) {
+            errors.push(
+                &format!("{path}.queryParams[{q}].name"),
+                "must be a valid query parameter name",
+            );
+        }
+        if !seen.insert(query.name.as_str()) {
+            errors.push(
+                &format!("{path}.queryParams[{q}].name"),
+                "query parameter names must be unique within a match",
+            );
+        }
+    }
+}
+
+fn check_timeouts(
+    timeouts: &gw::httproutes::HttpRouteRulesTimeouts,
+    path: &str,
+    errors: &mut FieldErrors,
+) {
+    for (field, value) in [
+        ("request", &timeouts.request),
+        ("backendRequest", &timeouts.backend_request),
+    ] {
+        if let Some(value) = value {
+            if !DURATION.is_match(value) {
+                errors.push(
+                    &format!("{path}.{field}"),
+                    "must be a duration like 10s, 500ms or 1h30m (units h, m, s, ms; at most 4 parts)",
+                );
+            }
+        }
+    }
+    if let (Some(request), Some(backend)) = (
+        timeouts.request.as_deref().and_then(parse_duration),
+        timeouts.backend_request.as_deref().and_then(parse_duration),
+    ) {
+        if !request.is_zero() && backend > request {
+            errors.push(
+                &format!("{path}.backendRequest"),
+                "backendRequest timeout cannot be longer than request timeout",
+            );
+        }
+    }
+}
+
+/// Parses a Gateway API duration (`1h2m3s4ms`); `None` if it does not match the pattern.
+pub fn parse_duration(value: &str) -> Option<std::time::Duration> {
+    if !DURATION.is_match(value) {
+        return None;
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut digits = String::new();
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let amount: u64 = digits.parse().ok()?;
+        digits.clear();
+        total += match c {
+            'h' => std::time::Duration::from_secs(amount * 3600),
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                std::time::Duration::from_millis(amount)
+            }
+            'm' => std::time::Duration::from_secs(amount * 60),
+            's' => std::time::Duration::from_secs(amount),
+            _ => return None,
+        };
+    }
+    Some(total)
+}
+
+fn check_hostname(hostname: &str, path: &str, errors: &mut FieldErrors) {
+    if hostname.len() > 253 || !HOSTNAME.is_match(hostname) {
+        errors.push(
+            path,
+            "must be a lowercase DNS name, optionally starting with '*.' (e.g. foo.example.com or *.example.com); IP addresses are not allowed",
+        );
+    }
+}
+
+pub(crate) mod filters;
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_follow_gep_2257() {
+        assert_eq!(
+            parse_duration("1h2m3s4ms"),
+            Some(Duration::from_millis(3_723_004))
+        );
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("1.5s"), None);
+        assert_eq!(parse_duration("10"), None);
+    }
+}
