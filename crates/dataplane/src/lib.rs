@@ -1,1 +1,261 @@
-//! placeholder
+//! The data plane: serves whatever [`ir::Config`] it is handed.
+//!
+//! Stage: the last one of *sources → snapshot → translate → data plane*. Input: an
+//! `Arc<ir::Config>` per reload ([`Dataplane::apply`]). Output: traffic. It binds the sockets
+//! the config names, serves HTTP/1.1 and h2c (prior knowledge) on each of them, and runs
+//! every request through one readable request path (`proxy::handle`): config snapshot,
+//! listener by Host, route selection, filters, backend by weight, endpoint pool, response
+//! filters, access log.
+//!
+//! Each request takes one config snapshot and keeps it, so a reload never changes a request
+//! in flight. Sockets are reconciled on every reload: new bind addresses are bound, removed
+//! ones stop accepting while their open connections finish, and the rest are untouched.
+//!
+//! Must not depend on: `model`, `translate`, `sources`, kube.
+
+mod body;
+mod error;
+mod filters;
+mod forward;
+mod listener;
+mod mirror;
+mod proxy;
+mod redirect;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinSet;
+
+pub use error::{Fault, ProxyError};
+
+use forward::Upstreams;
+use listener::Listener;
+use mirror::Mirrors;
+
+/// A handle to the data plane; clones share it. Dropping the last clone stops accepting.
+#[derive(Clone)]
+pub struct Dataplane {
+    inner: Arc<Inner>,
+}
+
+/// Limits and timeouts that are not part of the routing config.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Time allowed to open a connection to an endpoint.
+    pub connect_timeout: Duration,
+    /// How long an idle upstream connection stays in its pool.
+    pub pool_idle_timeout: Duration,
+    /// Idle upstream connections kept per endpoint.
+    pub pool_max_idle_per_endpoint: usize,
+    /// Time allowed for a client to send a request's headers (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// How long connections of a socket removed from the config may take to finish.
+    pub drain_timeout: Duration,
+    /// Largest request body copied to mirrors; larger requests are not mirrored.
+    pub mirror_body_limit: usize,
+    /// Mirror requests in flight at once; more are dropped (and counted).
+    pub mirror_concurrency: usize,
+    /// Time allowed for one mirror request.
+    pub mirror_timeout: Duration,
+    /// The listen backlog of each socket.
+    pub listen_backlog: i32,
+}
+
+/// A bind address of the config that could not be bound. It is retried on the next
+/// [`Dataplane::apply`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}")]
+pub struct BindFailure {
+    /// The `ir::Config::binds` key.
+    pub addr: SocketAddr,
+    /// Why binding failed.
+    #[source]
+    pub error: io::Error,
+}
+
+/// State shared by the handle, the accept loops and every request.
+struct Shared {
+    config: ArcSwap<ir::Config>,
+    options: Options,
+    upstreams: Upstreams,
+    mirrors: Mirrors,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    sockets: Mutex<Sockets>,
+}
+
+/// The open sockets. Changed only under the lock, together with the config, so that the
+/// sockets always match the current config.
+#[derive(Default)]
+struct Sockets {
+    open: BTreeMap<SocketAddr, Listener>,
+    /// Connections of removed sockets that are finishing.
+    draining: JoinSet<()>,
+    shut_down: bool,
+}
+
+// === impl Dataplane ===
+
+impl Dataplane {
+    /// Creates a data plane with an empty config; nothing listens until [`Dataplane::apply`].
+    pub fn new(options: Options) -> Self {
+        let upstreams = Upstreams::new(&options);
+        let mirrors = Mirrors::new(upstreams.clone(), &options);
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(ir::Config::default()),
+            options,
+            upstreams,
+            mirrors,
+        });
+        Self {
+            inner: Arc::new(Inner {
+                shared,
+                sockets: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Swaps in a new config atomically and reconciles sockets: binds sockets for new
+    /// `binds` keys, stops accepting on removed ones (existing connections finish), keeps
+    /// the rest untouched. Returns the binds that failed (address + io error) so the caller
+    /// can report them. After [`Dataplane::shutdown`] the config is stored but no socket is
+    /// opened.
+    pub async fn apply(&self, config: Arc<ir::Config>) -> Vec<BindFailure> {
+        let shared = &self.inner.shared;
+        let mut failures = Vec::new();
+        let removed = {
+            let mut sockets = self.sockets();
+            while sockets.draining.try_join_next().is_some() {}
+            if sockets.shut_down {
+                shared.config.store(config);
+                return failures;
+            }
+            // Bind first: a new socket queues connections but serves none before the new
+            // config is stored below.
+            let mut bound = Vec::new();
+            for &addr in config.binds.keys() {
+                if sockets.open.contains_key(&addr) {
+                    continue;
+                }
+                match listener::bind(addr, shared.options.listen_backlog) {
+                    Ok(socket) => bound.push((addr, socket)),
+                    Err(error) => failures.push(BindFailure { addr, error }),
+                }
+            }
+            let stale: Vec<SocketAddr> = sockets
+                .open
+                .keys()
+                .filter(|addr| !config.binds.contains_key(addr))
+                .copied()
+                .collect();
+            let removed: Vec<Listener> = stale
+                .iter()
+                .filter_map(|addr| sockets.open.remove(addr))
+                .collect();
+            shared.config.store(config);
+            for (addr, socket) in bound {
+                match Listener::spawn(Arc::clone(shared), addr, socket) {
+                    Ok(listener) => {
+                        tracing::info!(%addr, local = %listener.local_addr(), "listening");
+                        sockets.open.insert(addr, listener);
+                    }
+                    Err(error) => failures.push(BindFailure { addr, error }),
+                }
+            }
+            removed
+        };
+        for failure in &failures {
+            tracing::warn!(addr = %failure.addr, error = %failure.error, "cannot listen");
+        }
+        let drain_timeout = shared.options.drain_timeout;
+        for listener in removed {
+            let addr = listener.local_addr();
+            if let Some(draining) = listener.stop().await {
+                tracing::info!(%addr, "stopped listening");
+                self.sockets().draining.spawn(draining.drain(drain_timeout));
+            }
+        }
+        failures
+    }
+
+    /// The current config snapshot.
+    pub fn config(&self) -> Arc<ir::Config> {
+        self.inner.shared.config.load_full()
+    }
+
+    /// The address actually bound for a `binds` key, if it is listening. It differs from the
+    /// key when the key asks for port 0 (tests) or an unspecified address.
+    pub fn local_addr(&self, bind: SocketAddr) -> Option<SocketAddr> {
+        self.sockets().open.get(&bind).map(Listener::local_addr)
+    }
+
+    /// Stops accepting on every socket and lets in-flight requests finish for up to `grace`;
+    /// connections still open after that are closed.
+    pub async fn shutdown(&self, grace: Duration) {
+        let (open, mut draining) = {
+            let mut sockets = self.sockets();
+            sockets.shut_down = true;
+            (
+                std::mem::take(&mut sockets.open),
+                std::mem::take(&mut sockets.draining),
+            )
+        };
+        for listener in open.into_values() {
+            if let Some(connections) = listener.stop().await {
+                draining.spawn(connections.drain(grace));
+            }
+        }
+        let all_done = async { while draining.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+        // Dropping the set aborts the drains still running, and with them their connections.
+    }
+
+    /// Mirror copies dropped so far (body over the limit, no endpoint, too many in flight).
+    pub fn mirror_drops(&self) -> u64 {
+        self.inner.shared.mirrors.dropped()
+    }
+
+    fn sockets(&self) -> MutexGuard<'_, Sockets> {
+        // The lock is never held across an await and guards no invariant a panic could break
+        // halfway, so a poisoned lock is still usable.
+        self.inner
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("binds", &self.sockets().open.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Options ===
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_endpoint: 64,
+            header_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            mirror_body_limit: 64 * 1024,
+            mirror_concurrency: 256,
+            mirror_timeout: Duration::from_secs(10),
+            listen_backlog: 1024,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The body type of the request path, and bounded buffering for request mirroring.
+//!
+//! Requests and responses flow through as streams ([`ProxyBody`]); only a request that is
+//! mirrored is buffered, and only up to a limit, so that one copy can go to each mirror.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+use crate::error::BoxError;
+
+/// The body of every request and response the data plane sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body made of one chunk.
+pub fn full(data: impl Into<Bytes>) -> ProxyBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Boxes any body whose errors can be boxed (hyper's `Incoming`, mostly).
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// The outcome of [`buffer_bounded`].
+pub enum Buffered {
+    /// The whole body fit in the limit.
+    Complete {
+        /// Every data frame, concatenated.
+        data: Bytes,
+        /// Trailers, if the body had any.
+        trailers: Option<HeaderMap>,
+    },
+    /// The body is larger than the limit; this body replays what was read, then the rest.
+    TooLarge(ProxyBody),
+}
+
+/// Reads `body` until it ends or more than `limit` bytes have been read. Never holds more
+/// than `limit` plus one frame in memory.
+pub async fn buffer_bounded(mut body: ProxyBody, limit: usize) -> Result<Buffered, BoxError> {
+    let mut data = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > limit {
+                    let rest = Prefixed {
+                        prefix: Some(data.freeze()),
+                        rest: body,
+                    };
+                    return Ok(Buffered::TooLarge(rest.boxed_unsync()));
+                }
+            }
+            Err(frame) => {
+                // Trailers end the body.
+                return Ok(Buffered::Complete {
+                    data: data.freeze(),
+                    trailers: frame.into_trailers().ok(),
+                });
+            }
+        }
+    }
+    Ok(Buffered::Complete {
+        data: data.freeze(),
+        trailers: None,
+    })
+}
+
+/// A body that sends `data` and then `trailers`, to replay a buffered request.
+pub fn replay(data: Bytes, trailers: Option<HeaderMap>) -> ProxyBody {
+    match trailers {
+        None => full(data),
+        Some(trailers) => Full::new(data)
+            .map_err(|never| match never {})
+            .with_trailers(std::future::ready(Some(Ok(trailers))))
+            .boxed_unsync(),
+    }
+}
+
+/// Already-read bytes followed by the unread rest of a body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: ProxyBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        hint.set_lower(hint.lower() + prefix);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body of two frames, to exercise the frame loop.
+    fn two_frames(first: &'static str, second: &'static str) -> ProxyBody {
+        Prefixed {
+            prefix: Some(Bytes::from_static(first.as_bytes())),
+            rest: full(second),
+        }
+        .boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn small_body_is_buffered_whole() {
+        let body = two_frames("hel", "lo");
+        let Ok(Buffered::Complete { data, trailers }) = buffer_bounded(body, 16).await else {
+            panic!("expected a complete body");
+        };
+        assert_eq!(&data[..], b"hello");
+        assert!(trailers.is_none());
+    }
+
+    #[tokio::test]
+    async fn large_body_is_replayed_in_full() {
+        let body = two_frames("012345", "6789abcdef");
+        let Ok(Buffered::TooLarge(body)) = buffer_bounded(body, 4).await else {
+            panic!("expected a body over the limit");
+        };
+        let collected = body.collect().await.map(|c| c.to_bytes());
+        assert_eq!(collected.ok().as_deref(), Some(&b"0123456789abcdef"[..]));
+    }
+
+    #[tokio::test]
+    async fn trailers_survive_replay() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let body = replay(Bytes::from_static(b"x"), Some(trailers));
+        let Ok(Buffered::Complete { data, trailers }) = buffer_bounded(body, 16).await else {
+            panic!("expected a complete body");
+        };
+        assert_eq!(&data[..], b"x");
+        assert!(trailers.is_some_and(|t| t.contains_key("grpc-status")));
+    }
+}

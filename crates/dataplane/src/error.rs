@@ -1,0 +1,296 @@
+//! The one error type of the request path and its single mapping to an HTTP status.
+//!
+//! Every step of [`crate::proxy`] returns `Result<_, ProxyError>`. Each variant knows who is at
+//! fault ([`Fault`]) and whether another attempt could succeed ([`ProxyError::retry`]), in the
+//! spirit of pingora's `ErrorSource` and `RetryType`; the status a client sees is decided only
+//! in [`ProxyError::status`].
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, ProxyBody};
+
+/// A boxed error from hyper, the client pool or an IO source.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request names no host (HTTP/1.1 without `Host`, HTTP/2 without `:authority`).
+    #[error("request has no host")]
+    MissingHost,
+    /// Reading the request body failed (while buffering it for mirrors).
+    #[error("reading the request body failed")]
+    RequestBody(#[source] BoxError),
+    /// No listener on the accepting socket serves the request's host.
+    #[error("no listener for host {host:?}")]
+    NoListener {
+        /// The normalised request host.
+        host: String,
+    },
+    /// A listener was found but none of its routes matches.
+    #[error("no route matches")]
+    NoRoute,
+    /// The selected rule is invalid (`ir::Action::Invalid`).
+    #[error("the matched rule is invalid: {0}")]
+    InvalidRule(String),
+    /// The rule forwards but has no backendRef with a non-zero weight.
+    #[error("the matched rule has no backend with a non-zero weight")]
+    NoBackends,
+    /// The backendRef chosen by weight is invalid.
+    #[error("backend {reference} is invalid: {reason}")]
+    InvalidBackend {
+        /// The reference as written.
+        reference: String,
+        /// Why translate rejected it.
+        reason: String,
+    },
+    /// A filter produced a request target or redirect location that is not a valid URI.
+    #[error("filter produced an invalid {what}: {value:?}")]
+    InvalidFilterResult {
+        /// `"request target"`, `"host"` or `"location"`.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// The chosen backend has no ready endpoints.
+    #[error("backend {backend} has no endpoints")]
+    NoEndpoints {
+        /// `namespace/name:port`.
+        backend: String,
+    },
+    /// The endpoint refused the connection.
+    #[error("endpoint {endpoint} refused the connection")]
+    ConnectionRefused {
+        /// Where we tried to connect.
+        endpoint: SocketAddr,
+        /// The client error.
+        #[source]
+        source: BoxError,
+    },
+    /// Connecting to the endpoint failed for another reason (timeout, unreachable).
+    #[error("connecting to endpoint {endpoint} failed")]
+    UpstreamConnect {
+        /// Where we tried to connect.
+        endpoint: SocketAddr,
+        /// The client error.
+        #[source]
+        source: BoxError,
+    },
+    /// The request was sent but no valid response came back.
+    #[error("upstream {endpoint} failed")]
+    Upstream {
+        /// The endpoint that failed.
+        endpoint: SocketAddr,
+        /// The client error.
+        #[source]
+        source: BoxError,
+    },
+    /// `timeouts.request` expired before the response headers arrived.
+    #[error("request timeout expired")]
+    RequestTimeout,
+    /// `timeouts.backendRequest` expired for one upstream attempt.
+    #[error("backend request timeout expired for {endpoint}")]
+    BackendTimeout {
+        /// The endpoint that was too slow.
+        endpoint: SocketAddr,
+    },
+}
+
+/// Who caused an error; decides the log level and, later, metrics labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The downstream client sent something we cannot serve.
+    Client,
+    /// The configuration (routes, backends) cannot serve the request.
+    Config,
+    /// The backend failed or was too slow.
+    Upstream,
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The status code a client receives. This is the only place that decides it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingHost | Self::RequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::NoListener { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
+            // "requests that would have been sent to an invalid backend MUST receive a 500"
+            // (HTTPBackendRef docs); invalid rules get the same answer.
+            Self::InvalidRule(_)
+            | Self::NoBackends
+            | Self::InvalidBackend { .. }
+            | Self::InvalidFilterResult { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NoEndpoints { .. } | Self::ConnectionRefused { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::UpstreamConnect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::RequestTimeout | Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Who is at fault.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::MissingHost | Self::RequestBody(_) | Self::NoListener { .. } | Self::NoRoute => {
+                Fault::Client
+            }
+            Self::InvalidRule(_)
+            | Self::NoBackends
+            | Self::InvalidBackend { .. }
+            | Self::InvalidFilterResult { .. }
+            | Self::NoEndpoints { .. } => Fault::Config,
+            Self::ConnectionRefused { .. }
+            | Self::UpstreamConnect { .. }
+            | Self::Upstream { .. }
+            | Self::RequestTimeout
+            | Self::BackendTimeout { .. } => Fault::Upstream,
+        }
+    }
+
+    /// Whether another attempt (on another endpoint) may succeed without risking a duplicate:
+    /// only when the request certainly never reached a backend.
+    pub fn retry(&self) -> bool {
+        matches!(
+            self,
+            Self::NoEndpoints { .. }
+                | Self::ConnectionRefused { .. }
+                | Self::UpstreamConnect { .. }
+        )
+    }
+
+    /// Classifies a client-pool error for `endpoint`: refused connections, other connect
+    /// failures, and failures after the request was sent are told apart.
+    pub(crate) fn from_client(
+        endpoint: SocketAddr,
+        error: hyper_util::client::legacy::Error,
+    ) -> Self {
+        if !error.is_connect() {
+            return Self::Upstream {
+                endpoint,
+                source: error.into(),
+            };
+        }
+        if is_connection_refused(&error) {
+            Self::ConnectionRefused {
+                endpoint,
+                source: error.into(),
+            }
+        } else {
+            Self::UpstreamConnect {
+                endpoint,
+                source: error.into(),
+            }
+        }
+    }
+
+    /// The response sent to the client: the status and a one-line plain-text reason.
+    pub(crate) fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = format!(
+            "{} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("error")
+        );
+        let mut response = Response::new(body::full(text));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+fn is_connection_refused(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_the_issue_statuses() {
+        let endpoint: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
+        let cases = [
+            (ProxyError::MissingHost, 400, Fault::Client, false),
+            (ProxyError::NoRoute, 404, Fault::Client, false),
+            (
+                ProxyError::NoListener { host: "a".into() },
+                404,
+                Fault::Client,
+                false,
+            ),
+            (
+                ProxyError::InvalidRule("x".into()),
+                500,
+                Fault::Config,
+                false,
+            ),
+            (ProxyError::NoBackends, 500, Fault::Config, false),
+            (
+                ProxyError::NoEndpoints {
+                    backend: "b".into(),
+                },
+                503,
+                Fault::Config,
+                true,
+            ),
+            (
+                ProxyError::ConnectionRefused {
+                    endpoint,
+                    source: io(),
+                },
+                503,
+                Fault::Upstream,
+                true,
+            ),
+            (
+                ProxyError::Upstream {
+                    endpoint,
+                    source: io(),
+                },
+                502,
+                Fault::Upstream,
+                false,
+            ),
+            (ProxyError::RequestTimeout, 504, Fault::Upstream, false),
+            (
+                ProxyError::BackendTimeout { endpoint },
+                504,
+                Fault::Upstream,
+                false,
+            ),
+        ];
+        for (error, status, fault, retry) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+            assert_eq!(error.fault(), fault, "{error}");
+            assert_eq!(error.retry(), retry, "{error}");
+        }
+    }
+
+    #[test]
+    fn refused_is_found_in_the_source_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("wrapper")]
+        struct Wrapper(#[source] std::io::Error);
+        let refused = Wrapper(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(is_connection_refused(&refused));
+        let other = Wrapper(std::io::ErrorKind::TimedOut.into());
+        assert!(!is_connection_refused(&other));
+    }
+}

@@ -1,0 +1,173 @@
+//! Upstream clients: one keep-alive pool per endpoint, HTTP/1.1 or h2c, and endpoint choice.
+//!
+//! hyper-util's legacy `Client` keeps its idle connections keyed by scheme and authority, and
+//! we always address an endpoint by its socket address, so each endpoint gets its own pool.
+//! There is one client per [`ir::BackendProtocol`], since the protocol is a client setting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ir::{Backend, BackendProtocol};
+
+use crate::Options;
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+
+/// How many round-robin cursors are kept before they are forgotten. Backends come and go with
+/// config reloads; forgetting a cursor only restarts its rotation.
+const MAX_CURSORS: usize = 10_000;
+
+/// The upstream clients, shared by every request (cheap to clone).
+#[derive(Clone)]
+pub struct Upstreams {
+    http1: Client<HttpConnector, ProxyBody>,
+    h2c: Client<HttpConnector, ProxyBody>,
+    /// Round-robin position per backend name.
+    cursors: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+// === impl Upstreams ===
+
+impl Upstreams {
+    /// Builds both clients from the options.
+    pub fn new(options: &Options) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(options.connect_timeout));
+        connector.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(options.pool_idle_timeout)
+            .pool_max_idle_per_host(options.pool_max_idle_per_endpoint)
+            // We always send a Host header of our own; never derive one from the endpoint.
+            .set_host(false);
+        let http1 = builder.build(connector.clone());
+        let h2c = builder.http2_only(true).build(connector);
+        Self {
+            http1,
+            h2c,
+            cursors: Arc::default(),
+        }
+    }
+
+    /// Chooses the next endpoint of `backend`, round robin.
+    pub fn endpoint(&self, backend: &Backend) -> Result<SocketAddr, ProxyError> {
+        let count = backend.endpoints.len();
+        if count == 0 {
+            return Err(ProxyError::NoEndpoints {
+                backend: backend.name.clone(),
+            });
+        }
+        let index = {
+            // A poisoned map only holds counters; keep using it.
+            let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+            if cursors.len() >= MAX_CURSORS && !cursors.contains_key(&backend.name) {
+                cursors.clear();
+            }
+            let cursor = cursors.entry(backend.name.clone()).or_default();
+            let index = *cursor % count;
+            *cursor = cursor.wrapping_add(1);
+            index
+        };
+        Ok(backend.endpoints[index].addr)
+    }
+
+    /// Sends `request` to `endpoint` over the protocol `backend` speaks. The request target
+    /// (path and query) is sent exactly as it is in `request`.
+    pub async fn send(
+        &self,
+        protocol: BackendProtocol,
+        endpoint: SocketAddr,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        *request.uri_mut() = endpoint_uri(endpoint, request.uri())?;
+        let client = match protocol {
+            BackendProtocol::Http1 => {
+                *request.version_mut() = Version::HTTP_11;
+                &self.http1
+            }
+            BackendProtocol::H2c => {
+                *request.version_mut() = Version::HTTP_2;
+                &self.h2c
+            }
+        };
+        client
+            .request(request)
+            .await
+            .map_err(|error| ProxyError::from_client(endpoint, error))
+    }
+}
+
+/// `http://<endpoint><path and query>`: the authority picks the pool, the rest is sent as is.
+fn endpoint_uri(endpoint: SocketAddr, original: &Uri) -> Result<Uri, ProxyError> {
+    let target = original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let invalid = || ProxyError::InvalidFilterResult {
+        what: "request target",
+        value: target.to_string(),
+    };
+    let authority = Authority::try_from(endpoint.to_string()).map_err(|_| invalid())?;
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(target.clone())
+        .build()
+        .map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ir::Endpoint;
+
+    fn backend(ports: &[u16]) -> Backend {
+        Backend {
+            name: "ns/svc:80".into(),
+            protocol: BackendProtocol::Http1,
+            endpoints: ports
+                .iter()
+                .map(|&port| Endpoint {
+                    addr: ([127, 0, 0, 1], port).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn endpoints_rotate_round_robin() {
+        let upstreams = Upstreams::new(&Options::default());
+        let backend = backend(&[1, 2, 3]);
+        let ports: Vec<u16> = (0..6)
+            .filter_map(|_| upstreams.endpoint(&backend).ok())
+            .map(|addr| addr.port())
+            .collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn no_endpoints_is_an_error() {
+        let upstreams = Upstreams::new(&Options::default());
+        let error = upstreams.endpoint(&backend(&[]));
+        assert!(matches!(error, Err(ProxyError::NoEndpoints { .. })));
+    }
+
+    #[test]
+    fn target_is_kept_byte_for_byte() {
+        let original: Uri = "/a/%2F/b?x=1&&y".parse().expect("valid target");
+        let uri = endpoint_uri(([10, 0, 0, 1], 8080).into(), &original);
+        assert_eq!(
+            uri.ok().map(|u| u.to_string()).as_deref(),
+            Some("http://10.0.0.1:8080/a/%2F/b?x=1&&y")
+        );
+    }
+}

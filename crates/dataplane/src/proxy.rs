@@ -1,0 +1,397 @@
+//! The HTTP request path, from a request on an accepted connection to its response.
+//!
+//! [`handle`] reads top to bottom: take the config snapshot, find the listener, select the
+//! route, then either redirect or forward (request filters, mirrors, backend by weight,
+//! endpoint pool, response filters), and log. Every step returns `Result<_, ProxyError>`;
+//! the error becomes a response in exactly one place ([`ProxyError::status`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use ir::{Action, BackendTarget, Hostname, HttpListener, Rule, Selected, WeightedBackend};
+
+use crate::Shared;
+use crate::body::{self, ProxyBody};
+use crate::error::ProxyError;
+use crate::filters;
+use crate::redirect::{self, RedirectRequest};
+
+/// What the accept loop knows about a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    /// The `ir::Config::binds` key of the socket that accepted it.
+    pub bind: SocketAddr,
+    /// The client's address.
+    pub client: SocketAddr,
+}
+
+/// Serves one request. Never fails: errors become responses here.
+pub async fn handle(
+    shared: Arc<Shared>,
+    connection: Connection,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    // One snapshot for the whole request: a reload while it is in flight does not affect it.
+    let config = shared.config.load_full();
+    let mut log = AccessLog::new(connection, &request);
+    let request = request.map(body::boxed);
+    let response = match proxy(&shared, &config, connection, &mut log, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            log.error = Some(error.to_string());
+            log.fault = Some(error.fault());
+            error.into_response()
+        }
+    };
+    log.record(response.status(), started.elapsed());
+    response
+}
+
+async fn proxy(
+    shared: &Shared,
+    config: &ir::Config,
+    connection: Connection,
+    log: &mut AccessLog,
+    request: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let host = request_host(&request)?;
+    let listener = find_listener(config, connection.bind, &host)?;
+    let selected = select_route(listener, &host, &request)?;
+    let rule = selected.rule;
+    log.route = Some(Arc::clone(rule));
+    let mut response = match &rule.action {
+        Action::Invalid(reason) => return Err(ProxyError::InvalidRule(reason.clone())),
+        Action::Redirect(redirect) => {
+            let target = request.uri().path_and_query();
+            let matched_prefix = selected.matcher.matched_prefix();
+            let request = RedirectRequest {
+                host: host.as_str(),
+                target,
+                matched_prefix,
+            };
+            redirect::respond(redirect, listener, request)?
+        }
+        Action::Forward(backends) => {
+            let forwarding = forward(
+                shared, connection, listener, selected, backends, log, request,
+            );
+            deadline(rule.timeouts.request, forwarding, || {
+                ProxyError::RequestTimeout
+            })
+            .await?
+        }
+    };
+    filters::modify_headers(
+        rule.filters.response_headers.as_ref(),
+        response.headers_mut(),
+    );
+    Ok(response)
+}
+
+/// Forwards to one backend of the rule. Returns once the response headers arrived; the body
+/// streams on afterwards.
+async fn forward(
+    shared: &Shared,
+    connection: Connection,
+    listener: &HttpListener,
+    selected: Selected<'_>,
+    backends: &[WeightedBackend],
+    log: &mut AccessLog,
+    request: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let rule = selected.rule;
+    let (mut parts, body) = request.into_parts();
+    prepare_request_headers(&mut parts, connection, listener);
+    apply_request_filters(&mut parts, rule, selected.matcher.matched_prefix())?;
+    let chosen = choose_backend(backends)?;
+    let backend = match &chosen.target {
+        BackendTarget::Service(backend) => backend,
+        BackendTarget::Invalid(invalid) => {
+            return Err(ProxyError::InvalidBackend {
+                reference: invalid.reference.clone(),
+                reason: invalid.reason.clone(),
+            });
+        }
+    };
+    log.backend = Some(backend.name.clone());
+    let body = shared
+        .mirrors
+        .send(&rule.filters.mirrors, &parts, body)
+        .await?;
+    filters::modify_headers(chosen.request_headers.as_ref(), &mut parts.headers);
+    let endpoint = shared.upstreams.endpoint(backend)?;
+    log.endpoint = Some(endpoint);
+    let attempt =
+        shared
+            .upstreams
+            .send(backend.protocol, endpoint, Request::from_parts(parts, body));
+    let response = deadline(rule.timeouts.backend_request, attempt, || {
+        ProxyError::BackendTimeout { endpoint }
+    })
+    .await?;
+    let (mut parts, body) = response.into_parts();
+    filters::remove_hop_by_hop(&mut parts.headers);
+    filters::modify_headers(chosen.response_headers.as_ref(), &mut parts.headers);
+    // The client connection decides its own version; hyper frames the response for it.
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+// === steps ===
+
+/// The request's host: the URI authority when there is one (HTTP/2 `:authority`, or an
+/// HTTP/1.1 absolute-form target, which "MUST" override `Host` per RFC 9112 §3.2.2), else
+/// the `Host` header.
+fn request_host<B>(request: &Request<B>) -> Result<Hostname, ProxyError> {
+    let raw = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request
+            .headers()
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .ok_or(ProxyError::MissingHost)?,
+    };
+    Hostname::from_request_host(raw).ok_or(ProxyError::MissingHost)
+}
+
+/// The listener of the accepting socket's bind that serves `host`.
+fn find_listener<'c>(
+    config: &'c ir::Config,
+    bind: SocketAddr,
+    host: &Hostname,
+) -> Result<&'c HttpListener, ProxyError> {
+    config
+        .binds
+        .get(&bind)
+        .and_then(|bind| bind.listener_for(host.as_str()))
+        .map(|listener| &**listener)
+        .ok_or_else(|| ProxyError::NoListener {
+            host: host.to_string(),
+        })
+}
+
+fn select_route<'l, B>(
+    listener: &'l HttpListener,
+    host: &Hostname,
+    request: &Request<B>,
+) -> Result<Selected<'l>, ProxyError> {
+    let parts = ir::HttpRequestParts {
+        host: host.as_str(),
+        path: request.uri().path(),
+        query: request.uri().query(),
+        method: request.method(),
+        headers: request.headers(),
+    };
+    listener.routes.select(&parts).ok_or(ProxyError::NoRoute)
+}
+
+/// The proxy's own header changes: `Host` from the authority, hop-by-hop headers out,
+/// `X-Forwarded-For` and `X-Forwarded-Proto` in.
+fn prepare_request_headers(parts: &mut Parts, connection: Connection, listener: &HttpListener) {
+    if let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    filters::remove_hop_by_hop(&mut parts.headers);
+    filters::set_forwarded(&mut parts.headers, connection.client.ip(), listener.scheme);
+}
+
+/// The rule's `RequestHeaderModifier` and `URLRewrite`.
+fn apply_request_filters(
+    parts: &mut Parts,
+    rule: &Rule,
+    matched_prefix: Option<&str>,
+) -> Result<(), ProxyError> {
+    filters::modify_headers(rule.filters.request_headers.as_ref(), &mut parts.headers);
+    let Some(rewrite) = &rule.filters.rewrite else {
+        return Ok(());
+    };
+    if let Some(hostname) = &rewrite.hostname {
+        parts
+            .headers
+            .insert(header::HOST, filters::rewrite_host(hostname)?);
+    }
+    if let Some(path) = &rewrite.path {
+        let target = filters::rewrite_target(parts.uri.path_and_query(), path, matched_prefix)?;
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(target);
+        parts.uri =
+            http::Uri::from_parts(uri).map_err(|error| ProxyError::InvalidFilterResult {
+                what: "request target",
+                value: error.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Picks a backendRef with probability weight / total. Weight 0 is never picked; no positive
+/// weight at all means the rule cannot forward (500).
+fn choose_backend(backends: &[WeightedBackend]) -> Result<&WeightedBackend, ProxyError> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return Err(ProxyError::NoBackends);
+    }
+    let mut point = rand::random_range(0..total);
+    for backend in backends {
+        let weight = u64::from(backend.weight);
+        if point < weight {
+            return Ok(backend);
+        }
+        point -= weight;
+    }
+    Err(ProxyError::NoBackends)
+}
+
+/// Runs `future`, failing with `on_expiry()` when `limit` passes first.
+async fn deadline<T>(
+    limit: Option<Duration>,
+    future: impl Future<Output = Result<T, ProxyError>>,
+    on_expiry: impl FnOnce() -> ProxyError,
+) -> Result<T, ProxyError> {
+    match limit {
+        None => future.await,
+        Some(limit) => tokio::time::timeout(limit, future)
+            .await
+            .unwrap_or_else(|_| Err(on_expiry())),
+    }
+}
+
+// === impl AccessLog ===
+
+/// One access-log line, filled in as the request moves through the steps.
+struct AccessLog {
+    connection: Connection,
+    method: Method,
+    target: String,
+    version: Version,
+    route: Option<Arc<Rule>>,
+    backend: Option<String>,
+    endpoint: Option<SocketAddr>,
+    error: Option<String>,
+    fault: Option<crate::error::Fault>,
+}
+
+impl AccessLog {
+    fn new<B>(connection: Connection, request: &Request<B>) -> Self {
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| request.uri().path().to_string(), ToString::to_string);
+        Self {
+            connection,
+            method: request.method().clone(),
+            target,
+            version: request.version(),
+            route: None,
+            backend: None,
+            endpoint: None,
+            error: None,
+            fault: None,
+        }
+    }
+
+    fn record(&self, status: StatusCode, elapsed: Duration) {
+        let route = self
+            .route
+            .as_ref()
+            .map(|rule| format!("{}/{}#{}", rule.id.namespace, rule.id.name, rule.id.rule));
+        tracing::info!(
+            target: "portcullis::access",
+            client = %self.connection.client,
+            bind = %self.connection.bind,
+            method = %self.method,
+            target = %self.target,
+            version = ?self.version,
+            status = status.as_u16(),
+            route = route.as_deref().unwrap_or("-"),
+            backend = self.backend.as_deref().unwrap_or("-"),
+            endpoint = ?self.endpoint,
+            error = self.error.as_deref().unwrap_or("-"),
+            fault = ?self.fault,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ir::{InvalidBackend, WeightedBackend};
+
+    fn weighted(weight: u32, name: &str) -> WeightedBackend {
+        WeightedBackend {
+            weight,
+            target: BackendTarget::Invalid(InvalidBackend {
+                reference: name.into(),
+                reason: String::new(),
+            }),
+            request_headers: None,
+            response_headers: None,
+        }
+    }
+
+    fn name(backend: &WeightedBackend) -> &str {
+        match &backend.target {
+            BackendTarget::Invalid(invalid) => &invalid.reference,
+            BackendTarget::Service(service) => &service.name,
+        }
+    }
+
+    #[test]
+    fn zero_weight_is_never_chosen() {
+        let backends = [weighted(0, "zero"), weighted(1, "one")];
+        for _ in 0..1000 {
+            assert_eq!(choose_backend(&backends).map(name).ok(), Some("one"));
+        }
+    }
+
+    #[test]
+    fn all_zero_or_none_is_an_error() {
+        assert!(matches!(
+            choose_backend(&[weighted(0, "a"), weighted(0, "b")]),
+            Err(ProxyError::NoBackends)
+        ));
+        assert!(matches!(choose_backend(&[]), Err(ProxyError::NoBackends)));
+    }
+
+    #[test]
+    fn authority_wins_over_host_header() {
+        let request = Request::builder()
+            .uri("http://Example.COM:8080/x")
+            .header(header::HOST, "other.example")
+            .body(())
+            .expect("valid request");
+        assert_eq!(
+            request_host(&request).ok().as_ref().map(Hostname::as_str),
+            Some("example.com")
+        );
+        let origin_form = Request::builder()
+            .uri("/x")
+            .header(header::HOST, "foo.example:80")
+            .body(())
+            .expect("valid request");
+        assert_eq!(
+            request_host(&origin_form)
+                .ok()
+                .as_ref()
+                .map(Hostname::as_str),
+            Some("foo.example")
+        );
+        let hostless = Request::builder()
+            .uri("/x")
+            .body(())
+            .expect("valid request");
+        assert!(matches!(
+            request_host(&hostless),
+            Err(ProxyError::MissingHost)
+        ));
+    }
+}
