@@ -30,8 +30,8 @@ pub use filter::{
 };
 pub use hostname::{Hostname, HostnameMatch};
 pub use route::{
-    Action, HeaderMatch, HttpMatch, HttpRequestParts, PathMatch, QueryMatch, RouteId, RouteKind,
-    RouteTable, Rule, Selected, StringMatch, Timeouts,
+    Action, Candidate, HeaderMatch, HttpMatch, HttpRequestParts, PathMatch, QueryMatch, RouteId,
+    RouteKind, RouteTable, Rule, Selected, StringMatch, Timeouts,
 };
 
 /// A complete routing configuration, replaced as a whole on every reload.

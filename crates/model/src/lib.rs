@@ -17,19 +17,23 @@ pub mod decode;
 mod snapshot;
 pub mod status;
 mod validate;
+pub use validate::parse_duration;
 pub mod yaml;
 
 use std::fmt;
 use std::sync::Arc;
 
 pub use gateway_api::experimental as gw;
-pub use snapshot::{Snapshot, Store};
+pub use snapshot::{ObjectName, Snapshot, Store};
 
 /// Core Kubernetes kinds used by portcullis.
 pub mod k8s {
     pub use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServicePort};
     pub use k8s_openapi::api::discovery::v1::EndpointSlice;
-    pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, LabelSelectorRequirement, ObjectMeta,
+    };
+    pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 }
 
 /// The API group of the Gateway API.

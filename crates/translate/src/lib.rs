@@ -1,1 +1,121 @@
-//! placeholder
+//! Translation: a resource [`Snapshot`] in, the compiled [`ir::Config`] and every resource's
+//! status out, from one call.
+//!
+//! Stage: between *model* and the *data plane*. [`translate`] is a pure, deterministic
+//! function: no files, sockets, clocks, environment or randomness. Because routing config
+//! and status come out of the same computation, they cannot disagree: a route is attached
+//! to a listener in the config exactly when its status says `Accepted=True` for that parent.
+//!
+//! The steps, each in its own module:
+//! 1. [`classes`]: which GatewayClasses are ours and accepted.
+//! 2. [`gateways`]: Gateway addresses and listeners (validity, conflicts, allowed routes).
+//! 3. [`attach`]: attaching routes to listeners through `parentRefs` (shared by every route
+//!    kind: sectionName, port, allowedRoutes, hostname intersection).
+//! 4. [`http_route`] with [`backends`] and [`grants`]: compiling HTTPRoute rules.
+//! 5. Assembly here: listeners and their route tables grouped by bind address.
+//!
+//! Must not depend on: tokio, hyper, the kube client, files, network, clock, randomness.
+
+mod attach;
+mod backends;
+mod classes;
+mod gateways;
+mod grants;
+mod http_route;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use model::status::StatusSet;
+use model::{ObjectName, Snapshot};
+
+/// The controller name portcullis answers to unless configured otherwise.
+pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
+
+/// Inputs besides the snapshot. Everything stateful (address allocations, which addresses
+/// failed to bind) is passed in, so the function stays pure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// GatewayClasses with this `controllerName` are ours.
+    pub controller_name: String,
+    /// Addresses handed to Gateways without `spec.addresses`.
+    pub address_pool: Option<IpNet>,
+    /// Addresses previously handed out from the pool, kept stable across reloads.
+    pub allocations: BTreeMap<ObjectName, IpAddr>,
+    /// Addresses the data plane could not bind; Gateways using them are not Programmed.
+    pub unusable_addresses: BTreeSet<IpAddr>,
+}
+
+/// The result of one translation.
+#[derive(Clone, Debug, Default)]
+pub struct Translation {
+    /// What the data plane serves.
+    pub config: ir::Config,
+    /// Status of every resource we manage.
+    pub status: StatusSet,
+    /// Pool allocations after this translation (pass them back in next time).
+    pub allocations: BTreeMap<ObjectName, IpAddr>,
+}
+
+// === impl Options ===
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            controller_name: DEFAULT_CONTROLLER_NAME.to_string(),
+            address_pool: None,
+            allocations: BTreeMap::new(),
+            unusable_addresses: BTreeSet::new(),
+        }
+    }
+}
+
+/// Translates a snapshot.
+pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
+    let mut status = StatusSet::default();
+    let classes = classes::accepted(snapshot, options, &mut status);
+    let mut gateways = gateways::resolve(snapshot, &classes, options);
+    let routes = http_route::compile_all(snapshot, &mut gateways, options, &mut status);
+
+    let mut binds: BTreeMap<SocketAddr, ir::Bind> = BTreeMap::new();
+    for gateway in gateways.values() {
+        status.0.insert(gateway.key(), gateway.status());
+        if !gateway.programmed() {
+            continue;
+        }
+        let ip = gateway.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        for listener in gateway.listeners.iter().filter(|l| l.is_serving()) {
+            let candidates = routes.for_listener(&gateway.name, &listener.name);
+            let compiled = ir::HttpListener {
+                gateway: gateway.name.to_string(),
+                name: listener.name.clone(),
+                hostname: listener.hostname.clone(),
+                port: listener.port,
+                scheme: listener.scheme(),
+                routes: ir::RouteTable::new(candidates),
+            };
+            binds
+                .entry(SocketAddr::new(ip, listener.port))
+                .or_default()
+                .http
+                .push(Arc::new(compiled));
+        }
+    }
+    for bind in binds.values_mut() {
+        bind.sort_listeners();
+    }
+    let allocations = gateways
+        .values()
+        .filter_map(|g| g.allocated.map(|ip| (g.name.clone(), ip)))
+        .collect();
+    Translation {
+        config: ir::Config { binds },
+        status,
+        allocations,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+//! Attaching routes to Gateway listeners through `parentRefs`, shared by every route kind.
+//!
+//! For each parentRef the spec asks, in order: does a parent exist that this reference
+//! selects (`sectionName`, `port`)? Does one of those listeners allow the route
+//! (`allowedRoutes.namespaces` and `.kinds`)? Do the route's hostnames intersect the
+//! listener's? The first question answered "no" decides the `Accepted=False` reason:
+//! `NoMatchingParent`, `NotAllowedByListeners`, `NoMatchingListenerHostname`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ir::HostnameMatch;
+use model::status::{ParentReference, Reason};
+use model::{GATEWAY_GROUP, ObjectName, Snapshot};
+
+use crate::gateways::{AllowedNamespaces, GatewayState};
+
+/// A parentRef in kind-independent form (every route kind's generated type differs).
+#[derive(Clone, Debug)]
+pub(crate) struct ParentRef {
+    pub group: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub section_name: Option<String>,
+    pub port: Option<i32>,
+}
+
+/// The route being attached.
+pub(crate) struct RouteInfo<'a> {
+    pub kind: &'a str,
+    pub name: &'a ObjectName,
+    pub hostnames: &'a [HostnameMatch],
+}
+
+/// A listener a route attached to, with the hostnames it serves there (`None` = any host
+/// the listener accepts).
+#[derive(Clone, Debug)]
+pub(crate) struct Attachment {
+    pub gateway: ObjectName,
+    pub listener: String,
+    pub hostnames: Vec<Option<HostnameMatch>>,
+}
+
+/// The outcome for one parentRef.
+pub(crate) enum ParentOutcome {
+    /// Not a Gateway of ours: no status entry.
+    NotOurs,
+    /// Attached to these listeners.
+    Attached(Vec<Attachment>),
+    /// Rejected with a reason.
+    Rejected(Reason, String),
+}
+
+/// Resolves one parentRef of a route.
+pub(crate) fn attach(
+    snapshot: &Snapshot,
+    gateways: &BTreeMap<ObjectName, GatewayState>,
+    route: &RouteInfo<'_>,
+    parent: &ParentRef,
+) -> ParentOutcome {
+    if parent.group != GATEWAY_GROUP || parent.kind != "Gateway" {
+        return ParentOutcome::NotOurs;
+    }
+    let namespace = parent.namespace.as_deref().unwrap_or(&route.name.namespace);
+    let Some(gateway) = gateways.get(&ObjectName::new(namespace, &parent.name)) else {
+        return ParentOutcome::NotOurs;
+    };
+    let selected: Vec<_> = gateway
+        .listeners
+        .iter()
+        .filter(|l| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|l| parent.port.is_none_or(|p| i32::from(l.port) == p))
+        .collect();
+    if selected.is_empty() {
+        return ParentOutcome::Rejected(
+            Reason::NoMatchingParent,
+            "no listener matches the parentRef's sectionName and port".into(),
+        );
+    }
+    let allowed: Vec<_> = selected
+        .iter()
+        .filter(|l| l.is_serving())
+        .filter(|l| l.supported_kinds.iter().any(|k| k.kind == route.kind))
+        .filter(|l| {
+            namespace_allowed(
+                snapshot,
+                &l.allowed,
+                &gateway.name.namespace,
+                &route.name.namespace,
+            )
+        })
+        .collect();
+    if allowed.is_empty() {
+        return ParentOutcome::Rejected(
+            Reason::NotAllowedByListeners,
+            format!(
+                "no selected listener allows {} from namespace {}",
+                route.kind, route.name.namespace
+            ),
+        );
+    }
+    let attachments: Vec<_> = allowed
+        .iter()
+        .filter_map(|l| {
+            let hostnames = intersect(l.hostname.as_ref(), route.hostnames);
+            (!hostnames.is_empty()).then(|| Attachment {
+                gateway: gateway.name.clone(),
+                listener: l.name.clone(),
+                hostnames,
+            })
+        })
+        .collect();
+    if attachments.is_empty() {
+        return ParentOutcome::Rejected(
+            Reason::NoMatchingListenerHostname,
+            "no listener hostname intersects the route's hostnames".into(),
+        );
+    }
+    ParentOutcome::Attached(attachments)
+}
+
+/// Counts attached routes on listeners: each route counts once per listener.
+pub(crate) fn count_attachments(
+    gateways: &mut BTreeMap<ObjectName, GatewayState>,
+    attachments: &[Attachment],
+) {
+    let unique: BTreeSet<_> = attachments
+        .iter()
+        .map(|a| (&a.gateway, &a.listener))
+        .collect();
+    for (gateway, listener) in unique {
+        if let Some(state) = gateways.get_mut(gateway) {
+            if let Some(l) = state.listeners.iter_mut().find(|l| &l.name == listener) {
+                l.attached_routes += 1;
+            }
+        }
+    }
+}
+
+/// The parentRef as status echoes it: group and kind written out.
+pub(crate) fn status_ref(parent: &ParentRef) -> ParentReference {
+    ParentReference {
+        group: parent.group.clone(),
+        kind: parent.kind.clone(),
+        namespace: parent.namespace.clone(),
+        name: parent.name.clone(),
+        section_name: parent.section_name.clone(),
+        port: parent.port,
+    }
+}
+
+/// The hostnames a route serves on a listener: "If both the Listener and HTTPRoute have
+/// specified hostnames, any HTTPRoute hostnames that do not match the Listener hostname MUST
+/// be ignored", and a route without hostnames takes the listener's.
+fn intersect(
+    listener: Option<&HostnameMatch>,
+    route: &[HostnameMatch],
+) -> Vec<Option<HostnameMatch>> {
+    match (listener, route.is_empty()) {
+        (_, true) => vec![None],
+        (None, false) => route.iter().cloned().map(Some).collect(),
+        (Some(listener), false) => route
+            .iter()
+            .filter_map(|h| h.intersect(listener))
+            .map(Some)
+            .collect(),
+    }
+}
+
+fn namespace_allowed(
+    snapshot: &Snapshot,
+    allowed: &AllowedNamespaces,
+    gateway_namespace: &str,
+    route_namespace: &str,
+) -> bool {
+    match allowed {
+        AllowedNamespaces::Same => gateway_namespace == route_namespace,
+        AllowedNamespaces::All => true,
+        AllowedNamespaces::Selector(selector) => {
+            let mut labels = snapshot
+                .namespaces
+                .get(route_namespace)
+                .and_then(|ns| ns.metadata.labels.clone())
+                .unwrap_or_default();
+            // The API server sets this label on every namespace; standalone manifests may
+            // omit the Namespace object entirely.
+            labels
+                .entry("kubernetes.io/metadata.name".to_string())
+                .or_insert_with(|| route_namespace.to_string());
+            crate::backends::selector_matches(selector, &labels)
+        }
+    }
+}

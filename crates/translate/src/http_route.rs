@@ -1,0 +1,302 @@
+//! HTTPRoute: attaching each route to its parents and compiling its rules into IR.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ir::{Action, Candidate, HostnameMatch, RouteId, RouteKind, Rule, Timeouts};
+use model::gw::httproutes::HttpRoute;
+use model::status::{
+    Condition, ConditionType, Reason, ResourceStatus, RouteParentStatus, StatusSet,
+};
+use model::{GATEWAY_GROUP, Kind, ObjectName, ResourceKey, Snapshot};
+
+use crate::Options;
+use crate::attach::{self, ParentOutcome, ParentRef, RouteInfo};
+use crate::backends::Resolver;
+use crate::gateways::GatewayState;
+
+mod filters;
+mod matches;
+
+/// Compiled route matches, grouped by the listener they attached to.
+#[derive(Default)]
+pub(crate) struct Routes {
+    by_listener: BTreeMap<(ObjectName, String), Vec<Candidate>>,
+}
+
+/// A rule compiled once per route, then shared by every listener it attaches to.
+struct CompiledRule {
+    rule: Arc<Rule>,
+    matches: Vec<ir::HttpMatch>,
+}
+
+/// What went wrong while compiling a route's rules, for its status.
+#[derive(Default)]
+pub(crate) struct RuleProblems {
+    /// The first unresolvable reference (ResolvedRefs=False).
+    pub unresolved: Option<(Reason, String)>,
+    /// The first unsupported value (rule answered with 500).
+    pub unsupported: Option<(Reason, String)>,
+}
+
+// === impl Routes ===
+
+impl Routes {
+    /// The candidates attached to one listener.
+    pub(crate) fn for_listener(&self, gateway: &ObjectName, listener: &str) -> Vec<Candidate> {
+        self.by_listener
+            .get(&(gateway.clone(), listener.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+// === impl RuleProblems ===
+
+impl RuleProblems {
+    pub(crate) fn unresolved(&mut self, reason: Reason, message: String) {
+        self.unresolved.get_or_insert((reason, message));
+    }
+
+    pub(crate) fn unsupported(&mut self, message: String) {
+        self.unsupported
+            .get_or_insert((Reason::UnsupportedValue, message));
+    }
+}
+
+/// Compiles every HTTPRoute, attaches it, and writes its status.
+pub(crate) fn compile_all(
+    snapshot: &Snapshot,
+    gateways: &mut BTreeMap<ObjectName, GatewayState>,
+    options: &Options,
+    status: &mut StatusSet,
+) -> Routes {
+    // "The oldest Route based on creation timestamp", then "{namespace}/{name}".
+    let mut ordered: Vec<_> = snapshot.http_routes.iter().collect();
+    ordered.sort_by(|(a_name, a), (b_name, b)| {
+        let a_time = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let b_time = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        a_time.cmp(&b_time).then_with(|| a_name.cmp(b_name))
+    });
+    let mut routes = Routes::default();
+    let mut resolver = Resolver::default();
+    for (rank, (name, route)) in ordered.into_iter().enumerate() {
+        compile_route(
+            snapshot,
+            gateways,
+            options,
+            status,
+            &mut routes,
+            &mut resolver,
+            rank,
+            name,
+            route,
+        );
+    }
+    routes
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_route(
+    snapshot: &Snapshot,
+    gateways: &mut BTreeMap<ObjectName, GatewayState>,
+    options: &Options,
+    status: &mut StatusSet,
+    routes: &mut Routes,
+    resolver: &mut Resolver,
+    rank: usize,
+    name: &ObjectName,
+    route: &HttpRoute,
+) {
+    let generation = route.metadata.generation.unwrap_or(1);
+    let hostnames: Vec<_> = route
+        .spec
+        .hostnames
+        .iter()
+        .flatten()
+        .map(|h| HostnameMatch::parse(h))
+        .collect();
+    let mut problems = RuleProblems::default();
+    let rules: Vec<_> = route
+        .spec
+        .rules
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, rule)| compile_rule(snapshot, resolver, name, index, rule, &mut problems))
+        .collect();
+    let info = RouteInfo {
+        kind: "HTTPRoute",
+        name,
+        hostnames: &hostnames,
+    };
+    let mut parents = Vec::new();
+    for parent in route.spec.parent_refs.iter().flatten() {
+        let parent = ParentRef {
+            group: parent
+                .group
+                .clone()
+                .unwrap_or_else(|| GATEWAY_GROUP.to_string()),
+            kind: parent.kind.clone().unwrap_or_else(|| "Gateway".to_string()),
+            namespace: parent.namespace.clone(),
+            name: parent.name.clone(),
+            section_name: parent.section_name.clone(),
+            port: parent.port,
+        };
+        let accepted = match attach::attach(snapshot, gateways, &info, &parent) {
+            ParentOutcome::NotOurs => continue,
+            ParentOutcome::Rejected(reason, message) => {
+                Condition::new(ConditionType::Accepted, false, reason, message, generation)
+            }
+            ParentOutcome::Attached(attachments) => {
+                attach::count_attachments(gateways, &attachments);
+                for attachment in &attachments {
+                    let bucket = routes
+                        .by_listener
+                        .entry((attachment.gateway.clone(), attachment.listener.clone()))
+                        .or_default();
+                    for hostname in &attachment.hostnames {
+                        for compiled in &rules {
+                            for (match_index, matcher) in compiled.matches.iter().enumerate() {
+                                bucket.push(Candidate {
+                                    hostname: hostname.clone(),
+                                    matcher: matcher.clone(),
+                                    rule: compiled.rule.clone(),
+                                    route_rank: rank,
+                                    match_index,
+                                });
+                            }
+                        }
+                    }
+                }
+                Condition::new(
+                    ConditionType::Accepted,
+                    true,
+                    Reason::Accepted,
+                    "accepted",
+                    generation,
+                )
+            }
+        };
+        let resolved = match &problems.unresolved {
+            Some((reason, message)) => Condition::new(
+                ConditionType::ResolvedRefs,
+                false,
+                *reason,
+                message,
+                generation,
+            ),
+            None => Condition::new(
+                ConditionType::ResolvedRefs,
+                true,
+                Reason::ResolvedRefs,
+                "resolved",
+                generation,
+            ),
+        };
+        let mut conditions = vec![accepted, resolved];
+        if let Some((reason, message)) = &problems.unsupported {
+            conditions.push(Condition::new(
+                ConditionType::PartiallyInvalid,
+                true,
+                *reason,
+                message,
+                generation,
+            ));
+        }
+        parents.push(RouteParentStatus {
+            parent_ref: attach::status_ref(&parent),
+            controller_name: options.controller_name.clone(),
+            conditions,
+        });
+    }
+    if !parents.is_empty() {
+        status.0.insert(
+            ResourceKey::new(Kind::HttpRoute, &name.namespace, &name.name),
+            ResourceStatus::Route { parents },
+        );
+    }
+}
+
+fn compile_rule(
+    snapshot: &Snapshot,
+    resolver: &mut Resolver,
+    route: &ObjectName,
+    index: usize,
+    spec: &model::gw::httproutes::HttpRouteRules,
+    problems: &mut RuleProblems,
+) -> CompiledRule {
+    let id = RouteId {
+        kind: RouteKind::Http,
+        namespace: route.namespace.clone(),
+        name: route.name.clone(),
+        rule: index,
+        rule_name: spec.name.clone(),
+    };
+    let mut invalid: Option<String> = None;
+    let matches = match matches::compile(spec.matches.as_deref().unwrap_or_default()) {
+        Ok(matches) => matches,
+        Err(message) => {
+            problems.unsupported(message.clone());
+            invalid = Some(message);
+            vec![ir::HttpMatch::default()]
+        }
+    };
+    let referrer = crate::backends::Referrer {
+        kind: "HTTPRoute",
+        namespace: &route.namespace,
+    };
+    let compiled = filters::rule_filters(
+        snapshot,
+        resolver,
+        referrer,
+        spec.filters.as_deref().unwrap_or_default(),
+        problems,
+    );
+    let (filters, redirect) = match compiled {
+        Ok(pair) => pair,
+        Err(message) => {
+            invalid.get_or_insert(message);
+            Default::default()
+        }
+    };
+    let backends = filters::backends(
+        snapshot,
+        resolver,
+        referrer,
+        spec.backend_refs.as_deref().unwrap_or_default(),
+        problems,
+    );
+    let action = match (invalid, redirect) {
+        (Some(message), _) => Action::Invalid(message),
+        (None, Some(redirect)) => Action::Redirect(redirect),
+        (None, None) if backends.is_empty() => {
+            Action::Invalid("the rule has no backendRefs".into())
+        }
+        (None, None) => Action::Forward(backends),
+    };
+    let timeouts = spec
+        .timeouts
+        .as_ref()
+        .map_or_else(Timeouts::default, |t| Timeouts {
+            request: t
+                .request
+                .as_deref()
+                .and_then(model::parse_duration)
+                .filter(|d| !d.is_zero()),
+            backend_request: t
+                .backend_request
+                .as_deref()
+                .and_then(model::parse_duration)
+                .filter(|d| !d.is_zero()),
+        });
+    CompiledRule {
+        rule: Arc::new(Rule {
+            id,
+            filters,
+            action,
+            timeouts,
+        }),
+        matches,
+    }
+}
