@@ -1,0 +1,7 @@
+//! The data plane over real sockets: a gateway on `127.0.0.1:0`, in-process echo upstreams,
+//! and hand-built `ir::Config`s. One test binary, so the support code is compiled once.
+
+mod filters;
+mod lifecycle;
+mod routing;
+mod support;
