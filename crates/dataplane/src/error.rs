@@ -21,6 +21,9 @@ pub enum ProxyError {
     /// The request names no host (HTTP/1.1 without `Host`, HTTP/2 without `:authority`).
     #[error("request has no host")]
     MissingHost,
+    /// `CONNECT` is not routed by HTTP listeners.
+    #[error("CONNECT is not supported on this listener")]
+    ConnectMethod,
     /// Reading the request body failed (while buffering it for mirrors).
     #[error("reading the request body failed")]
     RequestBody(#[source] BoxError),
@@ -117,6 +120,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingHost | Self::RequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoListener { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
             // "requests that would have been sent to an invalid backend MUST receive a 500"
             // (HTTPBackendRef docs); invalid rules get the same answer.
@@ -135,9 +139,11 @@ impl ProxyError {
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
-            Self::MissingHost | Self::RequestBody(_) | Self::NoListener { .. } | Self::NoRoute => {
-                Fault::Client
-            }
+            Self::MissingHost
+            | Self::ConnectMethod
+            | Self::RequestBody(_)
+            | Self::NoListener { .. }
+            | Self::NoRoute => Fault::Client,
             Self::InvalidRule(_)
             | Self::NoBackends
             | Self::InvalidBackend { .. }
@@ -228,6 +234,7 @@ mod tests {
         let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
         let cases = [
             (ProxyError::MissingHost, 400, Fault::Client, false),
+            (ProxyError::ConnectMethod, 405, Fault::Client, false),
             (ProxyError::NoRoute, 404, Fault::Client, false),
             (
                 ProxyError::NoListener { host: "a".into() },

@@ -69,6 +69,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `TE` lists `trailers` (the client accepts trailer fields).
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|coding| coding.split(';').next())
+        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
+}
+
 /// Appends the client's IP to `X-Forwarded-For` (one comma-separated value, as most proxies
 /// write it) and sets `X-Forwarded-Proto` to the scheme the client used.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: ir::RedirectScheme) {
@@ -173,6 +184,16 @@ mod tests {
         remove_hop_by_hop(&mut map);
         let left: Vec<_> = map.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn trailers_are_found_among_transfer_codings() {
+        assert!(accepts_trailers(&headers(&[(
+            "te",
+            "gzip;q=0.5, Trailers"
+        )])));
+        assert!(!accepts_trailers(&headers(&[("te", "gzip")])));
+        assert!(!accepts_trailers(&HeaderMap::new()));
     }
 
     #[test]

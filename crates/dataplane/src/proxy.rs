@@ -14,7 +14,9 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use ir::{Action, BackendTarget, Hostname, HttpListener, Rule, Selected, WeightedBackend};
+use ir::{
+    Action, BackendProtocol, BackendTarget, Hostname, HttpListener, Rule, Selected, WeightedBackend,
+};
 
 use crate::Shared;
 use crate::body::{self, ProxyBody};
@@ -61,6 +63,10 @@ async fn proxy(
     log: &mut AccessLog,
     request: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if request.method() == Method::CONNECT {
+        // Tunnels are not HTTPRoute traffic; the egress CONNECT proxy is a separate listener.
+        return Err(ProxyError::ConnectMethod);
+    }
     let host = request_host(&request)?;
     let listener = find_listener(config, connection.bind, &host)?;
     let selected = select_route(listener, &host, &request)?;
@@ -108,7 +114,7 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let rule = selected.rule;
     let (mut parts, body) = request.into_parts();
-    prepare_request_headers(&mut parts, connection, listener);
+    let te_trailers = prepare_request_headers(&mut parts, connection, listener);
     apply_request_filters(&mut parts, rule, selected.matcher.matched_prefix())?;
     let chosen = choose_backend(backends)?;
     let backend = match &chosen.target {
@@ -121,6 +127,13 @@ async fn forward(
         }
     };
     log.backend = Some(backend.name.clone());
+    if te_trailers && backend.protocol == BackendProtocol::H2c {
+        // `TE` is hop-by-hop, but HTTP/2 allows `TE: trailers` (RFC 9113 §8.2.2) and gRPC
+        // servers require it, so a client's promise to accept trailers is passed on.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let body = shared
         .mirrors
         .send(&rule.filters.mirrors, &parts, body)
@@ -193,15 +206,22 @@ fn select_route<'l, B>(
 }
 
 /// The proxy's own header changes: `Host` from the authority, hop-by-hop headers out,
-/// `X-Forwarded-For` and `X-Forwarded-Proto` in.
-fn prepare_request_headers(parts: &mut Parts, connection: Connection, listener: &HttpListener) {
+/// `X-Forwarded-For` and `X-Forwarded-Proto` in. Returns whether the client sent
+/// `TE: trailers`.
+fn prepare_request_headers(
+    parts: &mut Parts,
+    connection: Connection,
+    listener: &HttpListener,
+) -> bool {
     if let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(header::HOST, host);
     }
+    let te_trailers = filters::accepts_trailers(&parts.headers);
     filters::remove_hop_by_hop(&mut parts.headers);
     filters::set_forwarded(&mut parts.headers, connection.client.ip(), listener.scheme);
+    te_trailers
 }
 
 /// The rule's `RequestHeaderModifier` and `URLRewrite`.

@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 
 use http::StatusCode;
+use http_body_util::Full;
 use ir::{Action, BackendProtocol, BackendTarget, InvalidBackend, PathMatch, WeightedBackend};
 
 use crate::support::{
-    Gateway, Upstream, backend, config, forward, listener, route, rule, unused_port, weighted,
+    Gateway, Upstream, backend, config, forward, listener, request, route, rule, send, unused_port,
+    weighted,
 };
 
 #[tokio::test]
@@ -219,9 +221,14 @@ async fn h2c_backends_get_http2_and_endpoints_rotate() {
 
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let answer = gateway.get("example.com", "/grpc-ish").await;
+        let sent = request("POST", "example.com", "/grpc-ish")
+            .header("te", "trailers")
+            .body(Full::default());
+        let answer = send(gateway.addr, sent).await;
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.echoed()["version"], "HTTP/2.0");
+        // gRPC needs `TE: trailers`, which HTTP/2 allows through.
+        assert_eq!(answer.echoed()["headers"]["te"][0], "trailers");
         seen.push(
             answer.echoed()["backend"]
                 .as_str()
