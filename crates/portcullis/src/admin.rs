@@ -1,0 +1,120 @@
+//! The admin server: `/live`, `/ready`, `/config`, `/status`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::status::StatusDocument;
+
+/// What the admin endpoints show; replaced as a whole after every reload.
+#[derive(Debug, Default)]
+pub struct AdminState {
+    /// True once the first config has been applied.
+    pub ready: bool,
+    /// The compiled config, as JSON.
+    pub config: serde_json::Value,
+    /// The status document.
+    pub status: StatusDocument,
+    /// Number of reloads applied.
+    pub reloads: u64,
+}
+
+/// Binds the admin listener and serves it in the background; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    state: watch::Receiver<Arc<AdminState>>,
+    dataplane: dataplane::Dataplane,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    continue;
+                }
+            };
+            let state = state.clone();
+            let dataplane = dataplane.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let snapshot = state.borrow().clone();
+                    let dataplane = dataplane.clone();
+                    async move { Ok::<_, Infallible>(handle(&request, &snapshot, &dataplane)) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(error) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%error, "admin connection ended");
+                }
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn handle(
+    request: &Request<Incoming>,
+    state: &AdminState,
+    dataplane: &dataplane::Dataplane,
+) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+    }
+    match request.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" if state.ready => text(StatusCode::OK, "ready\n"),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/config" => json(&state.config),
+        "/status" => json(&state.status),
+        "/metrics" => text(
+            StatusCode::OK,
+            &format!(
+                "# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n",
+                state.reloads,
+                dataplane.mirror_drops()
+            ),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "endpoints: /live /ready /config /status /metrics\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{error}\n")),
+    }
+}

@@ -1,0 +1,155 @@
+//! `portcullis run`: the control loop that keeps the data plane in step with the directory.
+//!
+//! Each round: rescan the directory (changed files only), take a snapshot, translate, hand
+//! the config to the data plane. Addresses the data plane cannot bind are fed back into the
+//! next translation (so the Gateway reports `Programmed=False AddressNotUsable`). A file
+//! that stops decoding keeps its last good version, so a typo never takes routes away.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sources::Directory;
+use tokio::sync::watch;
+
+use crate::RunArgs;
+use crate::admin::{self, AdminState};
+use crate::status::{self, Stamper};
+
+/// How long the directory must be quiet before a reload.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Time given to in-flight requests on shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let root = args.config.config.clone();
+    let mut directory = Directory::new(&root);
+    directory
+        .rescan()
+        .with_context(|| format!("cannot read config directory {}", root.display()))?;
+    let mut watch = sources::watch(&root, DEBOUNCE)
+        .with_context(|| format!("cannot watch {}", root.display()))?;
+
+    let dataplane = dataplane::Dataplane::new(dataplane::Options::default());
+    let (state_tx, state_rx) = watch::channel(Arc::new(AdminState::default()));
+    let admin = admin::serve(args.admin, state_rx.clone(), dataplane.clone())
+        .await
+        .with_context(|| format!("cannot listen on admin address {}", args.admin))?;
+    tracing::info!(admin = %admin, config = %root.display(), "portcullis started");
+
+    let mut control = Control {
+        options: args.config.translate_options(),
+        dataplane: dataplane.clone(),
+        stamper: Stamper::default(),
+        state: state_tx,
+        reloads: 0,
+    };
+    control.reconcile(&mut directory).await;
+
+    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            tick = watch.ticks.recv() => {
+                if tick.is_none() {
+                    break;
+                }
+                match directory.rescan() {
+                    Ok(report) if report.changed == 0 && report.removed == 0 => continue,
+                    Ok(_) => control.reconcile(&mut directory).await,
+                    Err(error) => tracing::warn!(%error, "cannot rescan the config directory"),
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down; draining in-flight requests");
+    dataplane.shutdown(DRAIN).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn signal(kind: tokio::signal::unix::SignalKind) -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind).context("cannot install signal handler")
+}
+
+/// The state carried between reloads.
+struct Control {
+    options: translate::Options,
+    dataplane: dataplane::Dataplane,
+    stamper: Stamper,
+    state: watch::Sender<Arc<AdminState>>,
+    reloads: u64,
+}
+
+impl Control {
+    /// Translates the directory's current contents and applies the result.
+    async fn reconcile(&mut self, directory: &mut Directory) {
+        let started = Instant::now();
+        let store = directory.store();
+        let snapshot = store.snapshot();
+        let errors = store.errors();
+        let warnings = store.warnings();
+        for error in &errors {
+            tracing::warn!(%error, "manifest rejected; its last good version stays in use");
+        }
+        // Unusable addresses are rediscovered every round, so an address that becomes
+        // bindable later (or leaves the spec) is picked up.
+        self.options.unusable_addresses.clear();
+        let mut translation = translate::translate(&snapshot, &self.options);
+        // Bind, and retranslate while new addresses turn out unusable: each round adds at
+        // least one address to the unusable set, so this ends.
+        loop {
+            let failures = self
+                .dataplane
+                .apply(Arc::new(translation.config.clone()))
+                .await;
+            let mut unusable: BTreeSet<IpAddr> = BTreeSet::new();
+            for failure in &failures {
+                tracing::warn!(addr = %failure.addr, error = %failure.error, "cannot bind");
+                unusable.insert(failure.addr.ip());
+            }
+            let new: Vec<_> = unusable
+                .difference(&self.options.unusable_addresses)
+                .copied()
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            self.options.unusable_addresses.extend(new);
+            translation = translate::translate(&snapshot, &self.options);
+        }
+        self.options.allocations = translation.allocations.clone();
+        let now = jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or(jiff::Timestamp::now());
+        let mut status = translation.status;
+        self.stamper.stamp(&mut status, &now.to_string());
+        self.reloads += 1;
+        let document = status::document(&snapshot, &status, &errors, &warnings);
+        let state = AdminState {
+            ready: true,
+            config: serde_json::to_value(&translation.config).unwrap_or_default(),
+            status: document,
+            reloads: self.reloads,
+        };
+        self.state.send_replace(Arc::new(state));
+        tracing::info!(
+            binds = translation.config.binds.len(),
+            errors = errors.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "config applied"
+        );
+    }
+}

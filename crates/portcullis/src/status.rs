@@ -1,0 +1,123 @@
+//! Publishing status: the document served at `/status` and printed by `check`.
+//!
+//! Translate has no clock, so `lastTransitionTime` is stamped here: a condition keeps its
+//! time while its status stays the same, as the API server's convention requires.
+
+use std::collections::HashMap;
+
+use model::decode::{DecodeError, Warning};
+use model::status::{ConditionStatus, ResourceStatus, StatusSet};
+use model::{Kind, ResourceKey, Snapshot};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The status document: every Gateway API object with its status, plus manifest problems.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StatusDocument {
+    /// Objects with `apiVersion`, `kind`, `metadata` and `status`.
+    pub objects: Vec<Value>,
+    /// Files that do not decode (their last good version is in use).
+    pub errors: Vec<ErrorView>,
+    /// Skipped documents.
+    pub warnings: Vec<String>,
+}
+
+/// One manifest error.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorView {
+    /// The file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// Field path.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Remembers when each condition last changed.
+#[derive(Debug, Default)]
+pub struct Stamper {
+    seen: HashMap<(ResourceKey, usize), (ConditionStatus, String)>,
+}
+
+impl Stamper {
+    /// Sets `lastTransitionTime` on every condition, keeping the previous time of conditions
+    /// whose status did not change.
+    pub fn stamp(&mut self, status: &mut StatusSet, now: &str) {
+        let mut next = HashMap::new();
+        for (key, resource) in &mut status.0 {
+            for (index, condition) in resource.conditions_mut().into_iter().enumerate() {
+                let id = (key.clone(), index);
+                let time = match self.seen.get(&id) {
+                    Some((previous, time)) if *previous == condition.status => time.clone(),
+                    _ => now.to_string(),
+                };
+                condition.last_transition_time = Some(time.clone());
+                next.insert(id, (condition.status, time));
+            }
+        }
+        self.seen = next;
+    }
+}
+
+/// Builds the status document.
+pub fn document(
+    snapshot: &Snapshot,
+    status: &StatusSet,
+    errors: &[DecodeError],
+    warnings: &[Warning],
+) -> StatusDocument {
+    let mut objects = Vec::new();
+    let mut push = |kind: Kind, meta: &model::k8s::ObjectMeta| {
+        let key = ResourceKey::new(
+            kind,
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
+        let status = match status.0.get(&key) {
+            Some(resource) => serde_json::to_value(resource).unwrap_or(Value::Null),
+            None if kind == Kind::HttpRoute => json!({"parents": []}),
+            None => json!({}),
+        };
+        let mut metadata = json!({"name": key.name, "generation": meta.generation.unwrap_or(1)});
+        if kind.namespaced() {
+            metadata["namespace"] = json!(key.namespace);
+        }
+        objects.push(json!({
+            "apiVersion": kind.api_version(),
+            "kind": kind.as_str(),
+            "metadata": metadata,
+            "status": status,
+        }));
+    };
+    for class in snapshot.gateway_classes.values() {
+        push(Kind::GatewayClass, &class.metadata);
+    }
+    for gateway in snapshot.gateways.values() {
+        push(Kind::Gateway, &gateway.metadata);
+    }
+    for route in snapshot.http_routes.values() {
+        push(Kind::HttpRoute, &route.metadata);
+    }
+    StatusDocument {
+        objects,
+        errors: errors
+            .iter()
+            .map(|e| ErrorView {
+                file: e.file.display().to_string(),
+                line: e.line,
+                path: e.path.clone(),
+                message: e.message.clone(),
+            })
+            .collect(),
+        warnings: warnings.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Whether a resource's status says it is not accepted (used by `check`'s exit code).
+pub fn rejected(resource: &ResourceStatus) -> bool {
+    resource.conditions().iter().any(|c| {
+        c.kind == model::status::ConditionType::Accepted && c.status == ConditionStatus::False
+    })
+}
