@@ -15,7 +15,8 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use ir::{
-    Action, BackendProtocol, BackendTarget, Hostname, HttpListener, Rule, Selected, WeightedBackend,
+    Action, Backend, BackendProtocol, BackendTarget, Hostname, HttpListener, Rule, Selected,
+    WeightedBackend,
 };
 
 use crate::Shared;
@@ -116,29 +117,13 @@ async fn forward(
     let (mut parts, body) = request.into_parts();
     let te_trailers = prepare_request_headers(&mut parts, connection, listener);
     apply_request_filters(&mut parts, rule, selected.matcher.matched_prefix())?;
-    let chosen = choose_backend(backends)?;
-    let backend = match &chosen.target {
-        BackendTarget::Service(backend) => backend,
-        BackendTarget::Invalid(invalid) => {
-            return Err(ProxyError::InvalidBackend {
-                reference: invalid.reference.clone(),
-                reason: invalid.reason.clone(),
-            });
-        }
-    };
+    let (chosen, backend) = choose_backend(backends)?;
     log.backend = Some(backend.name.clone());
-    if te_trailers && backend.protocol == BackendProtocol::H2c {
-        // `TE` is hop-by-hop, but HTTP/2 allows `TE: trailers` (RFC 9113 §8.2.2) and gRPC
-        // servers require it, so a client's promise to accept trailers is passed on.
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
     let body = shared
         .mirrors
         .send(&rule.filters.mirrors, &parts, body)
         .await?;
-    filters::modify_headers(chosen.request_headers.as_ref(), &mut parts.headers);
+    apply_backend_filters(&mut parts, chosen, backend.protocol, te_trailers);
     let endpoint = shared.upstreams.endpoint(backend)?;
     log.endpoint = Some(endpoint);
     let attempt =
@@ -149,12 +134,7 @@ async fn forward(
         ProxyError::BackendTimeout { endpoint }
     })
     .await?;
-    let (mut parts, body) = response.into_parts();
-    filters::remove_hop_by_hop(&mut parts.headers);
-    filters::modify_headers(chosen.response_headers.as_ref(), &mut parts.headers);
-    // The client connection decides its own version; hyper frames the response for it.
-    parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, body::boxed(body)))
+    Ok(prepare_response(response, chosen))
 }
 
 // === steps ===
@@ -252,9 +232,24 @@ fn apply_request_filters(
     Ok(())
 }
 
+/// Picks a backendRef by weight and resolves it; an invalid one means 500, as the spec
+/// requires for "requests that would have been sent to an invalid backend".
+fn choose_backend(
+    backends: &[WeightedBackend],
+) -> Result<(&WeightedBackend, &Backend), ProxyError> {
+    let chosen = pick_weighted(backends)?;
+    match &chosen.target {
+        BackendTarget::Service(backend) => Ok((chosen, backend)),
+        BackendTarget::Invalid(invalid) => Err(ProxyError::InvalidBackend {
+            reference: invalid.reference.clone(),
+            reason: invalid.reason.clone(),
+        }),
+    }
+}
+
 /// Picks a backendRef with probability weight / total. Weight 0 is never picked; no positive
 /// weight at all means the rule cannot forward (500).
-fn choose_backend(backends: &[WeightedBackend]) -> Result<&WeightedBackend, ProxyError> {
+fn pick_weighted(backends: &[WeightedBackend]) -> Result<&WeightedBackend, ProxyError> {
     let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
     if total == 0 {
         return Err(ProxyError::NoBackends);
@@ -268,6 +263,35 @@ fn choose_backend(backends: &[WeightedBackend]) -> Result<&WeightedBackend, Prox
         point -= weight;
     }
     Err(ProxyError::NoBackends)
+}
+
+/// Changes for the chosen backendRef only: its `RequestHeaderModifier`, and `TE: trailers`
+/// for HTTP/2 backends.
+fn apply_backend_filters(
+    parts: &mut Parts,
+    chosen: &WeightedBackend,
+    protocol: BackendProtocol,
+    te_trailers: bool,
+) {
+    filters::modify_headers(chosen.request_headers.as_ref(), &mut parts.headers);
+    if te_trailers && protocol == BackendProtocol::H2c {
+        // `TE` is hop-by-hop, but HTTP/2 allows `TE: trailers` (RFC 9113 §8.2.2) and gRPC
+        // servers require it, so a client's promise to accept trailers is passed on.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The upstream response as the client gets it: hop-by-hop headers out, the backendRef's
+/// `ResponseHeaderModifier` applied (the rule's is applied by the caller, for redirects too).
+fn prepare_response(response: Response<Incoming>, chosen: &WeightedBackend) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    filters::remove_hop_by_hop(&mut parts.headers);
+    filters::modify_headers(chosen.response_headers.as_ref(), &mut parts.headers);
+    // The client connection decides its own version; hyper frames the response for it.
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body::boxed(body))
 }
 
 /// Runs `future`, failing with `on_expiry()` when `limit` passes first.
@@ -369,17 +393,21 @@ mod tests {
     fn zero_weight_is_never_chosen() {
         let backends = [weighted(0, "zero"), weighted(1, "one")];
         for _ in 0..1000 {
-            assert_eq!(choose_backend(&backends).map(name).ok(), Some("one"));
+            assert_eq!(pick_weighted(&backends).map(name).ok(), Some("one"));
         }
     }
 
     #[test]
     fn all_zero_or_none_is_an_error() {
         assert!(matches!(
-            choose_backend(&[weighted(0, "a"), weighted(0, "b")]),
+            pick_weighted(&[weighted(0, "a"), weighted(0, "b")]),
             Err(ProxyError::NoBackends)
         ));
-        assert!(matches!(choose_backend(&[]), Err(ProxyError::NoBackends)));
+        assert!(matches!(pick_weighted(&[]), Err(ProxyError::NoBackends)));
+        assert!(matches!(
+            choose_backend(&[weighted(1, "invalid")]),
+            Err(ProxyError::InvalidBackend { .. })
+        ));
     }
 
     #[test]
