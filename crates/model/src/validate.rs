@@ -302,7 +302,9 @@ fn validate_match(
                 "must be a valid HTTP header name",
             );
         }
-        if !seen.insert(header.name.to_ascii_lowercase()) {
+        // The CRD keys this list by name, case-sensitively; case-insensitive duplicates are
+        // allowed and translate keeps the first, as the spec says.
+        if !seen.insert(header.name.clone()) {
             errors.push(
                 &format!("{path}.headers[{h}].name"),
                 "header names must be unique within a match",

@@ -116,6 +116,3 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
         allocations,
     }
 }
-
-#[cfg(test)]
-mod tests;

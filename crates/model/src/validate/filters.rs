@@ -184,7 +184,7 @@ fn header_modifier(modifier: &Value, path: &str, errors: &mut FieldErrors) {
                     "must be a valid HTTP header name",
                 );
             }
-            if !seen.insert(name.to_ascii_lowercase()) {
+            if !seen.insert(name.to_string()) {
                 errors.push(
                     &format!("{path}.{list}[{i}].name"),
                     "header names must be unique within the list",
