@@ -213,13 +213,13 @@ fn validate_http_route(spec: &gw::httproutes::HttpRouteSpec, errors: &mut FieldE
     let mut rule_names = HashSet::new();
     for (r, rule) in rules.iter().enumerate() {
         let path = format!("spec.rules[{r}]");
-        if let Some(name) = &rule.name {
-            if !rule_names.insert(name.as_str()) {
-                errors.push(
-                    &format!("{path}.name"),
-                    "Rule name must be unique within the route",
-                );
-            }
+        if let Some(name) = &rule.name
+            && !rule_names.insert(name.as_str())
+        {
+            errors.push(
+                &format!("{path}.name"),
+                "Rule name must be unique within the route",
+            );
         }
         let matches = rule.matches.as_deref().unwrap_or_default();
         if matches.len() > 64 {
@@ -337,25 +337,25 @@ fn check_timeouts(
         ("request", &timeouts.request),
         ("backendRequest", &timeouts.backend_request),
     ] {
-        if let Some(value) = value {
-            if !DURATION.is_match(value) {
-                errors.push(
-                    &format!("{path}.{field}"),
-                    "must be a duration like 10s, 500ms or 1h30m (units h, m, s, ms; at most 4 parts)",
-                );
-            }
+        if let Some(value) = value
+            && !DURATION.is_match(value)
+        {
+            errors.push(
+                &format!("{path}.{field}"),
+                "must be a duration like 10s, 500ms or 1h30m (units h, m, s, ms; at most 4 parts)",
+            );
         }
     }
     if let (Some(request), Some(backend)) = (
         timeouts.request.as_deref().and_then(parse_duration),
         timeouts.backend_request.as_deref().and_then(parse_duration),
-    ) {
-        if !request.is_zero() && backend > request {
-            errors.push(
-                &format!("{path}.backendRequest"),
-                "backendRequest timeout cannot be longer than request timeout",
-            );
-        }
+    ) && !request.is_zero()
+        && backend > request
+    {
+        errors.push(
+            &format!("{path}.backendRequest"),
+            "backendRequest timeout cannot be longer than request timeout",
+        );
     }
 }
 

@@ -256,10 +256,10 @@ impl Builder {
 
 /// Resolves a scalar with the YAML 1.2 core schema; quoted and block scalars are strings.
 fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Value {
-    if let Some(tag) = tag {
-        if tag.suffix == "str" {
-            return Value::String(text);
-        }
+    if let Some(tag) = tag
+        && tag.suffix == "str"
+    {
+        return Value::String(text);
     }
     if style != TScalarStyle::Plain {
         return Value::String(text);
@@ -273,10 +273,10 @@ fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Value
     if let Some(number) = parse_int(&text) {
         return Value::Number(number);
     }
-    if looks_like_float(&text) {
-        if let Some(number) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-            return Value::Number(number);
-        }
+    if looks_like_float(&text)
+        && let Some(number) = text.parse::<f64>().ok().and_then(Number::from_f64)
+    {
+        return Value::Number(number);
     }
     Value::String(text)
 }

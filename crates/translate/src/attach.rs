@@ -129,10 +129,10 @@ pub(crate) fn count_attachments(
         .map(|a| (&a.gateway, &a.listener))
         .collect();
     for (gateway, listener) in unique {
-        if let Some(state) = gateways.get_mut(gateway) {
-            if let Some(l) = state.listeners.iter_mut().find(|l| &l.name == listener) {
-                l.attached_routes += 1;
-            }
+        if let Some(state) = gateways.get_mut(gateway)
+            && let Some(l) = state.listeners.iter_mut().find(|l| &l.name == listener)
+        {
+            l.attached_routes += 1;
         }
     }
 }

@@ -122,10 +122,10 @@ fn resolve_one(
             state.some_listeners_invalid = Some(message);
         }
     }
-    if let Err((_, message)) = &state.accepted {
-        if state.programmed.is_ok() {
-            state.programmed = Err((Reason::Invalid, message.clone()));
-        }
+    if let Err((_, message)) = &state.accepted
+        && state.programmed.is_ok()
+    {
+        state.programmed = Err((Reason::Invalid, message.clone()));
     }
     state
 }

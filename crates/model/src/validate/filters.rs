@@ -110,30 +110,30 @@ fn common(filters: &[Value], path: &str, errors: &mut FieldErrors) {
             header_modifier(&filter[field], &format!("{path}.{field}"), errors);
         }
         let redirect = &filter["requestRedirect"];
-        if let Some(code) = redirect["statusCode"].as_i64() {
-            if ![301, 302, 303, 307, 308].contains(&code) {
-                errors.push(
-                    &format!("{path}.requestRedirect.statusCode"),
-                    "supported values: 301, 302, 303, 307, 308",
-                );
-            }
+        if let Some(code) = redirect["statusCode"].as_i64()
+            && ![301, 302, 303, 307, 308].contains(&code)
+        {
+            errors.push(
+                &format!("{path}.requestRedirect.statusCode"),
+                "supported values: 301, 302, 303, 307, 308",
+            );
         }
-        if let Some(port) = redirect["port"].as_i64() {
-            if !(1..=65535).contains(&port) {
-                errors.push(
-                    &format!("{path}.requestRedirect.port"),
-                    "must be between 1 and 65535",
-                );
-            }
+        if let Some(port) = redirect["port"].as_i64()
+            && !(1..=65535).contains(&port)
+        {
+            errors.push(
+                &format!("{path}.requestRedirect.port"),
+                "must be between 1 and 65535",
+            );
         }
         for field in ["requestRedirect", "urlRewrite"] {
-            if let Some(host) = filter[field]["hostname"].as_str() {
-                if !PRECISE_HOSTNAME.is_match(host) {
-                    errors.push(
-                        &format!("{path}.{field}.hostname"),
-                        "must be a DNS name without wildcard",
-                    );
-                }
+            if let Some(host) = filter[field]["hostname"].as_str()
+                && !PRECISE_HOSTNAME.is_match(host)
+            {
+                errors.push(
+                    &format!("{path}.{field}.hostname"),
+                    "must be a DNS name without wildcard",
+                );
             }
             path_modifier(
                 &filter[field]["path"],
@@ -148,13 +148,13 @@ fn common(filters: &[Value], path: &str, errors: &mut FieldErrors) {
                 "Only one of percent or fraction may be specified in HTTPRequestMirrorFilter",
             );
         }
-        if let Some(percent) = mirror["percent"].as_i64() {
-            if !(0..=100).contains(&percent) {
-                errors.push(
-                    &format!("{path}.requestMirror.percent"),
-                    "must be between 0 and 100",
-                );
-            }
+        if let Some(percent) = mirror["percent"].as_i64()
+            && !(0..=100).contains(&percent)
+        {
+            errors.push(
+                &format!("{path}.requestMirror.percent"),
+                "must be between 0 and 100",
+            );
         }
         let fraction = &mirror["fraction"];
         if !fraction.is_null() {
@@ -220,13 +220,13 @@ fn path_modifier(modifier: &Value, path: &str, errors: &mut FieldErrors) {
         _ => {}
     }
     for field in ["replaceFullPath", "replacePrefixMatch"] {
-        if let Some(value) = modifier[field].as_str() {
-            if !value.starts_with('/') {
-                errors.push(
-                    &format!("{path}.{field}"),
-                    "must be an absolute path starting with '/'",
-                );
-            }
+        if let Some(value) = modifier[field].as_str()
+            && !value.starts_with('/')
+        {
+            errors.push(
+                &format!("{path}.{field}"),
+                "must be an absolute path starting with '/'",
+            );
         }
     }
 }
