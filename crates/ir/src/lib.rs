@@ -65,6 +65,35 @@ pub struct HttpListener {
     pub scheme: RedirectScheme,
     /// The compiled routes.
     pub routes: RouteTable,
+    /// For `HTTPS` listeners: the certificate served to clients whose SNI selects this
+    /// listener. `None` for plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Arc<TlsCertificate>>,
+}
+
+/// A server certificate chain and its private key, PEM-encoded as in a `kubernetes.io/tls`
+/// Secret. `translate` has checked that both parse (at least one certificate, one key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsCertificate {
+    /// `namespace/name` of the Secret, for logs and `/config`.
+    pub source: String,
+    /// `tls.crt`: the leaf first, then intermediates.
+    pub chain_pem: Vec<u8>,
+    /// `tls.key`: PKCS#1, PKCS#8 or SEC1.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("TlsCertificate").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl Serialize for TlsCertificate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.source)
+    }
 }
 
 // === impl Bind ===

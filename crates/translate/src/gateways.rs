@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ir::{HostnameMatch, RedirectScheme};
 use model::gw::gateways::{
@@ -46,6 +47,8 @@ pub(crate) struct ListenerState {
     conflicted: Option<(Reason, String)>,
     resolved_refs: Verdict,
     pub attached_routes: i32,
+    /// The certificate of an HTTPS listener.
+    pub tls: Option<Arc<ir::TlsCertificate>>,
 }
 
 /// Which namespaces may attach routes to a listener.
@@ -97,7 +100,7 @@ fn resolve_one(
         .spec
         .listeners
         .iter()
-        .map(|l| listener(snapshot, l))
+        .map(|l| listener(snapshot, name, l))
         .collect();
     mark_conflicts(&mut listeners);
     let mut state = GatewayState {
@@ -130,16 +133,16 @@ fn resolve_one(
     state
 }
 
-fn listener(snapshot: &Snapshot, spec: &GatewayListeners) -> ListenerState {
+fn listener(snapshot: &Snapshot, gateway: &ObjectName, spec: &GatewayListeners) -> ListenerState {
     let port = u16::try_from(spec.port).unwrap_or_default();
     let protocol = spec.protocol.clone();
-    let supported = matches!(protocol.as_str(), "HTTP");
+    let supported = matches!(protocol.as_str(), "HTTP" | "HTTPS");
     let accepted = if supported {
         Ok(())
     } else {
         Err((
             Reason::UnsupportedProtocol,
-            format!("protocol {protocol} is not supported yet; supported: HTTP"),
+            format!("protocol {protocol} is not supported yet; supported: HTTP, HTTPS"),
         ))
     };
     let allowed_routes = spec.allowed_routes.as_ref();
@@ -166,8 +169,15 @@ fn listener(snapshot: &Snapshot, spec: &GatewayListeners) -> ListenerState {
                 }),
         }),
     };
-    let (supported_kinds, resolved_refs) = route_kinds(spec);
-    let _ = snapshot;
+    let (supported_kinds, mut resolved_refs) = route_kinds(spec);
+    let mut tls = None;
+    if protocol == "HTTPS" {
+        let certificate = crate::tls::resolve(snapshot, gateway, spec);
+        if resolved_refs.is_ok() {
+            resolved_refs = crate::tls::verdict(&certificate);
+        }
+        tls = certificate.ok();
+    }
     ListenerState {
         name: spec.name.clone(),
         port,
@@ -179,6 +189,7 @@ fn listener(snapshot: &Snapshot, spec: &GatewayListeners) -> ListenerState {
         conflicted: None,
         resolved_refs,
         attached_routes: 0,
+        tls,
     }
 }
 
@@ -438,7 +449,7 @@ impl ListenerState {
     /// Whether routes can attach (a listener with invalid route kinds still serves the
     /// valid ones).
     pub(crate) fn is_serving(&self) -> bool {
-        self.is_valid()
+        self.is_valid() && (self.protocol != "HTTPS" || self.tls.is_some())
     }
 
     pub(crate) fn scheme(&self) -> RedirectScheme {
@@ -472,6 +483,8 @@ impl ListenerState {
         };
         let programmed: Verdict = if !self.is_valid() {
             Err((Reason::Invalid, "listener is invalid".into()))
+        } else if !self.is_serving() {
+            Err((Reason::Invalid, "listener has no usable certificate".into()))
         } else if !gateway_programmed {
             Err((Reason::Invalid, "the Gateway is not programmed".into()))
         } else {

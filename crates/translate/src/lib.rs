@@ -22,6 +22,7 @@ mod classes;
 mod gateways;
 mod grants;
 mod http_route;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -95,6 +96,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
                 port: listener.port,
                 scheme: listener.scheme(),
                 routes: ir::RouteTable::new(candidates),
+                tls: listener.tls.clone(),
             };
             binds
                 .entry(SocketAddr::new(ip, listener.port))

@@ -338,6 +338,7 @@ pub fn listener(hostname: Option<&str>, routes: Vec<Candidate>) -> Arc<HttpListe
         port: 80,
         scheme: RedirectScheme::Http,
         routes: RouteTable::new(routes),
+        tls: None,
     })
 }
 
