@@ -1,0 +1,316 @@
+//! A minimal HTTP client on hyper 1 connections, with raw control over the Host header and
+//! the request target: one TCP connection per request (keep-alive off, as upstream's client),
+//! HTTP/1.1 or cleartext HTTP/2 with prior knowledge.
+//!
+//! Every connection goes to 127.0.0.0/8 only; anything else is refused before connecting.
+//! Redirects are followed like Go's client, except that a `Location` pointing at a name or
+//! an address outside loopback ends the chain (the 3xx is returned as the answer).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+/// Largest response body read.
+const MAX_BODY: usize = 4 << 20;
+/// Go's client stops after ten redirects.
+const MAX_REDIRECTS: usize = 10;
+
+/// Wire protocol of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 with `Connection: close`.
+    Http1,
+    /// Cleartext HTTP/2 without upgrade.
+    H2cPriorKnowledge,
+}
+
+/// A request as sent on the wire.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Wire protocol.
+    pub protocol: Protocol,
+    /// Method.
+    pub method: String,
+    /// Request target (path and query), sent as is.
+    pub target: String,
+    /// Host header, or `:authority` for HTTP/2.
+    pub host: String,
+    /// Extra headers, one line each.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A received answer.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header lines with lowercase names, in received order.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// Every value of a header (name case-insensitive).
+    pub fn values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Values of a header joined with `,`, or `None` when absent.
+    pub fn joined(&self, name: &str) -> Option<String> {
+        let values = self.values(name);
+        (!values.is_empty()).then(|| values.join(","))
+    }
+}
+
+/// Refuses any destination outside 127.0.0.0/8.
+pub fn ensure_loopback(address: IpAddr) -> anyhow::Result<()> {
+    match address {
+        IpAddr::V4(v4) if v4.is_loopback() => Ok(()),
+        other => bail!("refusing to send traffic to {other}: only 127.0.0.0/8 is allowed"),
+    }
+}
+
+/// Sends `request` to `address`, following redirects when `follow` is set; each hop has
+/// `timeout`.
+pub async fn exchange(
+    address: SocketAddr,
+    request: &Outgoing,
+    follow: bool,
+    timeout: Duration,
+) -> anyhow::Result<Reply> {
+    let (mut address, mut request) = (address, request.clone());
+    for _ in 0..MAX_REDIRECTS {
+        let reply = tokio::time::timeout(timeout, send_once(address, &request))
+            .await
+            .with_context(|| format!("no answer within {timeout:?}"))??;
+        if !follow || !matches!(reply.status, 301 | 302 | 303 | 307 | 308) {
+            return Ok(reply);
+        }
+        let Some(location) = reply.values("location").first().map(|l| l.to_string()) else {
+            return Ok(reply);
+        };
+        match next_hop(address, &request, &location) {
+            Some((next_address, next_request)) => (address, request) = (next_address, next_request),
+            None => return Ok(reply),
+        }
+        if reply.status == 303 || (matches!(reply.status, 301 | 302) && request.method == "POST") {
+            request.method = "GET".to_owned();
+        }
+    }
+    bail!("stopped after {MAX_REDIRECTS} redirects")
+}
+
+/// `GET path` on a plain HTTP/1.1 server (the admin endpoint), returning status and body.
+pub async fn get(
+    address: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Bytes)> {
+    let request = Outgoing {
+        protocol: Protocol::Http1,
+        method: "GET".to_owned(),
+        target: path.to_owned(),
+        host: address.to_string(),
+        headers: Vec::new(),
+    };
+    let reply = exchange(address, &request, false, timeout).await?;
+    Ok((reply.status, reply.body))
+}
+
+async fn send_once(address: SocketAddr, outgoing: &Outgoing) -> anyhow::Result<Reply> {
+    ensure_loopback(address.ip())?;
+    let stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    let method = Method::from_bytes(outgoing.method.as_bytes()).context("request method")?;
+    match outgoing.protocol {
+        Protocol::Http1 => send_http1(stream, method, outgoing).await,
+        Protocol::H2cPriorKnowledge => send_h2c(stream, method, outgoing).await,
+    }
+}
+
+async fn send_http1(
+    stream: TcpStream,
+    method: Method,
+    outgoing: &Outgoing,
+) -> anyhow::Result<Reply> {
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .context("HTTP/1.1 handshake")?;
+    let driver = tokio::spawn(connection);
+    let uri: Uri = outgoing
+        .target
+        .parse()
+        .with_context(|| format!("request target {:?}", outgoing.target))?;
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Empty::new())?;
+    add_header(&mut request, "host", &outgoing.host)?;
+    add_headers(&mut request, outgoing)?;
+    add_header(&mut request, "connection", "close")?;
+    let reply = match sender.send_request(request).await {
+        Ok(response) => read_reply(response).await,
+        Err(error) => Err(anyhow::Error::new(error).context("HTTP/1.1 exchange")),
+    };
+    driver.abort();
+    reply
+}
+
+async fn send_h2c(stream: TcpStream, method: Method, outgoing: &Outgoing) -> anyhow::Result<Reply> {
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .context("h2c handshake")?;
+    let driver = tokio::spawn(connection);
+    // HTTP/2 carries the Host as :authority, which hyper takes from the URI.
+    let uri: Uri = format!("http://{}{}", outgoing.host, outgoing.target)
+        .parse()
+        .with_context(|| {
+            format!(
+                "authority {:?} and target {:?}",
+                outgoing.host, outgoing.target
+            )
+        })?;
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Empty::new())?;
+    add_headers(&mut request, outgoing)?;
+    let reply = match sender.send_request(request).await {
+        Ok(response) => read_reply(response).await,
+        Err(error) => Err(anyhow::Error::new(error).context("h2c exchange")),
+    };
+    driver.abort();
+    reply
+}
+
+async fn read_reply(response: http::Response<hyper::body::Incoming>) -> anyhow::Result<Reply> {
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the response body: {e}"))?
+        .to_bytes();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    Ok(Reply {
+        status: parts.status.as_u16(),
+        headers,
+        body,
+    })
+}
+
+fn add_headers<B>(request: &mut Request<B>, outgoing: &Outgoing) -> anyhow::Result<()> {
+    for (name, value) in &outgoing.headers {
+        add_header(request, name, value)?;
+    }
+    Ok(())
+}
+
+fn add_header<B>(request: &mut Request<B>, name: &str, value: &str) -> anyhow::Result<()> {
+    let name =
+        HeaderName::from_bytes(name.as_bytes()).with_context(|| format!("header name {name:?}"))?;
+    let value = HeaderValue::from_str(value).with_context(|| format!("value of {name}"))?;
+    request.headers_mut().append(name, value);
+    Ok(())
+}
+
+/// Where a redirect leads, if it stays on loopback and plain HTTP.
+fn next_hop(
+    address: SocketAddr,
+    request: &Outgoing,
+    location: &str,
+) -> Option<(SocketAddr, Outgoing)> {
+    let mut next = request.clone();
+    if location.starts_with('/') && !location.starts_with("//") {
+        next.target = location.to_owned();
+        return Some((address, next));
+    }
+    let uri: Uri = location.parse().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let authority = uri.authority()?;
+    let ip: Ipv4Addr = authority.host().parse().ok()?;
+    if !ip.is_loopback() {
+        return None;
+    }
+    next.host = authority.as_str().to_owned();
+    next.target = uri
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    Some((
+        SocketAddr::from((ip, authority.port_u16().unwrap_or(80))),
+        next,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Outgoing {
+        Outgoing {
+            protocol: Protocol::Http1,
+            method: "GET".into(),
+            target: "/a".into(),
+            host: "example.com".into(),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_loopback_is_allowed() {
+        assert!(ensure_loopback("127.0.100.1".parse().expect("ip")).is_ok());
+        assert!(ensure_loopback("198.51.100.7".parse().expect("ip")).is_err());
+        assert!(ensure_loopback("::1".parse().expect("ip")).is_err());
+    }
+
+    #[test]
+    fn redirects_stay_on_loopback() {
+        let here: SocketAddr = "127.0.100.1:80".parse().expect("addr");
+        let (address, next) = next_hop(here, &request(), "/b?x=1").expect("relative");
+        assert_eq!(
+            (address, next.target.as_str(), next.host.as_str()),
+            (here, "/b?x=1", "example.com")
+        );
+        let (address, next) =
+            next_hop(here, &request(), "http://127.0.100.2:8080/c").expect("loopback");
+        assert_eq!(address, "127.0.100.2:8080".parse().expect("addr"));
+        assert_eq!(next.host, "127.0.100.2:8080");
+        assert!(next_hop(here, &request(), "http://example.org/").is_none());
+        assert!(next_hop(here, &request(), "https://127.0.0.1/").is_none());
+    }
+
+    #[test]
+    fn replies_join_repeated_headers() {
+        let reply = Reply {
+            status: 200,
+            headers: vec![("x-a".into(), "1".into()), ("x-a".into(), "2".into())],
+            body: Bytes::new(),
+        };
+        assert_eq!(reply.joined("X-A").as_deref(), Some("1,2"));
+        assert_eq!(reply.joined("x-b"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! The conformance runner behind `portcullis-conformance`; the crate overview is in
+//! `main.rs`. It is a library only so that test targets can drive the echo backend and the
+//! client. It must not depend on portcullis' library crates: it tests the binary from outside.
+
+pub mod actions;
+pub mod backends;
+pub mod batches;
+pub mod case;
+pub mod certs;
+pub mod checks;
+pub mod client;
+pub mod echo;
+pub mod expect;
+pub mod manifests;
+pub mod process;
+pub mod report;
+pub mod runner;
+pub mod skip;
+pub mod status;
+pub mod traffic;
