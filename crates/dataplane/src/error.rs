@@ -33,6 +33,15 @@ pub enum ProxyError {
         /// The normalised request host.
         host: String,
     },
+    /// On a TLS connection, the request's host selects another listener than the SNI did, so
+    /// the certificate the client checked does not vouch for this host.
+    #[error("host {host:?} is not served by the listener chosen by SNI {server_name:?}")]
+    MisdirectedRequest {
+        /// The normalised request host.
+        host: String,
+        /// The SNI of the connection, if the client sent one.
+        server_name: Option<String>,
+    },
     /// A listener was found but none of its routes matches.
     #[error("no route matches")]
     NoRoute,
@@ -122,6 +131,9 @@ impl ProxyError {
             Self::MissingHost | Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoListener { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
+            // RFC 9110 §15.5.20; the Gateway listener `hostname` docs ask for it when the host
+            // and the SNI select different listeners.
+            Self::MisdirectedRequest { .. } => StatusCode::MISDIRECTED_REQUEST,
             // "requests that would have been sent to an invalid backend MUST receive a 500"
             // (HTTPBackendRef docs); invalid rules get the same answer.
             Self::InvalidRule(_)
@@ -143,6 +155,7 @@ impl ProxyError {
             | Self::ConnectMethod
             | Self::RequestBody(_)
             | Self::NoListener { .. }
+            | Self::MisdirectedRequest { .. }
             | Self::NoRoute => Fault::Client,
             Self::InvalidRule(_)
             | Self::NoBackends
@@ -236,6 +249,15 @@ mod tests {
             (ProxyError::MissingHost, 400, Fault::Client, false),
             (ProxyError::ConnectMethod, 405, Fault::Client, false),
             (ProxyError::NoRoute, 404, Fault::Client, false),
+            (
+                ProxyError::MisdirectedRequest {
+                    host: "a".into(),
+                    server_name: Some("b".into()),
+                },
+                421,
+                Fault::Client,
+                false,
+            ),
             (
                 ProxyError::NoListener { host: "a".into() },
                 404,

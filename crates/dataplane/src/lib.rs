@@ -2,14 +2,18 @@
 //!
 //! Stage: the last one of *sources → snapshot → translate → data plane*. Input: an
 //! `Arc<ir::Config>` per reload ([`Dataplane::apply`]). Output: traffic. It binds the sockets
-//! the config names, serves HTTP/1.1 and h2c (prior knowledge) on each of them, and runs
-//! every request through one readable request path (`proxy::handle`): config snapshot,
-//! listener by Host, route selection, filters, backend by weight, endpoint pool, response
-//! filters, access log.
+//! the config names, serves HTTP/1.1 and h2c (prior knowledge) on each of them, or terminates
+//! TLS first where the bind's listeners have certificates (`tls.rs`: SNI picks the
+//! certificate, ALPN picks HTTP/2 or HTTP/1.1), and runs every request through one readable
+//! request path (`proxy::handle`): config snapshot, listener by Host (421 when it is not the
+//! listener the SNI chose), route selection, filters, backend by weight, endpoint pool,
+//! response filters, access log.
 //!
 //! Each request takes one config snapshot and keeps it, so a reload never changes a request
 //! in flight. Sockets are reconciled on every reload: new bind addresses are bound, removed
 //! ones stop accepting while their open connections finish, and the rest are untouched.
+//! Certificates are loaded once per config; a socket that turns from plain to TLS (or back)
+//! keeps listening, and each new connection follows the config current when it is accepted.
 //!
 //! Must not depend on: `model`, `translate`, `sources`, kube.
 
@@ -21,6 +25,7 @@ mod listener;
 mod mirror;
 mod proxy;
 mod redirect;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -64,6 +69,8 @@ pub struct Options {
     pub mirror_timeout: Duration,
     /// The listen backlog of each socket.
     pub listen_backlog: i32,
+    /// Time allowed for a client to complete the TLS handshake on a TLS socket.
+    pub tls_handshake_timeout: Duration,
 }
 
 /// A bind address of the config that could not be bound. It is retried on the next
@@ -81,6 +88,8 @@ pub struct BindFailure {
 /// State shared by the handle, the accept loops and every request.
 struct Shared {
     config: ArcSwap<ir::Config>,
+    /// The certificates of `config`, loaded when it was applied; TLS handshakes read it.
+    certificates: ArcSwap<tls::Certificates>,
     options: Options,
     upstreams: Upstreams,
     mirrors: Mirrors,
@@ -110,6 +119,7 @@ impl Dataplane {
         let mirrors = Mirrors::new(upstreams.clone(), &options);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(ir::Config::default()),
+            certificates: ArcSwap::from_pointee(tls::Certificates::empty()),
             options,
             upstreams,
             mirrors,
@@ -130,11 +140,16 @@ impl Dataplane {
     pub async fn apply(&self, config: Arc<ir::Config>) -> Vec<BindFailure> {
         let shared = &self.inner.shared;
         let mut failures = Vec::new();
+        // Parsing keys is the slow part of a reload; it happens before taking the lock.
+        let certificates = Arc::new(tls::Certificates::load(
+            Arc::clone(&config),
+            &shared.certificates.load(),
+        ));
         let removed = {
             let mut sockets = self.sockets();
             while sockets.draining.try_join_next().is_some() {}
             if sockets.shut_down {
-                shared.config.store(config);
+                shared.store(config, certificates);
                 return failures;
             }
             // Bind first: a new socket queues connections but serves none before the new
@@ -159,7 +174,7 @@ impl Dataplane {
                 .iter()
                 .filter_map(|addr| sockets.open.remove(addr))
                 .collect();
-            shared.config.store(config);
+            shared.store(config, certificates);
             for (addr, socket) in bound {
                 match Listener::spawn(Arc::clone(shared), addr, socket) {
                     Ok(listener) => {
@@ -242,6 +257,18 @@ impl std::fmt::Debug for Dataplane {
     }
 }
 
+// === impl Shared ===
+
+impl Shared {
+    /// Publishes a config and its certificates. Requests read `config`; accepting and
+    /// handshakes read only `certificates`, which carries the config it was loaded for, so a
+    /// handshake never pairs one config's listeners with another's keys.
+    fn store(&self, config: Arc<ir::Config>, certificates: Arc<tls::Certificates>) {
+        self.certificates.store(certificates);
+        self.config.store(config);
+    }
+}
+
 // === impl Options ===
 
 impl Default for Options {
@@ -256,6 +283,7 @@ impl Default for Options {
             mirror_concurrency: 256,
             mirror_timeout: Duration::from_secs(10),
             listen_backlog: 1024,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,6 +1,10 @@
-//! Listening sockets, accept loops, and serving HTTP/1.1 and h2c on accepted connections.
+//! Listening sockets, accept loops, and serving HTTP/1.1 and h2c (or HTTPS) on accepted
+//! connections.
 //!
-//! Each bound socket has one accept loop task. Stopping it closes the socket at once and
+//! Each bound socket has one accept loop task. Each accepted connection gets its own task,
+//! which first runs the TLS handshake when the current config makes the socket a TLS socket
+//! (see `tls.rs`), so a slow or broken client only ever holds up itself. Stopping the accept
+//! loop closes the socket at once and
 //! hands back its open connections ([`Draining`]); draining asks them to finish their
 //! in-flight requests and close (HTTP/1.1 `Connection: close`, HTTP/2 `GOAWAY`), so removing a
 //! socket from the config never cuts a request short.
@@ -11,17 +15,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
 use crate::proxy::{self, Connection};
+use crate::tls;
 
 /// How long the accept loop pauses after an accept error (for example, out of file
 /// descriptors), so that it does not spin.
@@ -60,8 +67,9 @@ impl Listener {
     /// Starts accepting on `socket`; requests are served with the config key `bind`.
     pub fn spawn(shared: Arc<Shared>, bind: SocketAddr, socket: TcpListener) -> io::Result<Self> {
         let local_addr = socket.local_addr()?;
+        let servers = Servers::new(Arc::clone(&shared), bind).map_err(io::Error::other)?;
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(shared, bind, socket, stopped));
+        let task = tokio::spawn(accept_loop(shared, bind, servers, socket, stopped));
         Ok(Self {
             local_addr,
             stop,
@@ -111,15 +119,39 @@ impl Draining {
     }
 }
 
+/// How a socket serves its connections: the TLS acceptor for when the config makes it a TLS
+/// socket, and the HTTP server settings for each protocol choice.
+struct Servers {
+    tls: TlsAcceptor,
+    /// HTTP/1.1 or HTTP/2 with prior knowledge, told apart by the first bytes.
+    auto: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 only: TLS connections that did not choose `h2` by ALPN.
+    http1: auto::Builder<TokioExecutor>,
+    /// HTTP/2 only: TLS connections that chose `h2` by ALPN.
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Servers {
+    fn new(shared: Arc<Shared>, bind: SocketAddr) -> Result<Arc<Self>, rustls::Error> {
+        let auto = server_builder(&shared);
+        Ok(Arc::new(Self {
+            http1: auto.clone().http1_only(),
+            http2: auto.clone().http2_only(),
+            auto,
+            tls: tls::acceptor(shared, bind)?,
+        }))
+    }
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     bind: SocketAddr,
+    servers: Arc<Servers>,
     socket: TcpListener,
     mut stopped: oneshot::Receiver<()>,
 ) -> Draining {
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-    let builder = server_builder(&shared);
     loop {
         tokio::select! {
             // A dropped sender (the data plane itself was dropped) also stops the loop.
@@ -127,8 +159,17 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = socket.accept() => match accepted {
                 Ok((stream, client)) => {
-                    let connection = Connection { bind, client };
-                    let serving = serve(&builder, &graceful, Arc::clone(&shared), connection, stream);
+                    // The watcher is taken here, not in the task, so that a drain that starts
+                    // while the task has not run yet still reaches this connection.
+                    let watcher = graceful.watcher();
+                    let serving = serve(
+                        Arc::clone(&servers),
+                        watcher,
+                        Arc::clone(&shared),
+                        bind,
+                        client,
+                        stream,
+                    );
                     connections.spawn(serving);
                 }
                 Err(error) => {
@@ -158,29 +199,72 @@ fn server_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one connection until it closes. Errors end only this connection.
-fn serve(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+/// Serves one connection until it closes: a TLS handshake first when the current config
+/// makes the socket a TLS socket, then HTTP. Errors end only this connection.
+async fn serve(
+    servers: Arc<Servers>,
+    watcher: Watcher,
     shared: Arc<Shared>,
-    connection: Connection,
+    bind: SocketAddr,
+    client: SocketAddr,
     stream: TcpStream,
-) -> impl Future<Output = ()> + Send + 'static {
+) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "setting TCP_NODELAY failed");
     }
+    if !shared.certificates.load().terminates(bind) {
+        let connection = Connection {
+            bind,
+            client,
+            tls: None,
+        };
+        let io = TokioIo::new(stream);
+        return serve_http(&servers.auto, watcher, shared, connection, io).await;
+    }
+    let limit = shared.options.tls_handshake_timeout;
+    match tls::handshake(&servers.tls, stream, limit).await {
+        Ok((stream, session)) => {
+            let builder = if session.http2 {
+                &servers.http2
+            } else {
+                &servers.http1
+            };
+            let connection = Connection {
+                bind,
+                client,
+                tls: Some(Arc::new(session)),
+            };
+            serve_http(builder, watcher, shared, connection, TokioIo::new(stream)).await;
+        }
+        Err(error) => {
+            // Scanners, plain-text clients and clients that distrust the certificate are
+            // routine; they are not worth more than a debug line.
+            let cause = std::error::Error::source(&error).map(ToString::to_string);
+            tracing::debug!(%client, %bind, %error, ?cause, "TLS handshake failed");
+        }
+    }
+}
+
+/// Serves HTTP on an established connection (plain or decrypted) until it closes.
+async fn serve_http<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    shared: Arc<Shared>,
+    connection: Connection,
+    io: I,
+) where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let client = connection.client;
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
+        let connection = connection.clone();
         async move { Ok::<_, Infallible>(proxy::handle(shared, connection, request).await) }
     });
-    // WebSocket support (a later issue) switches this to `serve_connection_with_upgrades`.
-    let serving = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    let watched = graceful.watch(serving);
-    async move {
-        if let Err(error) = watched.await {
-            tracing::debug!(client = %connection.client, %error, "connection ended with an error");
-        }
+    // WebSocket support (a later issue) switches this to `serve_connection_with_upgrades`,
+    // which ignores `http1_only`/`http2_only`; ALPN then still works, by sniffing.
+    let serving = builder.serve_connection(io, service).into_owned();
+    if let Err(error) = watcher.watch(serving).await {
+        tracing::debug!(%client, %error, "connection ended with an error");
     }
 }

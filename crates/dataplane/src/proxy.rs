@@ -1,7 +1,7 @@
 //! The HTTP request path, from a request on an accepted connection to its response.
 //!
-//! [`handle`] reads top to bottom: take the config snapshot, find the listener, select the
-//! route, then either redirect or forward (request filters, mirrors, backend by weight,
+//! [`handle`] reads top to bottom: take the config snapshot, find the listener (and on TLS
+//! connections check that it is the one the SNI chose), select the route, then either redirect or forward (request filters, mirrors, backend by weight,
 //! endpoint pool, response filters), and log. Every step returns `Result<_, ProxyError>`;
 //! the error becomes a response in exactly one place ([`ProxyError::status`]).
 
@@ -15,8 +15,8 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use ir::{
-    Action, Backend, BackendProtocol, BackendTarget, Hostname, HttpListener, Rule, Selected,
-    WeightedBackend,
+    Action, Backend, BackendProtocol, BackendTarget, Hostname, HttpListener, RedirectScheme, Rule,
+    Selected, WeightedBackend,
 };
 
 use crate::Shared;
@@ -24,14 +24,17 @@ use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
 use crate::filters;
 use crate::redirect::{self, RedirectRequest};
+use crate::tls::{self, Session};
 
 /// What the accept loop knows about a connection.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     /// The `ir::Config::binds` key of the socket that accepted it.
     pub bind: SocketAddr,
     /// The client's address.
     pub client: SocketAddr,
+    /// The TLS session, when the connection was accepted on a TLS socket.
+    pub tls: Option<Arc<Session>>,
 }
 
 /// Serves one request. Never fails: errors become responses here.
@@ -43,9 +46,9 @@ pub async fn handle(
     let started = Instant::now();
     // One snapshot for the whole request: a reload while it is in flight does not affect it.
     let config = shared.config.load_full();
-    let mut log = AccessLog::new(connection, &request);
+    let mut log = AccessLog::new(&connection, &request);
     let request = request.map(body::boxed);
-    let response = match proxy(&shared, &config, connection, &mut log, request).await {
+    let response = match proxy(&shared, &config, &connection, &mut log, request).await {
         Ok(response) => response,
         Err(error) => {
             log.error = Some(error.to_string());
@@ -60,7 +63,7 @@ pub async fn handle(
 async fn proxy(
     shared: &Shared,
     config: &ir::Config,
-    connection: Connection,
+    connection: &Connection,
     log: &mut AccessLog,
     request: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -69,7 +72,8 @@ async fn proxy(
         return Err(ProxyError::ConnectMethod);
     }
     let host = request_host(&request)?;
-    let listener = find_listener(config, connection.bind, &host)?;
+    let (bind, listener) = find_listener(config, connection.bind, &host)?;
+    reject_misdirected(bind, listener, connection.tls.as_deref(), &host)?;
     let selected = select_route(listener, &host, &request)?;
     let rule = selected.rule;
     log.route = Some(Arc::clone(rule));
@@ -86,9 +90,7 @@ async fn proxy(
             redirect::respond(redirect, listener, request)?
         }
         Action::Forward(backends) => {
-            let forwarding = forward(
-                shared, connection, listener, selected, backends, log, request,
-            );
+            let forwarding = forward(shared, connection, selected, backends, log, request);
             deadline(rule.timeouts.request, forwarding, || {
                 ProxyError::RequestTimeout
             })
@@ -106,8 +108,7 @@ async fn proxy(
 /// streams on afterwards.
 async fn forward(
     shared: &Shared,
-    connection: Connection,
-    listener: &HttpListener,
+    connection: &Connection,
     selected: Selected<'_>,
     backends: &[WeightedBackend],
     log: &mut AccessLog,
@@ -115,7 +116,7 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let rule = selected.rule;
     let (mut parts, body) = request.into_parts();
-    let te_trailers = prepare_request_headers(&mut parts, connection, listener);
+    let te_trailers = prepare_request_headers(&mut parts, connection);
     apply_request_filters(&mut parts, rule, selected.matcher.matched_prefix())?;
     let (chosen, backend) = choose_backend(backends)?;
     log.backend = Some(backend.name.clone());
@@ -154,20 +155,42 @@ fn request_host<B>(request: &Request<B>) -> Result<Hostname, ProxyError> {
     Hostname::from_request_host(raw).ok_or(ProxyError::MissingHost)
 }
 
-/// The listener of the accepting socket's bind that serves `host`.
+/// The accepting socket's bind, and its listener that serves `host`.
 fn find_listener<'c>(
     config: &'c ir::Config,
     bind: SocketAddr,
     host: &Hostname,
-) -> Result<&'c HttpListener, ProxyError> {
+) -> Result<(&'c ir::Bind, &'c Arc<HttpListener>), ProxyError> {
     config
         .binds
         .get(&bind)
-        .and_then(|bind| bind.listener_for(host.as_str()))
-        .map(|listener| &**listener)
+        .and_then(|bind| Some((bind, bind.listener_for(host.as_str())?)))
         .ok_or_else(|| ProxyError::NoListener {
             host: host.to_string(),
         })
+}
+
+/// On a TLS connection, the host must select the listener that the SNI selected during the
+/// handshake. Listener `hostname` docs: "If another Listener has an exact match or more
+/// specific wildcard entry, the Gateway SHOULD return a 421. If the current Listener
+/// (selected by SNI matching during ClientHello) does not match the Host: If another Listener
+/// does match the Host, the Gateway SHOULD return a 421. If no other Listener matches the
+/// Host, the Gateway MUST return a 404" (the 404 comes from [`find_listener`]).
+fn reject_misdirected(
+    bind: &ir::Bind,
+    listener: &Arc<HttpListener>,
+    tls: Option<&Session>,
+    host: &Hostname,
+) -> Result<(), ProxyError> {
+    let Some(session) = tls else { return Ok(()) };
+    let addressed = tls::listener_for_server_name(bind, session.server_name.as_ref());
+    if addressed.is_some_and(|addressed| Arc::ptr_eq(addressed, listener)) {
+        return Ok(());
+    }
+    Err(ProxyError::MisdirectedRequest {
+        host: host.to_string(),
+        server_name: session.server_name.as_ref().map(ToString::to_string),
+    })
 }
 
 fn select_route<'l, B>(
@@ -188,11 +211,7 @@ fn select_route<'l, B>(
 /// The proxy's own header changes: `Host` from the authority, hop-by-hop headers out,
 /// `X-Forwarded-For` and `X-Forwarded-Proto` in. Returns whether the client sent
 /// `TE: trailers`.
-fn prepare_request_headers(
-    parts: &mut Parts,
-    connection: Connection,
-    listener: &HttpListener,
-) -> bool {
+fn prepare_request_headers(parts: &mut Parts, connection: &Connection) -> bool {
     if let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
@@ -200,7 +219,12 @@ fn prepare_request_headers(
     }
     let te_trailers = filters::accepts_trailers(&parts.headers);
     filters::remove_hop_by_hop(&mut parts.headers);
-    filters::set_forwarded(&mut parts.headers, connection.client.ip(), listener.scheme);
+    // The scheme the client really used: `https` exactly when this connection is TLS.
+    let scheme = match connection.tls {
+        Some(_) => RedirectScheme::Https,
+        None => RedirectScheme::Http,
+    };
+    filters::set_forwarded(&mut parts.headers, connection.client.ip(), scheme);
     te_trailers
 }
 
@@ -312,7 +336,10 @@ async fn deadline<T>(
 
 /// One access-log line, filled in as the request moves through the steps.
 struct AccessLog {
-    connection: Connection,
+    client: SocketAddr,
+    bind: SocketAddr,
+    /// The SNI of a TLS connection (`-` without SNI), `None` on plain connections.
+    server_name: Option<String>,
     method: Method,
     target: String,
     version: Version,
@@ -324,13 +351,21 @@ struct AccessLog {
 }
 
 impl AccessLog {
-    fn new<B>(connection: Connection, request: &Request<B>) -> Self {
+    fn new<B>(connection: &Connection, request: &Request<B>) -> Self {
         let target = request
             .uri()
             .path_and_query()
             .map_or_else(|| request.uri().path().to_string(), ToString::to_string);
+        let server_name = connection.tls.as_ref().map(|session| {
+            session
+                .server_name
+                .as_ref()
+                .map_or_else(|| "-".to_string(), ToString::to_string)
+        });
         Self {
-            connection,
+            client: connection.client,
+            bind: connection.bind,
+            server_name,
             method: request.method().clone(),
             target,
             version: request.version(),
@@ -349,8 +384,9 @@ impl AccessLog {
             .map(|rule| format!("{}/{}#{}", rule.id.namespace, rule.id.name, rule.id.rule));
         tracing::info!(
             target: "portcullis::access",
-            client = %self.connection.client,
-            bind = %self.connection.bind,
+            client = %self.client,
+            bind = %self.bind,
+            tls_server_name = self.server_name.as_deref(),
             method = %self.method,
             target = %self.target,
             version = ?self.version,
