@@ -86,7 +86,9 @@ pub struct TlsCertificate {
 impl std::fmt::Debug for TlsCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("TlsCertificate").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("TlsCertificate")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 

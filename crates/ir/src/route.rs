@@ -189,10 +189,19 @@ pub struct Selected<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     entries: Vec<Candidate>,
-    exact: HashMap<String, Vec<usize>>,
+    exact: HashMap<String, Group>,
     /// Wildcard groups, most specific first.
-    wildcards: Vec<(HostnameMatch, Vec<usize>)>,
-    any: Vec<usize>,
+    wildcards: Vec<(HostnameMatch, Group)>,
+    any: Group,
+}
+
+/// The matches of one hostname group, in precedence order. Exact-path matches outrank every
+/// other path match, so they are indexed by path: a request first looks up its own path,
+/// then scans the remaining matches.
+#[derive(Clone, Debug, Default)]
+struct Group {
+    exact_paths: HashMap<String, Vec<usize>>,
+    others: Vec<usize>,
 }
 
 // === impl RouteTable ===
@@ -201,22 +210,20 @@ impl RouteTable {
     /// Compiles candidates into a table.
     pub fn new(mut entries: Vec<Candidate>) -> Self {
         entries.sort_by_key(precedence_key);
-        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut wildcards: HashMap<HostnameMatch, Vec<usize>> = HashMap::new();
-        let mut any = Vec::new();
+        let mut exact: HashMap<String, Group> = HashMap::new();
+        let mut wildcards: HashMap<HostnameMatch, Group> = HashMap::new();
+        let mut any = Group::default();
         for (index, entry) in entries.iter().enumerate() {
-            match &entry.hostname {
+            let group = match &entry.hostname {
                 Some(HostnameMatch::Exact(name)) => {
-                    exact
-                        .entry(name.as_str().to_string())
-                        .or_default()
-                        .push(index);
+                    exact.entry(name.as_str().to_string()).or_default()
                 }
                 Some(wildcard @ HostnameMatch::Wildcard(_)) => {
-                    wildcards.entry(wildcard.clone()).or_default().push(index);
+                    wildcards.entry(wildcard.clone()).or_default()
                 }
-                None => any.push(index),
-            }
+                None => &mut any,
+            };
+            group.push(index, &entry.matcher.path);
         }
         let mut wildcards: Vec<_> = wildcards.into_iter().collect();
         wildcards
@@ -260,16 +267,31 @@ impl RouteTable {
 
     fn first_match<'a>(
         &'a self,
-        group: &[usize],
+        group: &Group,
         request: &HttpRequestParts<'_>,
     ) -> Option<Selected<'a>> {
-        group.iter().find_map(|&index| {
+        let exact = group.exact_paths.get(request.path).into_iter().flatten();
+        exact.chain(&group.others).find_map(|&index| {
             let entry = &self.entries[index];
             entry.matcher.matches(request).then_some(Selected {
                 rule: &entry.rule,
                 matcher: &entry.matcher,
             })
         })
+    }
+}
+
+impl Group {
+    /// Adds an entry; entries arrive in precedence order, so each list stays sorted.
+    fn push(&mut self, index: usize, path: &PathMatch) {
+        match path {
+            PathMatch::Exact(value) => self
+                .exact_paths
+                .entry(value.clone())
+                .or_default()
+                .push(index),
+            _ => self.others.push(index),
+        }
     }
 }
 

@@ -211,3 +211,59 @@ proptest! {
         }
     }
 }
+
+fn arb_candidate() -> impl Strategy<Value = (Option<&'static str>, bool, String, bool)> {
+    (
+        prop::sample::select(vec![
+            None,
+            Some("a.example.com"),
+            Some("*.example.com"),
+            Some("*.a.example.com"),
+        ]),
+        any::<bool>(),
+        arb_prefix(),
+        any::<bool>(),
+    )
+}
+
+proptest! {
+    /// The indexed table agrees with a naive scan: hostname groups from most to least
+    /// specific, and within a group the first matching candidate in precedence order.
+    #[test]
+    fn table_agrees_with_a_naive_scan(
+        specs in prop::collection::vec(arb_candidate(), 1..16),
+        host in prop::sample::select(vec!["a.example.com", "b.example.com", "x.a.example.com", "other.org"]),
+        request in arb_prefix(),
+        post in any::<bool>(),
+    ) {
+        let candidates: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, (hostname, exact, p, method))| {
+                let path = if *exact { PathMatch::Exact(p.clone()) } else { PathMatch::prefix(p) };
+                let matcher = HttpMatch {
+                    path,
+                    method: method.then_some(Method::POST),
+                    ..HttpMatch::default()
+                };
+                candidate(&format!("r{i}"), i, *hostname, matcher)
+            })
+            .collect();
+        let table = RouteTable::new(candidates.clone());
+        let headers = HeaderMap::new();
+        let method = if post { Method::POST } else { Method::GET };
+        let parts = HttpRequestParts { host, path: &request, query: None, method: &method, headers: &headers };
+        let chosen = table.select(&parts).map(|s| s.rule.id.name.clone());
+
+        let mut naive: Vec<_> = candidates
+            .iter()
+            .filter(|c| c.hostname.as_ref().is_none_or(|h| h.matches(host)))
+            .filter(|c| c.matcher.matches(&parts))
+            .collect();
+        naive.sort_by_key(|c| {
+            let group = c.hostname.as_ref().map_or((0, 0), HostnameMatch::specificity);
+            (std::cmp::Reverse(group), precedence_key(c))
+        });
+        prop_assert_eq!(chosen, naive.first().map(|c| c.rule.id.name.clone()));
+    }
+}
