@@ -2,6 +2,7 @@
 //! and hand-built `ir::Config`s. One test binary, so the support code is compiled once.
 
 mod filters;
+mod https;
 mod lifecycle;
 mod routing;
 mod support;

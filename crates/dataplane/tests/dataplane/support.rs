@@ -4,6 +4,8 @@
 //! name, method, target, host, version, headers, body) and reports the same to the test
 //! through a channel, so mirrors and in-flight requests can be observed without sleeping.
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -263,7 +265,8 @@ async fn exchange(
     read(response).await
 }
 
-async fn read(response: Response<Incoming>) -> Answer {
+/// Reads a response and its whole body.
+pub async fn read(response: Response<Incoming>) -> Answer {
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("response body").to_bytes();
     Answer {

@@ -1,0 +1,226 @@
+//! A throwaway certificate authority, HTTPS listeners, and a TLS client that reports what the
+//! gateway presented (certificate, ALPN) and sends requests over HTTP/1.1 or HTTP/2.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ir::{Candidate, HttpListener, RedirectScheme, TlsCertificate};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::{Answer, PATIENCE, read};
+
+/// ALPN ids as clients offer them.
+pub const H2: &[u8] = b"h2";
+/// ALPN id of HTTP/1.1.
+pub const HTTP1: &[u8] = b"http/1.1";
+
+/// A certificate authority that issues leaf certificates for the test's listeners.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    roots: Arc<RootCertStore>,
+}
+
+/// A leaf certificate as the gateway gets it (PEM) and as a client sees it (DER).
+pub struct Leaf {
+    /// The `ir` form, for a listener.
+    pub certificate: Arc<TlsCertificate>,
+    /// The DER of the leaf, to compare with what the gateway presented.
+    pub der: CertificateDer<'static>,
+}
+
+/// How a test client connects.
+#[derive(Clone, Copy)]
+pub struct Hello<'a> {
+    /// The name the client verifies the certificate against, and sends as SNI if `sni`.
+    pub server_name: &'a str,
+    /// Whether the ClientHello carries SNI.
+    pub sni: bool,
+    /// ALPN protocols offered, in preference order.
+    pub alpn: &'a [&'a [u8]],
+}
+
+/// An established TLS connection to the gateway, ready for requests.
+pub struct TlsClient {
+    /// The leaf certificate the gateway presented.
+    pub leaf: CertificateDer<'static>,
+    /// The ALPN protocol chosen by the gateway.
+    pub alpn: Option<Vec<u8>>,
+    sender: Sender,
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Authority {
+    /// A new CA with a fresh key.
+    pub fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "portcullis test CA");
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(cert.der().clone())
+            .expect("CA is a valid trust anchor");
+        Self {
+            issuer: Issuer::new(params, key),
+            roots: Arc::new(roots),
+        }
+    }
+
+    /// A leaf for `names` (DNS SANs), signed by this CA.
+    pub fn issue(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+        let key = KeyPair::generate().expect("leaf key");
+        let params = CertificateParams::new(names.clone()).expect("leaf names");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        Leaf {
+            certificate: Arc::new(TlsCertificate {
+                source: format!("default/{}", names.join("+")),
+                chain_pem: cert.pem().into_bytes(),
+                key_pem: key.serialize_pem().into_bytes(),
+            }),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// Connects to `addr` and completes the handshake, trusting only this CA. Every call
+    /// makes a new client config, so no session is resumed.
+    pub async fn connect(&self, addr: SocketAddr, hello: Hello<'_>) -> io::Result<TlsClient> {
+        let stream = self.handshake(addr, hello).await?;
+        let (_, session) = stream.get_ref();
+        let leaf = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| leaf.clone().into_owned())
+            .ok_or_else(|| io::Error::other("no peer certificate"))?;
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let io = TokioIo::new(stream);
+        let sender = if alpn.as_deref() == Some(H2) {
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(io::Error::other)?;
+            tokio::spawn(connection);
+            Sender::Http2(sender)
+        } else {
+            let (sender, connection) = http1::handshake(io).await.map_err(io::Error::other)?;
+            tokio::spawn(connection);
+            Sender::Http1(sender)
+        };
+        Ok(TlsClient { leaf, alpn, sender })
+    }
+
+    /// Only the TLS handshake.
+    pub async fn handshake(
+        &self,
+        addr: SocketAddr,
+        hello: Hello<'_>,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(Arc::clone(&self.roots))
+            .with_no_client_auth();
+        config.enable_sni = hello.sni;
+        config.alpn_protocols = hello.alpn.iter().map(|id| id.to_vec()).collect();
+        let name = ServerName::try_from(hello.server_name.to_string()).map_err(io::Error::other)?;
+        let tcp = TcpStream::connect(addr).await?;
+        let connecting = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+        tokio::time::timeout(PATIENCE, connecting)
+            .await
+            .map_err(|_| io::Error::other("handshake did not finish in time"))?
+    }
+}
+
+impl<'a> Hello<'a> {
+    /// SNI `server_name`, offering HTTP/1.1 only.
+    pub fn http1(server_name: &'a str) -> Self {
+        Self {
+            server_name,
+            sni: true,
+            alpn: &[HTTP1],
+        }
+    }
+
+    /// SNI `server_name`, offering HTTP/2 first, as browsers do.
+    pub fn h2(server_name: &'a str) -> Self {
+        Self {
+            server_name,
+            sni: true,
+            alpn: &[H2, HTTP1],
+        }
+    }
+}
+
+impl TlsClient {
+    /// `GET target` for `host` (the `Host` header on HTTP/1.1, `:authority` on HTTP/2).
+    pub async fn get(&mut self, host: &str, target: &str) -> Answer {
+        let builder = Request::builder().method("GET");
+        let response = match &mut self.sender {
+            Sender::Http1(sender) => {
+                let request = builder
+                    .uri(target)
+                    .header(http::header::HOST, host)
+                    .body(Full::default())
+                    .expect("valid request");
+                answered(sender.send_request(request)).await
+            }
+            Sender::Http2(sender) => {
+                let request = builder
+                    .uri(format!("https://{host}{target}"))
+                    .version(Version::HTTP_2)
+                    .body(Full::default())
+                    .expect("valid request");
+                answered(sender.send_request(request)).await
+            }
+        };
+        read(response).await
+    }
+
+    /// Whether requests go over HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        matches!(self.sender, Sender::Http2(_))
+    }
+}
+
+async fn answered(
+    sending: impl Future<Output = hyper::Result<Response<Incoming>>>,
+) -> Response<Incoming> {
+    tokio::time::timeout(PATIENCE, sending)
+        .await
+        .expect("gateway answered in time")
+        .expect("gateway answered")
+}
+
+/// An `https` listener on port 443 with `hostname`, serving `leaf`.
+pub fn https_listener(
+    hostname: Option<&str>,
+    leaf: &Leaf,
+    routes: Vec<Candidate>,
+) -> Arc<HttpListener> {
+    let plain = super::listener(hostname, routes);
+    Arc::new(HttpListener {
+        port: 443,
+        scheme: RedirectScheme::Https,
+        tls: Some(Arc::clone(&leaf.certificate)),
+        ..HttpListener::clone(&plain)
+    })
+}
