@@ -3,11 +3,13 @@
 //!
 //! Each bound socket has one accept loop task. Each accepted connection gets its own task,
 //! which first runs the TLS handshake when the current config makes the socket a TLS socket
-//! (see `tls.rs`), so a slow or broken client only ever holds up itself. Stopping the accept
-//! loop closes the socket at once and
-//! hands back its open connections ([`Draining`]); draining asks them to finish their
-//! in-flight requests and close (HTTP/1.1 `Connection: close`, HTTP/2 `GOAWAY`), so removing a
-//! socket from the config never cuts a request short.
+//! (see `tls.rs`), so a slow or broken client only ever holds up itself.
+//!
+//! Stopping the accept loop closes the socket at once and hands back its open connections
+//! ([`Draining`]); draining asks them to finish their in-flight requests and close (HTTP/1.1
+//! `Connection: close`, HTTP/2 `GOAWAY`), so removing a socket from the config never cuts a
+//! request short. A connection still in its TLS handshake is asked to close as soon as the
+//! handshake ends.
 
 use std::convert::Infallible;
 use std::io;
