@@ -1,0 +1,121 @@
+//! `check` and `run` on a broken manifest: `check` names file, line and field path and
+//! fails; `run` keeps serving the last good version and reports the error in `/status`.
+
+mod support;
+
+use std::process::Command;
+
+use support::{Gateway, Upstream, free_port, get};
+
+fn manifests(port: u16, upstream: u16, field: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+  - matches:
+    - path: {{type: PathPrefix, value: /}}
+      {field}: []
+    backendRefs: [{{name: up, port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: up}}
+spec: {{ports: [{{port: 80, targetPort: {upstream}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: up, labels: {{kubernetes.io/service-name: up}}}}
+addressType: IPv4
+ports: [{{port: {upstream}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+    )
+}
+
+#[test]
+fn check_reports_an_unknown_field_with_file_line_and_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("all.yaml"), manifests(8080, 9, "heders")).expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(dir.path())
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let expected = format!(
+        "error: {}:22: spec.rules[0].matches[0].heders: unknown field",
+        dir.path().join("all.yaml").display()
+    );
+    assert!(
+        stdout.contains(&expected),
+        "missing {expected:?} in:\n{stdout}"
+    );
+}
+
+#[test]
+fn check_passes_on_valid_manifests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("all.yaml"), manifests(8080, 9, "headers")).expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(dir.path())
+        .output()
+        .expect("run check");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_keeps_the_last_good_config_when_a_file_breaks() {
+    let upstream = Upstream::start("up").await;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::replace(
+        dir.path(),
+        "all.yaml",
+        &manifests(port, upstream.port, "headers"),
+    );
+    let gateway = Gateway::start(dir.path()).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    gateway
+        .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(s, _)| s == 200) })
+        .await;
+
+    support::replace(
+        dir.path(),
+        "all.yaml",
+        &manifests(port, upstream.port, "heders"),
+    );
+    gateway
+        .wait_until(|| async {
+            let (_, status) = gateway.admin("/status").await;
+            status.contains("spec.rules[0].matches[0].heders")
+        })
+        .await;
+    let (status, body) = get(&url, &[]).await.expect("gateway answers");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "up"),
+        "the last good config still serves"
+    );
+}

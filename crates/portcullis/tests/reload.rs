@@ -1,0 +1,164 @@
+//! Reloads under load: a route's weights and matches are rewritten 50 times while clients
+//! keep sending requests through the gateway; not one request may fail.
+//!
+//! Starts the real `portcullis` binary on a temporary directory, two upstreams in-process,
+//! all on 127.0.0.1. Files are replaced by rename, the way Kubernetes volume updates and
+//! careful editors write them.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Gateway, Upstream, free_port, get};
+
+const REWRITES: usize = 50;
+const CLIENTS: usize = 4;
+
+fn manifests(port: u16, a: u16, b: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: a}}
+spec: {{ports: [{{port: 80, targetPort: {a}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: a, labels: {{kubernetes.io/service-name: a}}}}
+addressType: IPv4
+ports: [{{port: {a}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: b}}
+spec: {{ports: [{{port: 80, targetPort: {b}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: b, labels: {{kubernetes.io/service-name: b}}}}
+addressType: IPv4
+ports: [{{port: {b}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+    )
+}
+
+/// The route in its `round`-th form: every form matches the clients' requests, with a
+/// different match and a different split.
+fn route(round: usize) -> String {
+    let matches = match round % 3 {
+        0 => "[{path: {type: PathPrefix, value: /}}]",
+        1 => "[{path: {type: PathPrefix, value: /load}, headers: [{name: x-load, value: 'yes'}]}]",
+        _ => "[{path: {type: Exact, value: /load/ping}, method: GET}]",
+    };
+    let (wa, wb) = if round == REWRITES {
+        (0, 100)
+    } else {
+        [(100, 0), (50, 50), (1, 99), (70, 30)][round % 4]
+    };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: split}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+  - matches: {matches}
+    backendRefs: [{{name: a, port: 80, weight: {wa}}}, {{name: b, port: 80, weight: {wb}}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewriting_a_route_fifty_times_under_load_fails_no_request() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("base.yaml"),
+        manifests(port, a.port, b.port),
+    )
+    .expect("write");
+    support::replace(dir.path(), "route.yaml", &route(0));
+    let gateway = Gateway::start(dir.path()).await;
+    let url = format!("http://127.0.0.1:{port}/load/ping");
+    gateway
+        .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(s, _)| s == 200) })
+        .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match get(&url, &[("x-load", "yes")]).await {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok((status, body)) => {
+                        eprintln!("failed request: {status} {body}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(error) => {
+                        eprintln!("failed request: {error}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    for round in 1..=REWRITES {
+        support::replace(dir.path(), "route.yaml", &route(round));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // The last form sends everything to b: seeing only b proves the reloads were applied.
+    let last = route(REWRITES);
+    assert!(
+        last.contains("weight: 0}, {name: b, port: 80, weight: 100"),
+        "{last}"
+    );
+    gateway
+        .wait_until(|| async {
+            get(&url, &[("x-load", "yes")])
+                .await
+                .is_ok_and(|(_, body)| body == "b")
+        })
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("client task");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{REWRITES} rewrites: {ok} requests succeeded, {failed} failed");
+    assert!(ok > 500, "too few requests to mean anything: {ok}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during reloads",
+        ok + failed
+    );
+    assert!(
+        a.hits() > 0 && b.hits() > 0,
+        "both backends served: a={} b={}",
+        a.hits(),
+        b.hits()
+    );
+}

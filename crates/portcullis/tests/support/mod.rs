@@ -1,0 +1,170 @@
+//! Helpers for tests that run the `portcullis` binary: upstreams, the gateway process, and a
+//! minimal HTTP client. Everything listens on 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port")
+}
+
+/// Writes a file atomically (write to a hidden temporary, then rename).
+pub fn replace(dir: &Path, name: &str, contents: &str) {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, contents).expect("write temporary");
+    std::fs::rename(&temporary, dir.join(name)).expect("rename into place");
+}
+
+/// An upstream that answers every request with its name and counts hits.
+pub struct Upstream {
+    pub port: u16,
+    hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let port = listener.local_addr().expect("addr").port();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_request| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from(name),
+                            )))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { port, hits, task }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `portcullis run` process; killed (by its PID) when dropped.
+pub struct Gateway {
+    child: Child,
+    pub admin: u16,
+}
+
+impl Gateway {
+    pub async fn start(config: &Path) -> Self {
+        let admin = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .env("PORTCULLIS_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start portcullis");
+        let gateway = Self { child, admin };
+        let ready = format!("http://127.0.0.1:{admin}/ready");
+        gateway
+            .wait_until(|| async { get(&ready, &[]).await.is_ok_and(|(s, _)| s == 200) })
+            .await;
+        gateway
+    }
+
+    /// Polls `condition` every 50 ms for up to 20 s.
+    pub async fn wait_until<F, Fut>(&self, condition: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if condition().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("condition not met within 20 s");
+    }
+
+    /// `GET` an admin path.
+    pub async fn admin(&self, path: &str) -> (u16, String) {
+        get(&format!("http://127.0.0.1:{}{path}", self.admin), &[])
+            .await
+            .expect("admin answers")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 GET on a new connection; returns status and body.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let authority = uri.authority().ok_or("no authority")?.to_string();
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&authority))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    let mut request = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header("host", authority);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("{e}"))?;
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .map_err(|_| "request timed out".to_string())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
