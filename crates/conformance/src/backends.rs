@@ -69,7 +69,7 @@ pub struct AddressAllocator {
 pub struct Backends {
     pods: Vec<Pod>,
     logs: HashMap<(String, String), Arc<RequestLog>>,
-    _tasks: JoinSet<()>,
+    tasks: JoinSet<()>,
 }
 
 impl BackendKind {
@@ -194,11 +194,14 @@ impl Backends {
                 tasks.spawn(echo::serve(listener, mode, identity.clone(), log.clone()));
             }
         }
-        Ok(Self {
-            pods,
-            logs,
-            _tasks: tasks,
-        })
+        Ok(Self { pods, logs, tasks })
+    }
+
+    /// Stops every listener and connection and waits until they are gone, so the next case
+    /// file can bind the same addresses.
+    pub async fn shutdown(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
     }
 
     /// Every planned pod.

@@ -38,6 +38,8 @@ impl Portcullis {
             .arg(admin.to_string())
             .arg("--address-pool")
             .arg(ADDRESS_POOL)
+            // Plain log lines: they end up in failure messages.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(output))
             .stderr(Stdio::from(errors))

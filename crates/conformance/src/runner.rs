@@ -106,7 +106,10 @@ async fn run_in(case: &CaseFile, config: &RunnerConfig, dir: &Path) -> Result<()
         Err(error) => Err(format!("{error:#}")),
     };
     portcullis.stop().await;
-    drop(backends);
+    // Every case task has finished, so this is the last reference.
+    if let Ok(backends) = Arc::try_unwrap(backends) {
+        backends.shutdown().await;
+    }
     outcome
 }
 
