@@ -29,21 +29,35 @@ pub enum Segment {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Edit {
     /// `set PATH to VALUE`.
-    Set { path: Vec<Segment>, value: Value },
+    Set {
+        /// The field to set.
+        path: Vec<Segment>,
+        /// Its new value (the YAML after `to`).
+        value: Value,
+    },
     /// `restore the original PATH` / `set PATH back to the original ...`.
-    Restore { path: Vec<Segment> },
+    Restore {
+        /// The field to restore from the object's first version.
+        path: Vec<Segment>,
+    },
     /// `append to spec.listeners` with `append_listener`.
     AppendListener(Value),
     /// `keep only the listener named NAME in spec.listeners`.
     KeepOnlyListener(String),
     /// `remove the first entry ... from PATH`.
-    RemoveFirst { path: Vec<Segment> },
+    RemoveFirst {
+        /// The list to shorten.
+        path: Vec<Segment>,
+    },
     /// `remove the unusable address from spec.addresses`.
     RemoveUnusableAddresses,
     /// `data.KEY = the KEY of ConfigMap NS/NAME`.
     CopyConfigMapKey {
+        /// The field to fill (`data.KEY`).
         path: Vec<Segment>,
+        /// The ConfigMap to copy from.
         source: ObjectKey,
+        /// The key of `source.data` to copy.
         source_key: String,
     },
 }

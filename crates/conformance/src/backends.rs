@@ -28,8 +28,11 @@ pub const H2C_PORT: u16 = 3001;
 /// What a Deployment's container does, keyed by its environment (README table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
-    /// `echo-basic`: HTTP echo; `tls` when it would also serve HTTPS on 8443.
-    HttpEcho { tls: bool },
+    /// `echo-basic`: HTTP echo.
+    HttpEcho {
+        /// It would also serve HTTPS on 8443 (`TLS_SERVER_CERT` is set).
+        tls: bool,
+    },
     /// `GRPC_ECHO_SERVER=1`.
     GrpcEcho,
     /// `TCP_ECHO_SERVER=1`.

@@ -144,107 +144,170 @@ pub struct ExpectedParent {
 #[serde(tag = "check", rename_all = "kebab-case")]
 pub enum StatusCheck {
     /// Gateways of these namespaces are Accepted and Programmed.
-    NamespacesReady { namespaces: Vec<String> },
+    NamespacesReady {
+        /// Namespaces whose Gateways must be ready.
+        namespaces: Vec<String>,
+    },
     /// Gateway has an address, routes are accepted by it, listeners are healthy.
     GatewayRoutesAccepted {
+        /// `namespace/name` of the Gateway.
         gateway: String,
+        /// Kind of the route(s) (default `HTTPRoute`).
         #[serde(default = "http_route")]
         route_kind: String,
+        /// `namespace/name` of every route that must be accepted.
         #[serde(default)]
         routes: Vec<String>,
+        /// Whether every listener must be healthy too (default true).
         #[serde(default = "yes")]
         check_listeners: bool,
     },
     /// The route has a parent entry for `parent` with the condition.
     RouteCondition {
+        /// Kind of the route(s) (default `HTTPRoute`).
         #[serde(default = "http_route")]
         route_kind: String,
+        /// `namespace/name` of the route.
         route: String,
+        /// `namespace/name` of the parent Gateway.
         parent: String,
+        /// The condition that must be present.
         condition: ExpectedCondition,
     },
     /// Like `gateway-routes-accepted` (2) with explicit parents and conditions.
     RouteParents {
+        /// Kind of the route(s) (default `HTTPRoute`).
         #[serde(default = "http_route")]
         route_kind: String,
+        /// `namespace/name` of the route.
         route: String,
+        /// The parent entries that must be present.
         parents: Vec<ExpectedParent>,
+        /// Whether `parentRef.namespace` must be written out.
         #[serde(default)]
         namespace_required: bool,
     },
     /// No parent accepted the route.
     RouteNoAcceptedParents {
+        /// Kind of the route(s) (default `HTTPRoute`).
         #[serde(default = "http_route")]
         route_kind: String,
+        /// `namespace/name` of the route.
         route: String,
     },
     /// No routes attached to the Gateway.
-    GatewayZeroRoutes { gateway: String },
+    GatewayZeroRoutes {
+        /// `namespace/name` of the Gateway.
+        gateway: String,
+    },
     /// The Gateway has the condition.
     GatewayCondition {
+        /// `namespace/name` of the Gateway.
         gateway: String,
+        /// The condition that must be present.
         condition: ExpectedCondition,
     },
     /// The Gateway has a typed address.
-    GatewayAddress { gateway: String },
+    GatewayAddress {
+        /// `namespace/name` of the Gateway.
+        gateway: String,
+    },
     /// The Gateway's listeners are exactly these.
     GatewayListeners {
+        /// `namespace/name` of the Gateway.
         gateway: String,
+        /// The expected listeners, exactly this many.
         listeners: Vec<ExpectedListener>,
     },
     /// The named listener (or every listener) has these conditions.
     ListenerConditions {
+        /// `namespace/name` of the Gateway.
         gateway: String,
+        /// Listener name; every listener when absent.
         #[serde(default)]
         listener: Option<String>,
+        /// Conditions that must all be present.
         conditions: Vec<ExpectedCondition>,
     },
     /// The policy has an ancestor entry for the Gateway with the condition.
     PolicyCondition {
+        /// Kind of the policy (default `BackendTLSPolicy`).
         #[serde(default = "backend_tls_policy")]
         policy_kind: String,
+        /// `namespace/name` of the policy.
         policy: String,
+        /// `namespace/name` of the ancestor Gateway.
         ancestor: String,
+        /// The condition that must be present.
         condition: ExpectedCondition,
     },
     /// Every condition of the object carries the current generation.
-    LatestObservedGeneration { kind: String, name: String },
+    LatestObservedGeneration {
+        /// Kind of the object.
+        kind: String,
+        /// `namespace/name` (bare name when cluster-scoped) of the object.
+        name: String,
+    },
     /// The phase's update changed `metadata.generation`.
-    GenerationChanged { kind: String, name: String },
+    GenerationChanged {
+        /// Kind of the object.
+        kind: String,
+        /// `namespace/name` (bare name when cluster-scoped) of the object.
+        name: String,
+    },
     /// The GatewayClass has an Accepted condition with the current generation.
     GatewayclassAccepted {
+        /// Name of the GatewayClass.
         gatewayclass: String,
+        /// The condition that must be present.
         condition: ExpectedCondition,
     },
     /// Static address bookkeeping of `GatewayStaticAddresses`.
     GatewayStatusAddresses {
+        /// `namespace/name` of the Gateway.
         gateway: String,
+        /// How many `spec.addresses` entries the Gateway must have kept.
         #[serde(default)]
         spec_addresses_count: Option<usize>,
     },
     /// `status.attachedListenerSets` equals `count`.
-    GatewayAttachedListenersets { gateway: String, count: i64 },
+    GatewayAttachedListenersets {
+        /// `namespace/name` of the Gateway.
+        gateway: String,
+        /// Expected `attachedListenerSets`.
+        count: i64,
+    },
     /// The ListenerSet has the condition.
     ListenersetCondition {
+        /// `namespace/name` of the ListenerSet.
         listenerset: String,
+        /// The condition that must be present.
         condition: ExpectedCondition,
     },
     /// The ListenerSet's listener has these conditions.
     ListenersetListenerConditions {
+        /// `namespace/name` of the ListenerSet.
         listenerset: String,
+        /// Listener name.
         listener: String,
+        /// Conditions that must all be present.
         conditions: Vec<ExpectedCondition>,
     },
     /// The ListenerSet's listeners are exactly these.
     ListenersetListeners {
+        /// `namespace/name` of the ListenerSet.
         listenerset: String,
+        /// The expected listeners, exactly this many.
         listeners: Vec<ExpectedListener>,
     },
     /// Routes accepted by the ListenerSet, whose listeners are healthy.
     ListenersetRoutesAccepted {
+        /// `namespace/name` of the ListenerSet.
         listenerset: String,
+        /// Kind of the route(s) (default `HTTPRoute`).
         #[serde(default = "http_route")]
         route_kind: String,
+        /// `namespace/name` of every route that must be accepted.
         #[serde(default)]
         routes: Vec<String>,
     },

@@ -2,6 +2,9 @@
 //! `main.rs`. It is a library only so that test targets can drive the echo backend and the
 //! client. It must not depend on portcullis' library crates: it tests the binary from outside.
 
+// Every public item is documented (STYLE.md); the compiler keeps it that way.
+#![warn(missing_docs)]
+
 pub mod actions;
 pub mod backends;
 pub mod batches;
