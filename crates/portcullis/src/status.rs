@@ -121,3 +121,52 @@ pub fn rejected(resource: &ResourceStatus) -> bool {
         c.kind == model::status::ConditionType::Accepted && c.status == ConditionStatus::False
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use model::status::{Condition, ConditionType, Reason};
+
+    use super::*;
+
+    fn set(holds: bool) -> StatusSet {
+        let mut status = StatusSet::default();
+        status.0.insert(
+            ResourceKey::new(Kind::GatewayClass, "", "c"),
+            ResourceStatus::GatewayClass {
+                conditions: vec![Condition::new(
+                    ConditionType::Accepted,
+                    holds,
+                    Reason::Accepted,
+                    "",
+                    1,
+                )],
+            },
+        );
+        status
+    }
+
+    fn time(status: &StatusSet) -> Option<String> {
+        status
+            .0
+            .values()
+            .next()?
+            .conditions()
+            .first()?
+            .last_transition_time
+            .clone()
+    }
+
+    #[test]
+    fn transition_time_changes_only_with_the_status() {
+        let mut stamper = Stamper::default();
+        let mut first = set(true);
+        stamper.stamp(&mut first, "t1");
+        let mut same = set(true);
+        stamper.stamp(&mut same, "t2");
+        let mut flipped = set(false);
+        stamper.stamp(&mut flipped, "t3");
+        assert_eq!(time(&first).as_deref(), Some("t1"));
+        assert_eq!(time(&same).as_deref(), Some("t1"));
+        assert_eq!(time(&flipped).as_deref(), Some("t3"));
+    }
+}
