@@ -77,9 +77,11 @@ pub(crate) fn attach(
             "no listener matches the parentRef's sectionName and port".into(),
         );
     }
+    // "Listener or Route status does not impact successful attachment, i.e. the
+    // AttachedRoutes field count MUST be set for Listeners with condition Accepted: false"
+    // (ListenerStatus.attachedRoutes). Only listeners that serve get the routes in config.
     let allowed: Vec<_> = selected
         .iter()
-        .filter(|l| l.is_serving())
         .filter(|l| l.supported_kinds.iter().any(|k| k.kind == route.kind))
         .filter(|l| {
             namespace_allowed(
