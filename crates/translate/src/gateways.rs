@@ -288,7 +288,14 @@ fn assign_addresses(
     taken: &mut BTreeSet<IpAddr>,
 ) {
     let requested = gateway.spec.addresses.as_deref().unwrap_or_default();
-    if !requested.is_empty() {
+    // An IPAddress entry without a value asks the implementation to pick one ("When a value
+    // is unspecified, an implementation SHOULD automatically assign an address matching the
+    // requested type if possible"): it is served from the pool below.
+    let wants_pool = requested
+        .iter()
+        .any(|a| a.r#type.as_deref().unwrap_or("IPAddress") == "IPAddress" && a.value.is_none());
+    let explicit = requested.iter().any(|a| a.value.is_some());
+    if explicit || (!requested.is_empty() && !wants_pool) {
         let mut ips = Vec::new();
         for address in requested {
             let kind = address.r#type.as_deref().unwrap_or("IPAddress");
@@ -298,10 +305,16 @@ fn assign_addresses(
                 .and_then(|v| v.parse::<IpAddr>().ok());
             match (kind, ip) {
                 ("IPAddress", Some(ip)) => ips.push(ip),
+                ("IPAddress", None) if address.value.is_none() => {
+                    state.programmed = Err((
+                        Reason::AddressNotAssigned,
+                        "mixing IPAddress entries with and without values is not supported".into(),
+                    ));
+                }
                 ("IPAddress", None) => {
                     state.programmed = Err((
                         Reason::AddressNotAssigned,
-                        "an IPAddress entry without a value cannot be assigned".into(),
+                        "an IPAddress entry must hold an IP address".into(),
                     ));
                 }
                 (other, _) => {
@@ -336,6 +349,12 @@ fn assign_addresses(
         return;
     }
     let Some(pool) = options.address_pool else {
+        if wants_pool {
+            state.programmed = Err((
+                Reason::AddressNotAssigned,
+                "no --address-pool to assign an address from".into(),
+            ));
+        }
         return;
     };
     let previous = options
