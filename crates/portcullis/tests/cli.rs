@@ -9,19 +9,7 @@ use support::{Gateway, Upstream, free_port, get};
 
 fn manifests(port: u16, upstream: u16, field: &str) -> String {
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portcullis}}
-spec: {{controllerName: portcullis.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: default}}
-spec:
-  gatewayClassName: portcullis
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
----
+        "{gateway}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: web}}
@@ -32,19 +20,9 @@ spec:
     - path: {{type: PathPrefix, value: /}}
       {field}: []
     backendRefs: [{{name: up, port: 80}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: up}}
-spec: {{ports: [{{port: 80, targetPort: {upstream}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: up, labels: {{kubernetes.io/service-name: up}}}}
-addressType: IPv4
-ports: [{{port: {upstream}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"
+{service}",
+        gateway = support::gateway_yaml(port),
+        service = support::service_yaml("up", upstream),
     )
 }
 

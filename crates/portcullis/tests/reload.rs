@@ -18,43 +18,10 @@ const CLIENTS: usize = 4;
 
 fn manifests(port: u16, a: u16, b: u16) -> String {
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portcullis}}
-spec: {{controllerName: portcullis.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: default}}
-spec:
-  gatewayClassName: portcullis
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: a}}
-spec: {{ports: [{{port: 80, targetPort: {a}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: a, labels: {{kubernetes.io/service-name: a}}}}
-addressType: IPv4
-ports: [{{port: {a}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: b}}
-spec: {{ports: [{{port: 80, targetPort: {b}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: b, labels: {{kubernetes.io/service-name: b}}}}
-addressType: IPv4
-ports: [{{port: {b}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"
+        "{}{}{}",
+        support::gateway_yaml(port),
+        support::service_yaml("a", a),
+        support::service_yaml("b", b)
     )
 }
 

@@ -25,6 +25,45 @@ pub fn free_port() -> u16 {
         .expect("an ephemeral port")
 }
 
+/// A GatewayClass of ours and Gateway `default/edge` with one HTTP listener on
+/// 127.0.0.1:`port`.
+pub fn gateway_yaml(port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+"
+    )
+}
+
+/// Service `name` (port 80) with one endpoint, 127.0.0.1:`target`.
+pub fn service_yaml(name: &str, target: u16) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{ports: [{{port: 80, targetPort: {target}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: {target}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+    )
+}
+
 /// Writes a file atomically (write to a hidden temporary, then rename).
 pub fn replace(dir: &Path, name: &str, contents: &str) {
     let temporary = dir.join(format!(".{name}.tmp"));
