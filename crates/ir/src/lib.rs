@@ -15,6 +15,7 @@ mod backend;
 mod filter;
 mod hostname;
 mod route;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ pub use route::{
     Action, Candidate, HeaderMatch, HttpMatch, HttpRequestParts, PathMatch, QueryMatch, RouteId,
     RouteKind, RouteTable, Rule, Selected, StringMatch, Timeouts,
 };
+pub use stream::{StreamRoute, TcpListener, TlsPassthroughListener};
 
 /// A complete routing configuration, replaced as a whole on every reload.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -43,10 +45,22 @@ pub struct Config {
 }
 
 /// One listening socket and the Gateway listeners served on it.
+///
+/// A socket carries HTTP listeners (plain or, when they have certificates, TLS-terminated),
+/// TLS passthrough listeners, or one TCP listener. HTTPS and TLS passthrough listeners may
+/// share a socket: the ClientHello's SNI decides between passing the connection through
+/// and terminating it (TLSRouteModeMixed).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Bind {
     /// HTTP listeners on this socket, most specific hostname first (see [`Bind::listener_for`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<Arc<HttpListener>>,
+    /// TLS passthrough listeners, most specific hostname first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_passthrough: Vec<Arc<TlsPassthroughListener>>,
+    /// The TCP listener, when the socket serves one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Arc<TcpListener>>,
 }
 
 /// A Gateway listener of protocol HTTP, with the routes attached to it.
@@ -111,6 +125,25 @@ impl Bind {
             .filter(|listener| match &listener.hostname {
                 None => true,
                 Some(pattern) => pattern.matches(host),
+            })
+            .max_by_key(|listener| {
+                listener
+                    .hostname
+                    .as_ref()
+                    .map_or((0, 0), HostnameMatch::specificity)
+            })
+    }
+
+    /// Picks the passthrough listener for a ClientHello's SNI, with the same hostname
+    /// precedence as [`Bind::listener_for`]. Without SNI only a listener without hostname
+    /// can match.
+    pub fn passthrough_for(&self, sni: Option<&str>) -> Option<&Arc<TlsPassthroughListener>> {
+        self.tls_passthrough
+            .iter()
+            .filter(|listener| match (&listener.hostname, sni) {
+                (None, _) => true,
+                (Some(pattern), Some(sni)) => pattern.matches(sni),
+                (Some(_), None) => false,
             })
             .max_by_key(|listener| {
                 listener

@@ -37,6 +37,12 @@ pub enum RouteKind {
     /// `HTTPRoute`.
     #[serde(rename = "HTTPRoute")]
     Http,
+    /// `TLSRoute`.
+    #[serde(rename = "TLSRoute")]
+    Tls,
+    /// `TCPRoute`.
+    #[serde(rename = "TCPRoute")]
+    Tcp,
 }
 
 /// Identifies a rule for logs, metrics and `explain`.
