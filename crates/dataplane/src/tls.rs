@@ -356,7 +356,10 @@ mod tests {
     }
 
     fn bind(listeners: Vec<Arc<HttpListener>>) -> ir::Bind {
-        let mut bind = ir::Bind { http: listeners };
+        let mut bind = ir::Bind {
+            http: listeners,
+            ..ir::Bind::default()
+        };
         bind.sort_listeners();
         bind
     }
