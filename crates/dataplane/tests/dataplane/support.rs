@@ -347,7 +347,10 @@ pub fn listener(hostname: Option<&str>, routes: Vec<Candidate>) -> Arc<HttpListe
 
 /// A config with one bind, `key`, serving `listeners`.
 pub fn config_at(key: SocketAddr, listeners: Vec<Arc<HttpListener>>) -> ir::Config {
-    let mut bind = ir::Bind { http: listeners };
+    let mut bind = ir::Bind {
+        http: listeners,
+        ..ir::Bind::default()
+    };
     bind.sort_listeners();
     ir::Config {
         binds: BTreeMap::from([(key, bind)]),
