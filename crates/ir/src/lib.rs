@@ -155,13 +155,11 @@ impl Bind {
 
     /// Sorts listeners so that the most specific hostname comes first; ties keep their order.
     pub fn sort_listeners(&mut self) {
-        self.http.sort_by_key(|listener| {
-            std::cmp::Reverse(
-                listener
-                    .hostname
-                    .as_ref()
-                    .map_or((0, 0), HostnameMatch::specificity),
-            )
-        });
+        let key = |hostname: &Option<HostnameMatch>| {
+            std::cmp::Reverse(hostname.as_ref().map_or((0, 0), HostnameMatch::specificity))
+        };
+        self.http.sort_by_key(|listener| key(&listener.hostname));
+        self.tls_passthrough
+            .sort_by_key(|listener| key(&listener.hostname));
     }
 }

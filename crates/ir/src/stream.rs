@@ -68,10 +68,10 @@ impl TlsPassthroughListener {
                         .max()
                 })
             };
-            if let Some(score) = score {
-                if best.as_ref().is_none_or(|(b, _)| score > *b) {
-                    best = Some((score, route));
-                }
+            if let Some(score) = score
+                && best.as_ref().is_none_or(|(b, _)| score > *b)
+            {
+                best = Some((score, route));
             }
         }
         best.map(|(_, route)| route)

@@ -127,6 +127,26 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
             object.metadata = metadata;
             Object::HttpRoute(Arc::new(object))
         }),
+        Kind::TlsRoute => {
+            // TLSRoute v1 requires hostnames; v1alpha2/v1alpha3 made them optional.
+            let mut doc = doc.clone();
+            if version != "v1"
+                && let Some(spec) = doc.value.get_mut("spec").and_then(Value::as_object_mut)
+            {
+                spec.entry("hostnames")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+            }
+            custom(&doc, fields, |metadata, spec| {
+                let mut object = gw::tlsroutes::TlsRoute::new("", spec);
+                object.metadata = metadata;
+                Object::TlsRoute(Arc::new(object))
+            })
+        }
+        Kind::TcpRoute => custom(doc, fields, |metadata, spec| {
+            let mut object = gw::tcproutes::TcpRoute::new("", spec);
+            object.metadata = metadata;
+            Object::TcpRoute(Arc::new(object))
+        }),
         Kind::ReferenceGrant => custom(doc, fields, |metadata, spec| {
             let mut object = gw::referencegrants::ReferenceGrant::new("", spec);
             object.metadata = metadata;
@@ -156,6 +176,10 @@ fn known_kind(group: &str, version: &str, kind: &str) -> Option<Kind> {
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "GatewayClass") => Some(Kind::GatewayClass),
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => Some(Kind::Gateway),
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => Some(Kind::HttpRoute),
+        ("gateway.networking.k8s.io", "v1" | "v1alpha2" | "v1alpha3", "TLSRoute") => {
+            Some(Kind::TlsRoute)
+        }
+        ("gateway.networking.k8s.io", "v1alpha2", "TCPRoute") => Some(Kind::TcpRoute),
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "ReferenceGrant") => {
             Some(Kind::ReferenceGrant)
         }
@@ -271,6 +295,14 @@ fn with_default_namespace(object: Object) -> Object {
         Object::HttpRoute(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);
             Object::HttpRoute(o)
+        }
+        Object::TlsRoute(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::TlsRoute(o)
+        }
+        Object::TcpRoute(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::TcpRoute(o)
         }
         Object::ReferenceGrant(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);

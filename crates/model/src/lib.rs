@@ -48,6 +48,10 @@ pub enum Kind {
     Gateway,
     /// `gateway.networking.k8s.io` HTTPRoute.
     HttpRoute,
+    /// `gateway.networking.k8s.io` TLSRoute.
+    TlsRoute,
+    /// `gateway.networking.k8s.io` TCPRoute.
+    TcpRoute,
     /// `gateway.networking.k8s.io` ReferenceGrant.
     ReferenceGrant,
     /// Core Namespace (cluster-scoped).
@@ -80,6 +84,10 @@ pub enum Object {
     Gateway(Arc<gw::gateways::Gateway>),
     /// An HTTPRoute.
     HttpRoute(Arc<gw::httproutes::HttpRoute>),
+    /// A TLSRoute.
+    TlsRoute(Arc<gw::tlsroutes::TlsRoute>),
+    /// A TCPRoute.
+    TcpRoute(Arc<gw::tcproutes::TcpRoute>),
     /// A ReferenceGrant.
     ReferenceGrant(Arc<gw::referencegrants::ReferenceGrant>),
     /// A Namespace.
@@ -96,10 +104,12 @@ pub enum Object {
 
 impl Kind {
     /// Every kind, in the order `check` prints them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
+        Kind::TlsRoute,
+        Kind::TcpRoute,
         Kind::ReferenceGrant,
         Kind::Namespace,
         Kind::Service,
@@ -113,6 +123,8 @@ impl Kind {
             Self::GatewayClass => "GatewayClass",
             Self::Gateway => "Gateway",
             Self::HttpRoute => "HTTPRoute",
+            Self::TlsRoute => "TLSRoute",
+            Self::TcpRoute => "TCPRoute",
             Self::ReferenceGrant => "ReferenceGrant",
             Self::Namespace => "Namespace",
             Self::Service => "Service",
@@ -124,9 +136,12 @@ impl Kind {
     /// The API group (`""` for core).
     pub fn group(self) -> &'static str {
         match self {
-            Self::GatewayClass | Self::Gateway | Self::HttpRoute | Self::ReferenceGrant => {
-                GATEWAY_GROUP
-            }
+            Self::GatewayClass
+            | Self::Gateway
+            | Self::HttpRoute
+            | Self::TlsRoute
+            | Self::TcpRoute
+            | Self::ReferenceGrant => GATEWAY_GROUP,
             Self::EndpointSlice => "discovery.k8s.io",
             Self::Namespace | Self::Service | Self::Secret => "",
         }
@@ -135,9 +150,12 @@ impl Kind {
     /// The `apiVersion` written in status output.
     pub fn api_version(self) -> &'static str {
         match self {
-            Self::GatewayClass | Self::Gateway | Self::HttpRoute | Self::ReferenceGrant => {
-                "gateway.networking.k8s.io/v1"
-            }
+            Self::GatewayClass
+            | Self::Gateway
+            | Self::HttpRoute
+            | Self::TlsRoute
+            | Self::ReferenceGrant => "gateway.networking.k8s.io/v1",
+            Self::TcpRoute => "gateway.networking.k8s.io/v1alpha2",
             Self::EndpointSlice => "discovery.k8s.io/v1",
             Self::Namespace | Self::Service | Self::Secret => "v1",
         }
@@ -187,6 +205,8 @@ impl Object {
             Self::GatewayClass(o) => &o.metadata,
             Self::Gateway(o) => &o.metadata,
             Self::HttpRoute(o) => &o.metadata,
+            Self::TlsRoute(o) => &o.metadata,
+            Self::TcpRoute(o) => &o.metadata,
             Self::ReferenceGrant(o) => &o.metadata,
             Self::Namespace(o) => &o.metadata,
             Self::Service(o) => &o.metadata,
@@ -201,6 +221,8 @@ impl Object {
             Self::GatewayClass(_) => Kind::GatewayClass,
             Self::Gateway(_) => Kind::Gateway,
             Self::HttpRoute(_) => Kind::HttpRoute,
+            Self::TlsRoute(_) => Kind::TlsRoute,
+            Self::TcpRoute(_) => Kind::TcpRoute,
             Self::ReferenceGrant(_) => Kind::ReferenceGrant,
             Self::Namespace(_) => Kind::Namespace,
             Self::Service(_) => Kind::Service,

@@ -27,6 +27,10 @@ pub struct Snapshot {
     pub gateways: BTreeMap<ObjectName, Arc<gw::gateways::Gateway>>,
     /// HTTPRoutes.
     pub http_routes: BTreeMap<ObjectName, Arc<gw::httproutes::HttpRoute>>,
+    /// TLSRoutes.
+    pub tls_routes: BTreeMap<ObjectName, Arc<gw::tlsroutes::TlsRoute>>,
+    /// TCPRoutes.
+    pub tcp_routes: BTreeMap<ObjectName, Arc<gw::tcproutes::TcpRoute>>,
     /// ReferenceGrants.
     pub reference_grants: BTreeMap<ObjectName, Arc<gw::referencegrants::ReferenceGrant>>,
     /// Namespaces by name.
@@ -86,6 +90,8 @@ impl Snapshot {
             Kind::GatewayClass => self.gateway_classes.contains_key(&key.name),
             Kind::Gateway => self.gateways.contains_key(&name),
             Kind::HttpRoute => self.http_routes.contains_key(&name),
+            Kind::TlsRoute => self.tls_routes.contains_key(&name),
+            Kind::TcpRoute => self.tcp_routes.contains_key(&name),
             Kind::ReferenceGrant => self.reference_grants.contains_key(&name),
             Kind::Namespace => self.namespaces.contains_key(&key.name),
             Kind::Service => self.services.contains_key(&name),
@@ -104,6 +110,8 @@ impl Snapshot {
             Object::GatewayClass(o) => drop(self.gateway_classes.insert(key.name, o)),
             Object::Gateway(o) => drop(self.gateways.insert(name, o)),
             Object::HttpRoute(o) => drop(self.http_routes.insert(name, o)),
+            Object::TlsRoute(o) => drop(self.tls_routes.insert(name, o)),
+            Object::TcpRoute(o) => drop(self.tcp_routes.insert(name, o)),
             Object::ReferenceGrant(o) => drop(self.reference_grants.insert(name, o)),
             Object::Namespace(o) => drop(self.namespaces.insert(key.name, o)),
             Object::Service(o) => drop(self.services.insert(name, o)),
@@ -211,6 +219,8 @@ fn spec_of(object: &Object) -> Value {
         Object::GatewayClass(o) => serde_json::to_value(&o.spec),
         Object::Gateway(o) => serde_json::to_value(&o.spec),
         Object::HttpRoute(o) => serde_json::to_value(&o.spec),
+        Object::TlsRoute(o) => serde_json::to_value(&o.spec),
+        Object::TcpRoute(o) => serde_json::to_value(&o.spec),
         Object::ReferenceGrant(o) => serde_json::to_value(&o.spec),
         Object::Namespace(o) => serde_json::to_value(&o.spec),
         Object::Service(o) => serde_json::to_value(&o.spec),
@@ -237,6 +247,8 @@ fn with_generation(object: Object, generation: i64) -> Object {
         Object::GatewayClass(o) => Object::GatewayClass(set(o, |o| &mut o.metadata, generation)),
         Object::Gateway(o) => Object::Gateway(set(o, |o| &mut o.metadata, generation)),
         Object::HttpRoute(o) => Object::HttpRoute(set(o, |o| &mut o.metadata, generation)),
+        Object::TlsRoute(o) => Object::TlsRoute(set(o, |o| &mut o.metadata, generation)),
+        Object::TcpRoute(o) => Object::TcpRoute(set(o, |o| &mut o.metadata, generation)),
         Object::ReferenceGrant(o) => {
             Object::ReferenceGrant(set(o, |o| &mut o.metadata, generation))
         }

@@ -95,6 +95,32 @@ pub(crate) fn object(object: &Object, errors: &mut FieldErrors) {
         }
         Object::Gateway(gateway) => validate_gateway(&gateway.spec, errors),
         Object::HttpRoute(route) => validate_http_route(&route.spec, errors),
+        Object::TlsRoute(route) => {
+            for (i, hostname) in route.spec.hostnames.iter().enumerate() {
+                check_hostname(hostname, &format!("spec.hostnames[{i}]"), errors);
+            }
+            if route.spec.hostnames.len() > 16 {
+                errors.push("spec.hostnames", "must have at most 16 hostnames");
+            }
+            check_rules_backends(
+                route.spec.rules.iter().map(|r| {
+                    r.backend_refs
+                        .iter()
+                        .map(|b| (b.group.as_deref(), b.kind.as_deref(), b.port, b.weight))
+                        .collect()
+                }),
+                errors,
+            );
+        }
+        Object::TcpRoute(route) => check_rules_backends(
+            route.spec.rules.iter().map(|r| {
+                r.backend_refs
+                    .iter()
+                    .map(|b| (b.group.as_deref(), b.kind.as_deref(), b.port, b.weight))
+                    .collect()
+            }),
+            errors,
+        ),
         Object::ReferenceGrant(grant) => {
             if grant.spec.from.is_empty() || grant.spec.from.len() > 16 {
                 errors.push("spec.from", "must have between 1 and 16 entries");
@@ -259,6 +285,44 @@ fn validate_http_route(spec: &gw::httproutes::HttpRouteSpec, errors: &mut FieldE
         }
         if let Some(timeouts) = &rule.timeouts {
             check_timeouts(timeouts, &format!("{path}.timeouts"), errors);
+        }
+    }
+}
+
+/// Rules of TLSRoute and TCPRoute: 1 to 16 rules, each with 1 to 16 backendRefs, weights
+/// and ports in range, and a port for every Service reference.
+fn check_rules_backends<'a>(
+    rules: impl ExactSizeIterator<
+        Item = Vec<(Option<&'a str>, Option<&'a str>, Option<i32>, Option<i32>)>,
+    >,
+    errors: &mut FieldErrors,
+) {
+    if rules.len() == 0 || rules.len() > 16 {
+        errors.push("spec.rules", "must have between 1 and 16 rules");
+    }
+    for (r, backends) in rules.enumerate() {
+        if backends.is_empty() || backends.len() > 16 {
+            errors.push(
+                &format!("spec.rules[{r}].backendRefs"),
+                "must have between 1 and 16 backendRefs",
+            );
+        }
+        for (b, (group, kind, port, weight)) in backends.into_iter().enumerate() {
+            let path = format!("spec.rules[{r}].backendRefs[{b}]");
+            if weight.is_some_and(|w| !(0..=1_000_000).contains(&w)) {
+                errors.push(&format!("{path}.weight"), "must be between 0 and 1000000");
+            }
+            if port.is_some_and(|p| !(1..=65535).contains(&p)) {
+                errors.push(&format!("{path}.port"), "must be between 1 and 65535");
+            }
+            let is_service =
+                kind.unwrap_or("Service") == "Service" && group.unwrap_or_default().is_empty();
+            if is_service && port.is_none() {
+                errors.push(
+                    &format!("{path}.port"),
+                    "Must have port for Service reference",
+                );
+            }
         }
     }
 }

@@ -77,7 +77,9 @@ pub fn document(
         );
         let status = match status.0.get(&key) {
             Some(resource) => serde_json::to_value(resource).unwrap_or(Value::Null),
-            None if kind == Kind::HttpRoute => json!({"parents": []}),
+            None if matches!(kind, Kind::HttpRoute | Kind::TlsRoute | Kind::TcpRoute) => {
+                json!({"parents": []})
+            }
             None => json!({}),
         };
         let mut metadata = json!({"name": key.name, "generation": meta.generation.unwrap_or(1)});
@@ -99,6 +101,12 @@ pub fn document(
     }
     for route in snapshot.http_routes.values() {
         push(Kind::HttpRoute, &route.metadata);
+    }
+    for route in snapshot.tls_routes.values() {
+        push(Kind::TlsRoute, &route.metadata);
+    }
+    for route in snapshot.tcp_routes.values() {
+        push(Kind::TcpRoute, &route.metadata);
     }
     StatusDocument {
         objects,

@@ -9,8 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ir::HostnameMatch;
-use model::status::{ParentReference, Reason};
+use model::status::{Condition, ConditionType, ParentReference, Reason, RouteParentStatus};
 use model::{GATEWAY_GROUP, ObjectName, Snapshot};
+
+use crate::Options;
 
 use crate::gateways::{AllowedNamespaces, GatewayState};
 
@@ -23,6 +25,26 @@ pub(crate) struct ParentRef {
     pub name: String,
     pub section_name: Option<String>,
     pub port: Option<i32>,
+}
+
+/// What went wrong while compiling a route's rules, for its status.
+#[derive(Default)]
+pub(crate) struct RuleProblems {
+    /// The first unresolvable reference (ResolvedRefs=False).
+    pub unresolved: Option<(Reason, String)>,
+    /// The first unsupported value (that rule is answered with 500).
+    pub unsupported: Option<(Reason, String)>,
+}
+
+impl RuleProblems {
+    pub(crate) fn unresolved(&mut self, reason: Reason, message: String) {
+        self.unresolved.get_or_insert((reason, message));
+    }
+
+    pub(crate) fn unsupported(&mut self, message: String) {
+        self.unsupported
+            .get_or_insert((Reason::UnsupportedValue, message));
+    }
 }
 
 /// The route being attached.
@@ -42,7 +64,7 @@ pub(crate) struct Attachment {
 }
 
 /// The outcome for one parentRef.
-pub(crate) enum ParentOutcome {
+enum ParentOutcome {
     /// Not a Gateway of ours: no status entry.
     NotOurs,
     /// Attached to these listeners.
@@ -51,8 +73,100 @@ pub(crate) enum ParentOutcome {
     Rejected(Reason, String),
 }
 
+// === impl ParentRef ===
+
+impl ParentRef {
+    /// Builds a parentRef, applying the API defaults (group gateway.networking.k8s.io, kind
+    /// Gateway).
+    pub(crate) fn new(
+        group: Option<&str>,
+        kind: Option<&str>,
+        namespace: Option<&str>,
+        name: &str,
+        section_name: Option<&str>,
+        port: Option<i32>,
+    ) -> Self {
+        Self {
+            group: group.unwrap_or(GATEWAY_GROUP).to_string(),
+            kind: kind.unwrap_or("Gateway").to_string(),
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+            section_name: section_name.map(str::to_string),
+            port,
+        }
+    }
+}
+
+/// Attaches a route through all its parentRefs and returns its `status.parents`. Every
+/// listener attachment is handed to `attached`, which adds the route to that listener's
+/// config; parents that are not Gateways of ours get no entry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn parent_statuses(
+    snapshot: &Snapshot,
+    gateways: &mut BTreeMap<ObjectName, GatewayState>,
+    options: &Options,
+    route: &RouteInfo<'_>,
+    parents: &[ParentRef],
+    generation: i64,
+    problems: &RuleProblems,
+    mut attached: impl FnMut(&Attachment),
+) -> Vec<RouteParentStatus> {
+    let mut statuses = Vec::new();
+    for parent in parents {
+        let accepted = match attach(snapshot, gateways, route, parent) {
+            ParentOutcome::NotOurs => continue,
+            ParentOutcome::Rejected(reason, message) => {
+                Condition::new(ConditionType::Accepted, false, reason, message, generation)
+            }
+            ParentOutcome::Attached(attachments) => {
+                count_attachments(gateways, &attachments);
+                attachments.iter().for_each(&mut attached);
+                Condition::new(
+                    ConditionType::Accepted,
+                    true,
+                    Reason::Accepted,
+                    "accepted",
+                    generation,
+                )
+            }
+        };
+        let resolved = match &problems.unresolved {
+            Some((reason, message)) => Condition::new(
+                ConditionType::ResolvedRefs,
+                false,
+                *reason,
+                message,
+                generation,
+            ),
+            None => Condition::new(
+                ConditionType::ResolvedRefs,
+                true,
+                Reason::ResolvedRefs,
+                "resolved",
+                generation,
+            ),
+        };
+        let mut conditions = vec![accepted, resolved];
+        if let Some((reason, message)) = &problems.unsupported {
+            conditions.push(Condition::new(
+                ConditionType::PartiallyInvalid,
+                true,
+                *reason,
+                message,
+                generation,
+            ));
+        }
+        statuses.push(RouteParentStatus {
+            parent_ref: status_ref(parent),
+            controller_name: options.controller_name.clone(),
+            conditions,
+        });
+    }
+    statuses
+}
+
 /// Resolves one parentRef of a route.
-pub(crate) fn attach(
+fn attach(
     snapshot: &Snapshot,
     gateways: &BTreeMap<ObjectName, GatewayState>,
     route: &RouteInfo<'_>,
@@ -122,7 +236,7 @@ pub(crate) fn attach(
 }
 
 /// Counts attached routes on listeners: each route counts once per listener.
-pub(crate) fn count_attachments(
+fn count_attachments(
     gateways: &mut BTreeMap<ObjectName, GatewayState>,
     attachments: &[Attachment],
 ) {
@@ -140,7 +254,7 @@ pub(crate) fn count_attachments(
 }
 
 /// The parentRef as status echoes it: group and kind written out.
-pub(crate) fn status_ref(parent: &ParentRef) -> ParentReference {
+fn status_ref(parent: &ParentRef) -> ParentReference {
     ParentReference {
         group: parent.group.clone(),
         kind: parent.kind.clone(),

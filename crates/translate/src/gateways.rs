@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ir::{HostnameMatch, RedirectScheme};
 use model::gw::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From,
+    GatewayListenersTlsMode,
 };
 use model::status::{
     Condition, ConditionType, GatewayAddress, ListenerStatus, Reason, ResourceStatus,
@@ -136,14 +137,21 @@ fn resolve_one(
 fn listener(snapshot: &Snapshot, gateway: &ObjectName, spec: &GatewayListeners) -> ListenerState {
     let port = u16::try_from(spec.port).unwrap_or_default();
     let protocol = spec.protocol.clone();
-    let supported = matches!(protocol.as_str(), "HTTP" | "HTTPS");
-    let accepted = if supported {
-        Ok(())
-    } else {
-        Err((
+    let passthrough = matches!(
+        spec.tls.as_ref().and_then(|t| t.mode.clone()),
+        Some(GatewayListenersTlsMode::Passthrough)
+    );
+    let accepted = match protocol.as_str() {
+        "HTTP" | "HTTPS" | "TCP" => Ok(()),
+        "TLS" if passthrough => Ok(()),
+        "TLS" => Err((
+            Reason::UnsupportedValue,
+            "tls.mode Terminate on a TLS listener is not supported yet; use Passthrough".into(),
+        )),
+        _ => Err((
             Reason::UnsupportedProtocol,
-            format!("protocol {protocol} is not supported yet; supported: HTTP, HTTPS"),
-        ))
+            format!("protocol {protocol} is not supported yet; supported: HTTP, HTTPS, TLS, TCP"),
+        )),
     };
     let allowed_routes = spec.allowed_routes.as_ref();
     let namespaces = allowed_routes.and_then(|a| a.namespaces.as_ref());
@@ -169,7 +177,11 @@ fn listener(snapshot: &Snapshot, gateway: &ObjectName, spec: &GatewayListeners) 
                 }),
         }),
     };
-    let (supported_kinds, mut resolved_refs) = route_kinds(spec);
+    let (supported_kinds, mut resolved_refs) = if accepted.is_ok() {
+        route_kinds(spec)
+    } else {
+        (Vec::new(), Ok(()))
+    };
     let mut tls = None;
     if protocol == "HTTPS" {
         let certificate = crate::tls::resolve(snapshot, gateway, spec);
@@ -197,6 +209,8 @@ fn listener(snapshot: &Snapshot, gateway: &ObjectName, spec: &GatewayListeners) 
 fn route_kinds(spec: &GatewayListeners) -> (Vec<RouteGroupKind>, Verdict) {
     let valid: &[&str] = match spec.protocol.as_str() {
         "HTTP" | "HTTPS" => &HTTP_KINDS,
+        "TLS" => &["TLSRoute"],
+        "TCP" => &["TCPRoute"],
         _ => &[],
     };
     let requested = spec.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref());

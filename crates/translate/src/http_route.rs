@@ -5,13 +5,11 @@ use std::sync::Arc;
 
 use ir::{Action, Candidate, HostnameMatch, RouteId, RouteKind, Rule, Timeouts};
 use model::gw::httproutes::HttpRoute;
-use model::status::{
-    Condition, ConditionType, Reason, ResourceStatus, RouteParentStatus, StatusSet,
-};
-use model::{GATEWAY_GROUP, Kind, ObjectName, ResourceKey, Snapshot};
+use model::status::{ResourceStatus, StatusSet};
+use model::{Kind, ObjectName, ResourceKey, Snapshot};
 
 use crate::Options;
-use crate::attach::{self, ParentOutcome, ParentRef, RouteInfo};
+use crate::attach::{self, ParentRef, RouteInfo, RuleProblems};
 use crate::backends::Resolver;
 use crate::gateways::GatewayState;
 
@@ -30,15 +28,6 @@ struct CompiledRule {
     matches: Vec<ir::HttpMatch>,
 }
 
-/// What went wrong while compiling a route's rules, for its status.
-#[derive(Default)]
-pub(crate) struct RuleProblems {
-    /// The first unresolvable reference (ResolvedRefs=False).
-    pub unresolved: Option<(Reason, String)>,
-    /// The first unsupported value (rule answered with 500).
-    pub unsupported: Option<(Reason, String)>,
-}
-
 // === impl Routes ===
 
 impl Routes {
@@ -48,19 +37,6 @@ impl Routes {
             .get(&(gateway.clone(), listener.to_string()))
             .cloned()
             .unwrap_or_default()
-    }
-}
-
-// === impl RuleProblems ===
-
-impl RuleProblems {
-    pub(crate) fn unresolved(&mut self, reason: Reason, message: String) {
-        self.unresolved.get_or_insert((reason, message));
-    }
-
-    pub(crate) fn unsupported(&mut self, message: String) {
-        self.unsupported
-            .get_or_insert((Reason::UnsupportedValue, message));
     }
 }
 
@@ -130,86 +106,50 @@ fn compile_route(
         name,
         hostnames: &hostnames,
     };
-    let mut parents = Vec::new();
-    for parent in route.spec.parent_refs.iter().flatten() {
-        let parent = ParentRef {
-            group: parent
-                .group
-                .clone()
-                .unwrap_or_else(|| GATEWAY_GROUP.to_string()),
-            kind: parent.kind.clone().unwrap_or_else(|| "Gateway".to_string()),
-            namespace: parent.namespace.clone(),
-            name: parent.name.clone(),
-            section_name: parent.section_name.clone(),
-            port: parent.port,
-        };
-        let accepted = match attach::attach(snapshot, gateways, &info, &parent) {
-            ParentOutcome::NotOurs => continue,
-            ParentOutcome::Rejected(reason, message) => {
-                Condition::new(ConditionType::Accepted, false, reason, message, generation)
-            }
-            ParentOutcome::Attached(attachments) => {
-                attach::count_attachments(gateways, &attachments);
-                for attachment in &attachments {
-                    let bucket = routes
-                        .by_listener
-                        .entry((attachment.gateway.clone(), attachment.listener.clone()))
-                        .or_default();
-                    for hostname in &attachment.hostnames {
-                        for compiled in &rules {
-                            for (match_index, matcher) in compiled.matches.iter().enumerate() {
-                                bucket.push(Candidate {
-                                    hostname: hostname.clone(),
-                                    matcher: matcher.clone(),
-                                    rule: compiled.rule.clone(),
-                                    route_rank: rank,
-                                    match_index,
-                                });
-                            }
-                        }
+    let parents: Vec<_> = route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .map(|p| {
+            ParentRef::new(
+                p.group.as_deref(),
+                p.kind.as_deref(),
+                p.namespace.as_deref(),
+                &p.name,
+                p.section_name.as_deref(),
+                p.port,
+            )
+        })
+        .collect();
+    let parents = attach::parent_statuses(
+        snapshot,
+        gateways,
+        options,
+        &info,
+        &parents,
+        generation,
+        &problems,
+        |attachment| {
+            let bucket = routes
+                .by_listener
+                .entry((attachment.gateway.clone(), attachment.listener.clone()))
+                .or_default();
+            for hostname in &attachment.hostnames {
+                for compiled in &rules {
+                    for (match_index, matcher) in compiled.matches.iter().enumerate() {
+                        bucket.push(Candidate {
+                            hostname: hostname.clone(),
+                            matcher: matcher.clone(),
+                            rule: compiled.rule.clone(),
+                            route_rank: rank,
+                            match_index,
+                        });
                     }
                 }
-                Condition::new(
-                    ConditionType::Accepted,
-                    true,
-                    Reason::Accepted,
-                    "accepted",
-                    generation,
-                )
             }
-        };
-        let resolved = match &problems.unresolved {
-            Some((reason, message)) => Condition::new(
-                ConditionType::ResolvedRefs,
-                false,
-                *reason,
-                message,
-                generation,
-            ),
-            None => Condition::new(
-                ConditionType::ResolvedRefs,
-                true,
-                Reason::ResolvedRefs,
-                "resolved",
-                generation,
-            ),
-        };
-        let mut conditions = vec![accepted, resolved];
-        if let Some((reason, message)) = &problems.unsupported {
-            conditions.push(Condition::new(
-                ConditionType::PartiallyInvalid,
-                true,
-                *reason,
-                message,
-                generation,
-            ));
-        }
-        parents.push(RouteParentStatus {
-            parent_ref: attach::status_ref(&parent),
-            controller_name: options.controller_name.clone(),
-            conditions,
-        });
-    }
+        },
+    );
     if !parents.is_empty() {
         status.0.insert(
             ResourceKey::new(Kind::HttpRoute, &name.namespace, &name.name),

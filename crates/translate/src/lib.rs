@@ -22,6 +22,7 @@ mod classes;
 mod gateways;
 mod grants;
 mod http_route;
+mod stream_route;
 mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,6 +80,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     let classes = classes::accepted(snapshot, options, &mut status);
     let mut gateways = gateways::resolve(snapshot, &classes, options);
     let routes = http_route::compile_all(snapshot, &mut gateways, options, &mut status);
+    let stream_routes = stream_route::compile_all(snapshot, &mut gateways, options, &mut status);
 
     let mut binds: BTreeMap<SocketAddr, ir::Bind> = BTreeMap::new();
     for gateway in gateways.values() {
@@ -88,21 +90,34 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
         }
         let ip = gateway.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         for listener in gateway.listeners.iter().filter(|l| l.is_serving()) {
-            let candidates = routes.for_listener(&gateway.name, &listener.name);
-            let compiled = ir::HttpListener {
-                gateway: gateway.name.to_string(),
-                name: listener.name.clone(),
-                hostname: listener.hostname.clone(),
-                port: listener.port,
-                scheme: listener.scheme(),
-                routes: ir::RouteTable::new(candidates),
-                tls: listener.tls.clone(),
-            };
-            binds
-                .entry(SocketAddr::new(ip, listener.port))
-                .or_default()
-                .http
-                .push(Arc::new(compiled));
+            let bind = binds.entry(SocketAddr::new(ip, listener.port)).or_default();
+            let gateway_name = gateway.name.to_string();
+            match listener.protocol.as_str() {
+                "TLS" => bind
+                    .tls_passthrough
+                    .push(Arc::new(ir::TlsPassthroughListener {
+                        gateway: gateway_name,
+                        name: listener.name.clone(),
+                        hostname: listener.hostname.clone(),
+                        routes: stream_routes.for_listener(&gateway.name, &listener.name),
+                    })),
+                "TCP" => {
+                    bind.tcp = Some(Arc::new(ir::TcpListener {
+                        gateway: gateway_name,
+                        name: listener.name.clone(),
+                        routes: stream_routes.for_listener(&gateway.name, &listener.name),
+                    }));
+                }
+                _ => bind.http.push(Arc::new(ir::HttpListener {
+                    gateway: gateway_name,
+                    name: listener.name.clone(),
+                    hostname: listener.hostname.clone(),
+                    port: listener.port,
+                    scheme: listener.scheme(),
+                    routes: ir::RouteTable::new(routes.for_listener(&gateway.name, &listener.name)),
+                    tls: listener.tls.clone(),
+                })),
+            }
         }
     }
     for bind in binds.values_mut() {
