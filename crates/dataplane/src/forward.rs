@@ -1,4 +1,5 @@
-//! Upstream clients: one keep-alive pool per endpoint, HTTP/1.1 or h2c, and endpoint choice.
+//! Upstream clients: one keep-alive pool per endpoint, HTTP/1.1 or h2c; backend choice by
+//! weight and endpoint choice, shared by the HTTP path and connection-level routes.
 //!
 //! hyper-util's legacy `Client` keeps its idle connections keyed by scheme and authority, and
 //! we always address an endpoint by its socket address, so each endpoint gets its own pool.
@@ -14,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use ir::{Backend, BackendProtocol};
+use ir::{Backend, BackendProtocol, BackendTarget, WeightedBackend};
 
 use crate::Options;
 use crate::body::ProxyBody;
@@ -106,6 +107,40 @@ impl Upstreams {
     }
 }
 
+/// Picks a backendRef by weight and resolves it. An invalid one is an error: HTTP answers it
+/// with 500, as the spec requires for "requests that would have been sent to an invalid
+/// backend"; connection-level routes close the connection.
+pub fn choose_backend(
+    backends: &[WeightedBackend],
+) -> Result<(&WeightedBackend, &Backend), ProxyError> {
+    let chosen = pick_weighted(backends)?;
+    match &chosen.target {
+        BackendTarget::Service(backend) => Ok((chosen, backend)),
+        BackendTarget::Invalid(invalid) => Err(ProxyError::InvalidBackend {
+            reference: invalid.reference.clone(),
+            reason: invalid.reason.clone(),
+        }),
+    }
+}
+
+/// Picks a backendRef with probability weight / total. Weight 0 is never picked; no positive
+/// weight at all means the rule cannot forward.
+fn pick_weighted(backends: &[WeightedBackend]) -> Result<&WeightedBackend, ProxyError> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return Err(ProxyError::NoBackends);
+    }
+    let mut point = rand::random_range(0..total);
+    for backend in backends {
+        let weight = u64::from(backend.weight);
+        if point < weight {
+            return Ok(backend);
+        }
+        point -= weight;
+    }
+    Err(ProxyError::NoBackends)
+}
+
 /// `http://<endpoint><path and query>`: the authority picks the pool, the rest is sent as is.
 fn endpoint_uri(endpoint: SocketAddr, original: &Uri) -> Result<Uri, ProxyError> {
     let target = original
@@ -128,7 +163,7 @@ fn endpoint_uri(endpoint: SocketAddr, original: &Uri) -> Result<Uri, ProxyError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ir::Endpoint;
+    use ir::{Endpoint, InvalidBackend};
 
     fn backend(ports: &[u16]) -> Backend {
         Backend {
@@ -141,6 +176,46 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    fn weighted(weight: u32, name: &str) -> WeightedBackend {
+        WeightedBackend {
+            weight,
+            target: BackendTarget::Invalid(InvalidBackend {
+                reference: name.into(),
+                reason: String::new(),
+            }),
+            request_headers: None,
+            response_headers: None,
+        }
+    }
+
+    fn name(backend: &WeightedBackend) -> &str {
+        match &backend.target {
+            BackendTarget::Invalid(invalid) => &invalid.reference,
+            BackendTarget::Service(service) => &service.name,
+        }
+    }
+
+    #[test]
+    fn zero_weight_is_never_chosen() {
+        let backends = [weighted(0, "zero"), weighted(1, "one")];
+        for _ in 0..1000 {
+            assert_eq!(pick_weighted(&backends).map(name).ok(), Some("one"));
+        }
+    }
+
+    #[test]
+    fn all_zero_or_none_is_an_error() {
+        assert!(matches!(
+            pick_weighted(&[weighted(0, "a"), weighted(0, "b")]),
+            Err(ProxyError::NoBackends)
+        ));
+        assert!(matches!(pick_weighted(&[]), Err(ProxyError::NoBackends)));
+        assert!(matches!(
+            choose_backend(&[weighted(1, "invalid")]),
+            Err(ProxyError::InvalidBackend { .. })
+        ));
     }
 
     #[tokio::test]

@@ -15,14 +15,15 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use ir::{
-    Action, Backend, BackendProtocol, BackendTarget, Hostname, HttpListener, RedirectScheme, Rule,
-    Selected, WeightedBackend,
+    Action, BackendProtocol, Hostname, HttpListener, RedirectScheme, Rule, Selected,
+    WeightedBackend,
 };
 
 use crate::Shared;
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
 use crate::filters;
+use crate::forward;
 use crate::redirect::{self, RedirectRequest};
 use crate::tls::{self, Session};
 
@@ -118,7 +119,7 @@ async fn forward(
     let (mut parts, body) = request.into_parts();
     let te_trailers = prepare_request_headers(&mut parts, connection);
     apply_request_filters(&mut parts, rule, selected.matcher.matched_prefix())?;
-    let (chosen, backend) = choose_backend(backends)?;
+    let (chosen, backend) = forward::choose_backend(backends)?;
     log.backend = Some(backend.name.clone());
     let body = shared
         .mirrors
@@ -256,39 +257,6 @@ fn apply_request_filters(
     Ok(())
 }
 
-/// Picks a backendRef by weight and resolves it; an invalid one means 500, as the spec
-/// requires for "requests that would have been sent to an invalid backend".
-fn choose_backend(
-    backends: &[WeightedBackend],
-) -> Result<(&WeightedBackend, &Backend), ProxyError> {
-    let chosen = pick_weighted(backends)?;
-    match &chosen.target {
-        BackendTarget::Service(backend) => Ok((chosen, backend)),
-        BackendTarget::Invalid(invalid) => Err(ProxyError::InvalidBackend {
-            reference: invalid.reference.clone(),
-            reason: invalid.reason.clone(),
-        }),
-    }
-}
-
-/// Picks a backendRef with probability weight / total. Weight 0 is never picked; no positive
-/// weight at all means the rule cannot forward (500).
-fn pick_weighted(backends: &[WeightedBackend]) -> Result<&WeightedBackend, ProxyError> {
-    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
-    if total == 0 {
-        return Err(ProxyError::NoBackends);
-    }
-    let mut point = rand::random_range(0..total);
-    for backend in backends {
-        let weight = u64::from(backend.weight);
-        if point < weight {
-            return Ok(backend);
-        }
-        point -= weight;
-    }
-    Err(ProxyError::NoBackends)
-}
-
 /// Changes for the chosen backendRef only: its `RequestHeaderModifier`, and `TE: trailers`
 /// for HTTP/2 backends.
 fn apply_backend_filters(
@@ -404,47 +372,6 @@ impl AccessLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ir::{InvalidBackend, WeightedBackend};
-
-    fn weighted(weight: u32, name: &str) -> WeightedBackend {
-        WeightedBackend {
-            weight,
-            target: BackendTarget::Invalid(InvalidBackend {
-                reference: name.into(),
-                reason: String::new(),
-            }),
-            request_headers: None,
-            response_headers: None,
-        }
-    }
-
-    fn name(backend: &WeightedBackend) -> &str {
-        match &backend.target {
-            BackendTarget::Invalid(invalid) => &invalid.reference,
-            BackendTarget::Service(service) => &service.name,
-        }
-    }
-
-    #[test]
-    fn zero_weight_is_never_chosen() {
-        let backends = [weighted(0, "zero"), weighted(1, "one")];
-        for _ in 0..1000 {
-            assert_eq!(pick_weighted(&backends).map(name).ok(), Some("one"));
-        }
-    }
-
-    #[test]
-    fn all_zero_or_none_is_an_error() {
-        assert!(matches!(
-            pick_weighted(&[weighted(0, "a"), weighted(0, "b")]),
-            Err(ProxyError::NoBackends)
-        ));
-        assert!(matches!(pick_weighted(&[]), Err(ProxyError::NoBackends)));
-        assert!(matches!(
-            choose_backend(&[weighted(1, "invalid")]),
-            Err(ProxyError::InvalidBackend { .. })
-        ));
-    }
 
     #[test]
     fn authority_wins_over_host_header() {
