@@ -9,11 +9,17 @@
 //! listener the SNI chose), route selection, filters, backend by weight, endpoint pool,
 //! response filters, access log.
 //!
-//! Each request takes one config snapshot and keeps it, so a reload never changes a request
-//! in flight. Sockets are reconciled on every reload: new bind addresses are bound, removed
-//! ones stop accepting while their open connections finish, and the rest are untouched.
-//! Certificates are loaded once per config; a socket that turns from plain to TLS (or back)
-//! keeps listening, and each new connection follows the config current when it is accepted.
+//! TLS passthrough and TCP listeners route whole connections instead (`stream.rs`): the SNI
+//! of the ClientHello (`sni.rs`, read without losing it by `peek.rs`) or the TCP listener's
+//! route picks a backend by weight, and bytes are relayed both ways. A socket may mix HTTPS
+//! and passthrough listeners; the SNI decides per connection.
+//!
+//! Each request and each connection takes one config snapshot and keeps it, so a reload
+//! never changes a request in flight or moves a relayed connection. Sockets are reconciled on
+//! every reload: new bind addresses are bound, removed ones stop accepting while their open
+//! connections finish, and the rest are untouched. Certificates are loaded once per config;
+//! a socket whose kind changes (plain, TLS, passthrough, TCP) keeps listening, and each new
+//! connection follows the config current when it is accepted.
 //!
 //! Must not depend on: `model`, `translate`, `sources`, kube.
 
@@ -23,8 +29,11 @@ mod filters;
 mod forward;
 mod listener;
 mod mirror;
+mod peek;
 mod proxy;
 mod redirect;
+mod sni;
+mod stream;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -71,6 +80,9 @@ pub struct Options {
     pub listen_backlog: i32,
     /// Time allowed for a client to complete the TLS handshake on a TLS socket.
     pub tls_handshake_timeout: Duration,
+    /// Time allowed for a client to send its whole ClientHello on a socket with TLS
+    /// passthrough listeners, where the SNI decides where the connection goes.
+    pub client_hello_timeout: Duration,
 }
 
 /// A bind address of the config that could not be bound. It is retried on the next
@@ -284,6 +296,7 @@ impl Default for Options {
             mirror_timeout: Duration::from_secs(10),
             listen_backlog: 1024,
             tls_handshake_timeout: Duration::from_secs(10),
+            client_hello_timeout: Duration::from_secs(10),
         }
     }
 }

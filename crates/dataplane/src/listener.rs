@@ -1,15 +1,17 @@
-//! Listening sockets, accept loops, and serving HTTP/1.1 and h2c (or HTTPS) on accepted
-//! connections.
+//! Listening sockets, accept loops, and choosing how each accepted connection is served.
 //!
 //! Each bound socket has one accept loop task. Each accepted connection gets its own task,
-//! which first runs the TLS handshake when the current config makes the socket a TLS socket
-//! (see `tls.rs`), so a slow or broken client only ever holds up itself.
+//! which decides from the current config how to serve it: relayed to a TCP backend, routed
+//! by the SNI of its ClientHello (passed through, see `stream.rs`, or terminated), terminated
+//! (the TLS handshake first, see `tls.rs`), or plain HTTP. A slow or broken client only
+//! ever holds up itself.
 //!
 //! Stopping the accept loop closes the socket at once and hands back its open connections
 //! ([`Draining`]); draining asks them to finish their in-flight requests and close (HTTP/1.1
 //! `Connection: close`, HTTP/2 `GOAWAY`), so removing a socket from the config never cuts a
 //! request short. A connection still in its TLS handshake is asked to close as soon as the
-//! handshake ends.
+//! handshake ends. Connections relayed as a whole (TCP, TLS passthrough) cannot be asked to
+//! close; they keep going until they end or the drain limit cuts them off.
 
 use std::convert::Infallible;
 use std::io;
@@ -17,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,7 +32,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
+use crate::peek::{self, Rewind};
 use crate::proxy::{self, Connection};
+use crate::stream::{self, Accepted, TlsRoute};
 use crate::tls;
 
 /// How long the accept loop pauses after an accept error (for example, out of file
@@ -201,8 +206,9 @@ fn server_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one connection until it closes: a TLS handshake first when the current config
-/// makes the socket a TLS socket, then HTTP. Errors end only this connection.
+/// Serves one connection until it closes, as the config current when it was accepted makes
+/// its socket serve it: relayed to a TCP backend, routed by its SNI (passed through, or
+/// terminated), terminated, or plain HTTP. Errors end only this connection.
 async fn serve(
     servers: Arc<Servers>,
     watcher: Watcher,
@@ -214,15 +220,92 @@ async fn serve(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "setting TCP_NODELAY failed");
     }
-    if !shared.certificates.load().terminates(bind) {
-        let connection = Connection {
-            bind,
-            client,
-            tls: None,
-        };
-        let io = TokioIo::new(stream);
-        return serve_http(&servers.auto, watcher, shared, connection, io).await;
+    let accepted = Accepted { bind, client };
+    // One snapshot decides how the connection is served. The certificates carry the config
+    // they were loaded for, so the two cannot disagree.
+    let certificates = shared.certificates.load_full();
+    let config = Arc::clone(certificates.config());
+    let Some(bind_config) = config.binds.get(&bind) else {
+        // Removed while this connection was being accepted: plain HTTP answers 404.
+        return serve_plain(&servers, watcher, shared, accepted, stream).await;
+    };
+    if let Some(listener) = &bind_config.tcp {
+        stream::serve_tcp(&shared, accepted, listener, stream).await;
+        // Connections routed as a whole cannot be asked to finish early; holding the watcher
+        // until they end lets a drain wait for them, up to its limit.
+        drop(watcher);
+    } else if !bind_config.tls_passthrough.is_empty() {
+        serve_by_server_name(servers, watcher, shared, accepted, bind_config, stream).await;
+    } else if certificates.terminates(bind) {
+        let stream = Rewind::new(Bytes::new(), stream);
+        serve_tls(servers, watcher, shared, accepted, stream).await;
+    } else {
+        serve_plain(&servers, watcher, shared, accepted, stream).await;
     }
+}
+
+/// On a socket with TLS passthrough listeners: reads the ClientHello, then passes the
+/// connection through, refuses it, or terminates TLS with the ClientHello replayed, as
+/// [`stream::route_tls`] decides for its SNI.
+async fn serve_by_server_name(
+    servers: Arc<Servers>,
+    watcher: Watcher,
+    shared: Arc<Shared>,
+    accepted: Accepted,
+    bind_config: &ir::Bind,
+    mut stream: TcpStream,
+) {
+    let limit = shared.options.client_hello_timeout;
+    let hello = match peek::read_client_hello(&mut stream, limit).await {
+        Ok(hello) => hello,
+        Err(error) => {
+            // Like failed handshakes: routine for scanners, so only a debug line.
+            let Accepted { bind, client } = accepted;
+            tracing::debug!(%client, %bind, %error, "no routable ClientHello");
+            return;
+        }
+    };
+    match stream::route_tls(bind_config, hello.server_name.as_ref()) {
+        TlsRoute::PassThrough { listener, route } => {
+            stream::pass_through(&shared, accepted, stream, hello, listener, route).await;
+            // As for TCP: the drain waits for the connection, up to its limit.
+            drop(watcher);
+        }
+        TlsRoute::Refuse(error) => stream::refuse(accepted, stream, hello, error).await,
+        TlsRoute::Terminate => {
+            let stream = Rewind::new(hello.bytes, stream);
+            serve_tls(servers, watcher, shared, accepted, stream).await;
+        }
+    }
+}
+
+/// Serves plain HTTP/1.1 or h2c.
+async fn serve_plain(
+    servers: &Servers,
+    watcher: Watcher,
+    shared: Arc<Shared>,
+    accepted: Accepted,
+    stream: TcpStream,
+) {
+    let connection = Connection {
+        bind: accepted.bind,
+        client: accepted.client,
+        tls: None,
+    };
+    let io = TokioIo::new(stream);
+    serve_http(&servers.auto, watcher, shared, connection, io).await;
+}
+
+/// Terminates TLS and serves HTTP on the decrypted connection. `stream` replays the bytes
+/// already read to choose between passthrough and termination, if any.
+async fn serve_tls(
+    servers: Arc<Servers>,
+    watcher: Watcher,
+    shared: Arc<Shared>,
+    accepted: Accepted,
+    stream: Rewind<TcpStream>,
+) {
+    let Accepted { bind, client } = accepted;
     let limit = shared.options.tls_handshake_timeout;
     match tls::handshake(&servers.tls, stream, limit).await {
         Ok((stream, session)) => {

@@ -30,7 +30,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, ServerConnection};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -104,11 +104,14 @@ pub fn acceptor(shared: Arc<Shared>, bind: SocketAddr) -> Result<TlsAcceptor, ru
 }
 
 /// Runs the server side of the handshake, giving up after `limit`.
-pub async fn handshake(
+pub async fn handshake<S>(
     acceptor: &TlsAcceptor,
-    stream: TcpStream,
+    stream: S,
     limit: Duration,
-) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
+) -> Result<(TlsStream<S>, Session), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let stream = tokio::time::timeout(limit, acceptor.accept(stream))
         .await
         .map_err(|_| HandshakeError::Timeout)?
@@ -177,6 +180,11 @@ impl Certificates {
             keys,
             loaded,
         }
+    }
+
+    /// The config these certificates were loaded for.
+    pub fn config(&self) -> &Arc<ir::Config> {
+        &self.config
     }
 
     /// Whether connections accepted on the socket of config key `bind` start with a TLS
