@@ -4,6 +4,7 @@
 //! name, method, target, host, version, headers, body) and reports the same to the test
 //! through a channel, so mirrors and in-flight requests can be observed without sleeping.
 
+pub mod stream;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -172,7 +173,12 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a data plane serving `config`, which must bind [`BIND`].
     pub async fn start(config: ir::Config) -> Self {
-        let dataplane = Dataplane::new(Options::default());
+        Self::with_options(Options::default(), config).await
+    }
+
+    /// Starts a data plane with `options` serving `config`, which must bind [`BIND`].
+    pub async fn with_options(options: Options, config: ir::Config) -> Self {
+        let dataplane = Dataplane::new(options);
         let failures = dataplane.apply(Arc::new(config)).await;
         assert!(failures.is_empty(), "bind failures: {failures:?}");
         let addr = dataplane.local_addr(BIND).expect("BIND is listening");

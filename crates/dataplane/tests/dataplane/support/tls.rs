@@ -15,6 +15,7 @@ use ir::{Candidate, HttpListener, RedirectScheme, TlsCertificate};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -133,6 +134,15 @@ impl Authority {
         addr: SocketAddr,
         hello: Hello<'_>,
     ) -> io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        self.handshake_over(tcp, hello).await
+    }
+
+    /// The TLS handshake over a connection the test set up itself.
+    pub async fn handshake_over<S>(&self, stream: S, hello: Hello<'_>) -> io::Result<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -142,8 +152,7 @@ impl Authority {
         config.enable_sni = hello.sni;
         config.alpn_protocols = hello.alpn.iter().map(|id| id.to_vec()).collect();
         let name = ServerName::try_from(hello.server_name.to_string()).map_err(io::Error::other)?;
-        let tcp = TcpStream::connect(addr).await?;
-        let connecting = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+        let connecting = TlsConnector::from(Arc::new(config)).connect(name, stream);
         tokio::time::timeout(PATIENCE, connecting)
             .await
             .map_err(|_| io::Error::other("handshake did not finish in time"))?
