@@ -353,6 +353,15 @@ pub struct HttpRequest {
     /// `HTTP/1.1`, `HTTP/2` or `h2c-prior-knowledge`.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// HTTPS only: the TLS server name.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// HTTPS only: the only trusted root (`{secret}` or `{configmap, key}`; see `tls`).
+    #[serde(default)]
+    pub trust: Option<Value>,
+    /// HTTPS only: `{secret: ns/name}` to present when the server asks.
+    #[serde(default)]
+    pub client_cert: Option<Value>,
     /// Request method.
     #[serde(default = "get")]
     pub method: String,
@@ -371,6 +380,19 @@ pub struct HttpRequest {
     /// `false` means do not follow 3xx.
     #[serde(default)]
     pub follow_redirects: Option<bool>,
+}
+
+/// `request` of `tls-connection-rejected`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsDialRequest {
+    /// The TLS server name.
+    pub sni: String,
+    /// `1.2` or `1.3`.
+    #[serde(default)]
+    pub min_tls_version: Option<String>,
+    /// What the client trusts; upstream uses the system roots.
+    #[serde(default)]
+    pub trust: Option<Value>,
 }
 
 /// `expect` of `http` and the HTTP batch case types.
@@ -487,6 +509,13 @@ impl CaseFile {
 }
 
 impl HttpRequest {
+    /// Converts a case's `request` block.
+    pub fn from_value(value: &Value) -> anyhow::Result<Self> {
+        serde_json::from_value(value.clone()).context("request block")
+    }
+}
+
+impl TlsDialRequest {
     /// Converts a case's `request` block.
     pub fn from_value(value: &Value) -> anyhow::Result<Self> {
         serde_json::from_value(value.clone()).context("request block")

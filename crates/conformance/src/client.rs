@@ -1,10 +1,15 @@
 //! A minimal HTTP client on hyper 1 connections, with raw control over the Host header and
 //! the request target: one TCP connection per request (keep-alive off, as upstream's client),
-//! HTTP/1.1 or cleartext HTTP/2 with prior knowledge.
+//! HTTP/1.1 or HTTP/2 with prior knowledge in cleartext, and HTTP/1.1 or HTTP/2 (ALPN `h2`)
+//! over TLS (`tls`).
 //!
 //! Every connection goes to 127.0.0.0/8 only; anything else is refused before connecting.
 //! Redirects are followed like Go's client, except that a `Location` pointing at a name or
-//! an address outside loopback ends the chain (the 3xx is returned as the answer).
+//! an address outside loopback ends the chain (the 3xx is returned as the answer), and that
+//! HTTPS requests follow only relative `Location`s (same connection settings).
+//!
+//! [`exchange`] reports failures as `anyhow` errors; [`attempt`] keeps them typed
+//! ([`Failure`]) for the modes that judge how a connection failed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -14,7 +19,11 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::failure::Failure;
+use crate::tls::{ALPN_H2, TlsClient};
 
 /// Largest response body read.
 const MAX_BODY: usize = 4 << 20;
@@ -28,6 +37,8 @@ pub enum Protocol {
     Http1,
     /// Cleartext HTTP/2 without upgrade.
     H2cPriorKnowledge,
+    /// HTTP/2 over TLS; the server must choose `h2` by ALPN.
+    Http2,
 }
 
 /// A request as sent on the wire.
@@ -43,6 +54,8 @@ pub struct Outgoing {
     pub host: String,
     /// Extra headers, one line each.
     pub headers: Vec<(String, String)>,
+    /// TLS settings for HTTPS; `None` for plain HTTP.
+    pub tls: Option<TlsClient>,
 }
 
 /// A received answer.
@@ -54,6 +67,8 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Bytes,
+    /// Over TLS: whether the server asked for a client certificate; `None` for plain HTTP.
+    pub client_cert_requested: Option<bool>,
 }
 
 impl Reply {
@@ -91,9 +106,7 @@ pub async fn exchange(
 ) -> anyhow::Result<Reply> {
     let (mut address, mut request) = (address, request.clone());
     for _ in 0..MAX_REDIRECTS {
-        let reply = tokio::time::timeout(timeout, send_once(address, &request))
-            .await
-            .with_context(|| format!("no answer within {timeout:?}"))??;
+        let reply = attempt(address, &request, timeout).await?;
         if !follow || !matches!(reply.status, 301 | 302 | 303 | 307 | 308) {
             return Ok(reply);
         }
@@ -111,6 +124,18 @@ pub async fn exchange(
     bail!("stopped after {MAX_REDIRECTS} redirects")
 }
 
+/// One request, no redirects, with the failure kept typed; `timeout` covers connecting, the
+/// handshake and the whole answer.
+pub async fn attempt(
+    address: SocketAddr,
+    request: &Outgoing,
+    timeout: Duration,
+) -> Result<Reply, Failure> {
+    tokio::time::timeout(timeout, send_once(address, request))
+        .await
+        .unwrap_or_else(|_| Err(Failure::timeout(format!("no answer within {timeout:?}"))))
+}
+
 /// `GET path` on a plain HTTP/1.1 server (the admin endpoint), returning status and body.
 pub async fn get(
     address: SocketAddr,
@@ -123,28 +148,66 @@ pub async fn get(
         target: path.to_owned(),
         host: address.to_string(),
         headers: Vec::new(),
+        tls: None,
     };
     let reply = exchange(address, &request, false, timeout).await?;
     Ok((reply.status, reply.body))
 }
 
-async fn send_once(address: SocketAddr, outgoing: &Outgoing) -> anyhow::Result<Reply> {
-    ensure_loopback(address.ip())?;
+async fn send_once(address: SocketAddr, outgoing: &Outgoing) -> Result<Reply, Failure> {
+    ensure_loopback(address.ip()).map_err(|e| Failure::setup(format!("{e:#}")))?;
+    let method = Method::from_bytes(outgoing.method.as_bytes())
+        .map_err(|e| Failure::setup(format!("request method {:?}: {e}", outgoing.method)))?;
     let stream = TcpStream::connect(address)
         .await
-        .with_context(|| format!("connecting to {address}"))?;
-    let method = Method::from_bytes(outgoing.method.as_bytes()).context("request method")?;
-    match outgoing.protocol {
-        Protocol::Http1 => send_http1(stream, method, outgoing).await,
-        Protocol::H2cPriorKnowledge => send_h2c(stream, method, outgoing).await,
+        .with_context(|| format!("connecting to {address}"))
+        .map_err(|e| Failure::from_error(&e, None))?;
+    let Some(tls) = &outgoing.tls else {
+        let reply = match outgoing.protocol {
+            Protocol::Http1 => send_http1(stream, method, outgoing).await,
+            Protocol::H2cPriorKnowledge => send_http2(stream, "http", method, outgoing).await,
+            Protocol::Http2 => return Err(Failure::setup("HTTP/2 over TLS without TLS settings")),
+        };
+        return reply.map_err(|e| Failure::from_error(&e, None));
+    };
+    let connection = tls
+        .connection()
+        .map_err(|e| Failure::setup(e.to_string()))?;
+    let reply = async {
+        let stream = connection
+            .handshake(stream)
+            .await
+            .context("TLS handshake")?;
+        match outgoing.protocol {
+            Protocol::Http1 => send_http1(stream, method, outgoing).await,
+            Protocol::Http2 => {
+                let negotiated = stream.get_ref().1.alpn_protocol();
+                if negotiated != Some(ALPN_H2) {
+                    bail!(
+                        "the server did not choose h2 by ALPN (it chose {:?})",
+                        negotiated.map(String::from_utf8_lossy)
+                    );
+                }
+                send_http2(stream, "https", method, outgoing).await
+            }
+            Protocol::H2cPriorKnowledge => bail!("h2c prior knowledge cannot run over TLS"),
+        }
+    }
+    .await;
+    let requested = Some(connection.client_cert_requested());
+    match reply {
+        Ok(reply) => Ok(Reply {
+            client_cert_requested: requested,
+            ..reply
+        }),
+        Err(error) => Err(Failure::from_error(&error, requested)),
     }
 }
 
-async fn send_http1(
-    stream: TcpStream,
-    method: Method,
-    outgoing: &Outgoing,
-) -> anyhow::Result<Reply> {
+async fn send_http1<S>(stream: S, method: Method, outgoing: &Outgoing) -> anyhow::Result<Reply>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
@@ -169,14 +232,23 @@ async fn send_http1(
     reply
 }
 
-async fn send_h2c(stream: TcpStream, method: Method, outgoing: &Outgoing) -> anyhow::Result<Reply> {
+/// HTTP/2 with prior knowledge (`scheme` `http`) or after ALPN `h2` (`https`).
+async fn send_http2<S>(
+    stream: S,
+    scheme: &str,
+    method: Method,
+    outgoing: &Outgoing,
+) -> anyhow::Result<Reply>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
-        .context("h2c handshake")?;
+        .context("HTTP/2 handshake")?;
     let driver = tokio::spawn(connection);
     // HTTP/2 carries the Host as :authority, which hyper takes from the URI.
-    let uri: Uri = format!("http://{}{}", outgoing.host, outgoing.target)
+    let uri: Uri = format!("{scheme}://{}{}", outgoing.host, outgoing.target)
         .parse()
         .with_context(|| {
             format!(
@@ -191,7 +263,7 @@ async fn send_h2c(stream: TcpStream, method: Method, outgoing: &Outgoing) -> any
     add_headers(&mut request, outgoing)?;
     let reply = match sender.send_request(request).await {
         Ok(response) => read_reply(response).await,
-        Err(error) => Err(anyhow::Error::new(error).context("h2c exchange")),
+        Err(error) => Err(anyhow::Error::new(error).context("HTTP/2 exchange")),
     };
     driver.abort();
     reply
@@ -218,6 +290,7 @@ async fn read_reply(response: http::Response<hyper::body::Incoming>) -> anyhow::
         status: parts.status.as_u16(),
         headers,
         body,
+        client_cert_requested: None,
     })
 }
 
@@ -236,7 +309,8 @@ fn add_header<B>(request: &mut Request<B>, name: &str, value: &str) -> anyhow::R
     Ok(())
 }
 
-/// Where a redirect leads, if it stays on loopback and plain HTTP.
+/// Where a redirect leads, if it stays on loopback and plain HTTP (or, for HTTPS, is
+/// relative).
 fn next_hop(
     address: SocketAddr,
     request: &Outgoing,
@@ -248,7 +322,7 @@ fn next_hop(
         return Some((address, next));
     }
     let uri: Uri = location.parse().ok()?;
-    if uri.scheme_str() != Some("http") {
+    if request.tls.is_some() || uri.scheme_str() != Some("http") {
         return None;
     }
     let authority = uri.authority()?;
@@ -277,6 +351,7 @@ mod tests {
             target: "/a".into(),
             host: "example.com".into(),
             headers: Vec::new(),
+            tls: None,
         }
     }
 
@@ -309,6 +384,7 @@ mod tests {
             status: 200,
             headers: vec![("x-a".into(), "1".into()), ("x-a".into(), "2".into())],
             body: Bytes::new(),
+            client_cert_requested: None,
         };
         assert_eq!(reply.joined("X-A").as_deref(), Some("1,2"));
         assert_eq!(reply.joined("x-b"), None);

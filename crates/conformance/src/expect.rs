@@ -1,5 +1,6 @@
 //! Comparing one HTTP answer with a case's `expect` block (README "`http`", table of `expect`
-//! keys). Pure: a reply in, the first failing assertion out.
+//! keys), and judging the outcomes that must *not* be an answer (mode `connection-error`,
+//! case type `tls-connection-rejected`). Pure: an outcome in, the first failing assertion out.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use serde::Deserialize;
 
 use crate::case::{BackendRequestExpect, HttpExpect, RedirectExpect};
 use crate::client::Reply;
+use crate::failure::{Failure, FailureKind};
 
 /// The echo backend's JSON answer (the fields the checks read).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -114,6 +116,7 @@ pub fn compare(
             body_hint(reply)
         ));
     }
+    client_cert_requested(expect.client_cert_requested, reply.client_cert_requested)?;
     match reply.status {
         200 | 204 => compare_success(expect, sent_method, reply),
         300..=399 => match &expect.redirect {
@@ -121,6 +124,64 @@ pub fn compare(
             None => Ok(()),
         },
         _ => Ok(()),
+    }
+}
+
+/// README `connection-error`: "a single attempt that must fail below HTTP (TLS handshake
+/// refused/aborted, connection closed); any HTTP response fails it". A refused TCP
+/// connection, a reset, an EOF and a TLS alert count; the runner distrusting the server's
+/// certificate does not (the gateway did not refuse anything), nor does a timeout or a
+/// runner error. `client_cert_requested` is checked as for answers.
+pub fn connection_error(
+    outcome: &Result<Reply, Failure>,
+    want_cert_request: Option<bool>,
+) -> Result<(), String> {
+    let failure = match outcome {
+        Ok(reply) => {
+            return Err(format!(
+                "got HTTP {}, want a failure below HTTP{}",
+                reply.status,
+                body_hint(reply)
+            ));
+        }
+        Err(failure) => failure,
+    };
+    if !failure.kind.is_refusal() {
+        let why = match failure.kind {
+            FailureKind::UntrustedServer => "the runner distrusted the server's certificate",
+            FailureKind::Timeout => "neither an answer nor a refusal",
+            FailureKind::Setup => "the runner could not send the request",
+            _ => "not a refusal",
+        };
+        return Err(format!("{why}: {}", failure.detail));
+    }
+    client_cert_requested(want_cert_request, failure.client_cert_requested)
+        .map_err(|why| format!("{why} (the connection failed: {})", failure.detail))
+}
+
+/// README `tls-connection-rejected`: "passes when the handshake ends with EOF or connection
+/// reset"; a completed handshake or any other error (an alert, an untrusted certificate)
+/// does not count. `handshake` is the outcome of the handshake alone.
+pub fn tls_connection_rejected(handshake: &Result<(), Failure>) -> Result<(), String> {
+    match handshake {
+        Ok(()) => Err("the TLS handshake completed".to_owned()),
+        Err(failure) if matches!(failure.kind, FailureKind::Closed | FailureKind::Reset) => Ok(()),
+        Err(failure) => Err(format!(
+            "the handshake failed, but not with EOF or a reset: {}",
+            failure.detail
+        )),
+    }
+}
+
+/// README `client_cert_requested`: when the case says, the server must (or must not) have
+/// asked for a client certificate during the handshake; `seen` is `None` without TLS.
+fn client_cert_requested(want: Option<bool>, seen: Option<bool>) -> Result<(), String> {
+    match (want, seen) {
+        (None, _) => Ok(()),
+        (Some(want), Some(seen)) if want == seen => Ok(()),
+        (Some(true), Some(_)) => Err("the server did not ask for a client certificate".into()),
+        (Some(false), Some(_)) => Err("the server asked for a client certificate".into()),
+        (Some(_), None) => Err("client_cert_requested needs a TLS handshake".into()),
     }
 }
 
@@ -307,6 +368,7 @@ mod tests {
             status,
             headers,
             body: Bytes::from(body.to_string()),
+            client_cert_requested: None,
         }
     }
 
@@ -380,6 +442,7 @@ mod tests {
             status: 204,
             headers: vec![("access-control-allow-origin".into(), "*".into())],
             body: Bytes::new(),
+            client_cert_requested: None,
         };
         assert_eq!(compare(&e, "OPTIONS", &url(), &reply), Ok(()));
         let error =
@@ -413,7 +476,7 @@ mod tests {
         let redirect = |location: &str| Reply {
             status: 302,
             headers: vec![("location".into(), location.into())],
-            body: Bytes::new(),
+            ..Reply::default()
         };
         assert_eq!(
             compare(&e, "GET", &url(), &redirect("https://example.org/p?q=1")),
@@ -430,6 +493,85 @@ mod tests {
             "status: [302]\nredirect: {scheme: http, host: 127.0.100.1, port_one_of: [''], path: /x}\n",
         );
         assert_eq!(compare(&relative, "GET", &url(), &redirect("/x")), Ok(()));
+    }
+
+    fn failed(kind: FailureKind, requested: Option<bool>) -> Result<Reply, Failure> {
+        Err(Failure {
+            kind,
+            client_cert_requested: requested,
+            detail: "detail".into(),
+        })
+    }
+
+    #[test]
+    fn connection_errors_pass_only_when_the_server_refused() {
+        for kind in [
+            FailureKind::Refused,
+            FailureKind::Reset,
+            FailureKind::Closed,
+            FailureKind::Alert("CertificateRequired".into()),
+        ] {
+            assert_eq!(connection_error(&failed(kind, None), None), Ok(()));
+        }
+        let error = connection_error(&failed(FailureKind::UntrustedServer, Some(false)), None)
+            .expect_err("the runner refused, not the gateway");
+        assert!(error.starts_with("the runner distrusted"), "{error}");
+        assert!(connection_error(&failed(FailureKind::Timeout, None), None).is_err());
+        assert!(connection_error(&failed(FailureKind::Other, None), None).is_err());
+        let answered = Ok(Reply {
+            status: 403,
+            ..Reply::default()
+        });
+        assert_eq!(
+            connection_error(&answered, None),
+            Err("got HTTP 403, want a failure below HTTP".into())
+        );
+    }
+
+    #[test]
+    fn connection_errors_check_the_certificate_request() {
+        let alert = FailureKind::Alert("UnknownCA".into());
+        assert_eq!(
+            connection_error(&failed(alert.clone(), Some(true)), Some(true)),
+            Ok(())
+        );
+        let error = connection_error(&failed(alert, Some(false)), Some(true))
+            .expect_err("refused before asking");
+        assert!(error.starts_with("the server did not ask"), "{error}");
+        let error = connection_error(&failed(FailureKind::Refused, None), Some(true))
+            .expect_err("no handshake at all");
+        assert!(error.contains("needs a TLS handshake"), "{error}");
+    }
+
+    #[test]
+    fn answers_check_the_certificate_request() {
+        let e = expect("status: [200]\nclient_cert_requested: true\n");
+        let mut reply = echo_reply(200, echo(), &[]);
+        reply.client_cert_requested = Some(true);
+        assert_eq!(compare(&e, "GET", &url(), &reply), Ok(()));
+        reply.client_cert_requested = Some(false);
+        assert!(compare(&e, "GET", &url(), &reply).is_err());
+        reply.client_cert_requested = None;
+        assert!(compare(&e, "GET", &url(), &reply).is_err());
+    }
+
+    #[test]
+    fn tls_rejection_means_eof_or_reset_during_the_handshake() {
+        let ended = |kind| -> Result<(), Failure> { failed(kind, Some(false)).map(|_| ()) };
+        assert_eq!(tls_connection_rejected(&ended(FailureKind::Closed)), Ok(()));
+        assert_eq!(tls_connection_rejected(&ended(FailureKind::Reset)), Ok(()));
+        for kind in [
+            FailureKind::Alert("UnrecognizedName".into()),
+            FailureKind::UntrustedServer,
+            FailureKind::Refused,
+            FailureKind::Timeout,
+        ] {
+            assert!(
+                tls_connection_rejected(&ended(kind.clone())).is_err(),
+                "{kind:?}"
+            );
+        }
+        assert!(tls_connection_rejected(&Ok(())).is_err());
     }
 
     #[test]

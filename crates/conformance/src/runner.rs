@@ -21,6 +21,7 @@ use crate::process::Portcullis;
 use crate::report::{Outcome, TestResult};
 use crate::skip::SkipList;
 use crate::status::StatusDocument;
+use crate::tls::Keyring;
 use crate::traffic::{self, TrafficContext};
 
 /// How long portcullis may take to answer `/ready`.
@@ -87,6 +88,7 @@ async fn run_in(case: &CaseFile, config: &RunnerConfig, dir: &Path) -> Result<()
                 admin: portcullis.admin,
                 backends: backends.clone(),
                 timeout_scale: config.timeout_scale,
+                keyring: Arc::new(Keyring::from_objects(&config.generated)),
             });
             let scenario = Scenario {
                 case,

@@ -1,20 +1,25 @@
-//! Traffic cases (README "Cases"): resolving the Gateway address, building the request, and
-//! the single-request modes (`eventually`, `consistent-failure`, `connection-error`) plus
-//! `mirrored_to`. The batch case types live in `batches`.
+//! Traffic cases (README "Cases"): resolving the Gateway address, building the request (plain
+//! or HTTPS, see `tls`), the single-request modes (`eventually`, `consistent-failure`,
+//! `connection-error`) plus `mirrored_to`, and `tls-connection-rejected`. The batch case types
+//! live in `batches`.
 //!
-//! Case types that need TLS, gRPC, WebSocket, TCP/UDP or the mesh fail with "unsupported case
+//! Case types that need gRPC, WebSocket, TCP/UDP or the mesh fail with "unsupported case
 //! type"; adding one means a new arm in [`run_case`] and a transport in `client`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpStream;
+
 use crate::backends::Backends;
 use crate::batches;
-use crate::case::{Case, HttpExpect, HttpRequest};
+use crate::case::{Case, HttpExpect, HttpRequest, TlsDialRequest};
 use crate::client::{self, Outgoing, Protocol, Reply};
 use crate::expect::{self, RequestUrl};
+use crate::failure::Failure;
 use crate::status::StatusDocument;
+use crate::tls::{ALPN_H2, ALPN_HTTP1, Keyring, TlsClient, TrustRef};
 
 /// Per-request timeout (upstream default).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +38,8 @@ pub struct TrafficContext {
     pub backends: Arc<Backends>,
     /// Multiplies the README's waiting times (1.0 = upstream).
     pub timeout_scale: f64,
+    /// Certificates that `trust` and `client_cert` refer to.
+    pub keyring: Arc<Keyring>,
 }
 
 /// A prepared HTTP case: where to connect, what to send, what to expect.
@@ -64,21 +71,28 @@ impl HttpTarget {
     pub async fn prepare(case: &Case, ctx: &TrafficContext) -> Result<Self, String> {
         let request = HttpRequest::from_value(&case.request).map_err(|e| format!("{e:#}"))?;
         let expect = HttpExpect::from_value(&case.expect).map_err(|e| format!("{e:#}"))?;
-        if request.scheme != "http" {
-            return Err(format!(
-                "unsupported case type: {} requests (TLS: issue 4)",
-                request.scheme
-            ));
-        }
-        let protocol = match request.protocol.as_deref() {
-            None | Some("HTTP/1.1") => Protocol::Http1,
-            Some("h2c-prior-knowledge") => Protocol::H2cPriorKnowledge,
-            Some(other) => return Err(format!("unsupported case type: protocol {other}")),
+        let (protocol, default_port) = match (request.scheme.as_str(), request.protocol.as_deref())
+        {
+            ("http", None | Some("HTTP/1.1")) => (Protocol::Http1, 80),
+            ("http", Some("h2c-prior-knowledge")) => (Protocol::H2cPriorKnowledge, 80),
+            ("https", None | Some("HTTP/1.1")) => (Protocol::Http1, 443),
+            ("https", Some("HTTP/2")) => (Protocol::Http2, 443),
+            (scheme, protocol) => {
+                return Err(format!(
+                    "unsupported case type: {scheme} requests with protocol {protocol:?}"
+                ));
+            }
         };
-        let port = case.port.unwrap_or(80);
+        let port = case.port.unwrap_or(default_port);
         let ip = gateway_address(case, ctx).await?;
+        let tls = match request.scheme.as_str() {
+            "https" => Some(https_client(&request, protocol, ip, &ctx.keyring)?),
+            _ => None,
+        };
+        // README "Addressing Gateways": without `request.host`, the Host is the gateway
+        // address, with `:port` unless the port is the scheme's default.
         let host = request.host.clone().unwrap_or_else(|| {
-            if port == 80 {
+            if port == default_port {
                 ip.to_string()
             } else {
                 format!("{ip}:{port}")
@@ -98,7 +112,7 @@ impl HttpTarget {
             url: RequestUrl {
                 scheme: request.scheme.clone(),
                 host: ip.to_string(),
-                port: (port != 80).then_some(port),
+                port: (port != default_port).then_some(port),
             },
             outgoing: Outgoing {
                 protocol,
@@ -106,6 +120,7 @@ impl HttpTarget {
                 target: request.path.clone(),
                 host,
                 headers,
+                tls,
             },
             follow: request.follow_redirects.unwrap_or(true),
             expect,
@@ -163,30 +178,23 @@ pub async fn run_case(case: &Case, ctx: &TrafficContext) -> Result<(), String> {
         "weighted-distribution" => batches::weighted_distribution(case, ctx).await,
         "mirror-percentage" => batches::mirror_percentage(case, ctx).await,
         "backend-header-consistency" => batches::backend_header_consistency(case, ctx).await,
+        "tls-connection-rejected" => tls_connection_rejected(case, ctx).await,
         other => Err(format!("unsupported case type {other:?}")),
     }
 }
 
 async fn run_http(case: &Case, ctx: &TrafficContext) -> Result<(), String> {
     let target = HttpTarget::prepare(case, ctx).await?;
-    if target.expect.client_cert_requested.is_some() {
-        return Err(
-            "unsupported case type: client_cert_requested needs TLS (TLS: issue 4)".to_owned(),
-        );
-    }
     match target.expect.mode.as_deref() {
         None | Some("eventually") => {
             let last_sent = target.eventually(ctx.consistency_cap()).await?;
             mirrored(&target, ctx, last_sent).await
         }
         Some("consistent-failure") => consistent_failure(&target, ctx.consistency_cap()).await,
-        Some("connection-error") => match target.send().await {
-            Err(_) => Ok(()),
-            Ok(reply) => Err(format!(
-                "got HTTP {}, want a failure below HTTP",
-                reply.status
-            )),
-        },
+        Some("connection-error") => {
+            let outcome = client::attempt(target.address, &target.outgoing, REQUEST_TIMEOUT).await;
+            expect::connection_error(&outcome, target.expect.client_cert_requested)
+        }
         Some(other) => Err(format!("unsupported expect.mode {other:?}")),
     }
 }
@@ -284,6 +292,93 @@ async fn mirrored(
         target.path,
         missing.join(", ")
     ))
+}
+
+/// README "`tls-connection-rejected`": TLS dial with the given SNI and no custom roots; passes
+/// when the handshake ends with EOF or a reset; dial every 1 s for up to 30 s.
+async fn tls_connection_rejected(case: &Case, ctx: &TrafficContext) -> Result<(), String> {
+    let request = TlsDialRequest::from_value(&case.request).map_err(|e| format!("{e:#}"))?;
+    let trust = match &request.trust {
+        Some(trust) => TrustRef::from_value(trust).map_err(|e| e.to_string())?,
+        None => TrustRef::SystemRoots,
+    };
+    let mut tls = ctx
+        .keyring
+        .client(&request.sni, &trust, None, &[])
+        .map_err(|e| e.to_string())?;
+    match request.min_tls_version.as_deref() {
+        None | Some("1.2") => {}
+        Some("1.3") => tls = tls.require_tls13(),
+        Some(other) => return Err(format!("unsupported min_tls_version {other:?}")),
+    }
+    let address = SocketAddr::new(gateway_address(case, ctx).await?, case.port.unwrap_or(443));
+    let cap = ctx.consistency_cap();
+    let started = Instant::now();
+    let mut last = String::from("no dial");
+    while started.elapsed() < cap {
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, handshake_only(address, &tls))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::timeout(format!(
+                    "no handshake within {REQUEST_TIMEOUT:?}"
+                )))
+            });
+        match expect::tls_connection_rejected(&outcome) {
+            Ok(()) => return Ok(()),
+            Err(why) => last = why,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(format!("not rejected within {cap:.0?}; last: {last}"))
+}
+
+/// Connects and runs the TLS handshake, nothing more. A refused TCP connection is a failure
+/// too (classified as such), so the caller can tell it from a rejected handshake.
+async fn handshake_only(address: SocketAddr, tls: &TlsClient) -> Result<(), Failure> {
+    client::ensure_loopback(address.ip()).map_err(|e| Failure::setup(format!("{e:#}")))?;
+    let connection = tls
+        .connection()
+        .map_err(|e| Failure::setup(e.to_string()))?;
+    let outcome = async {
+        let tcp = TcpStream::connect(address).await?;
+        connection.handshake(tcp).await.map(drop)
+    }
+    .await;
+    outcome.map_err(|error| {
+        Failure::from_error(
+            &anyhow::Error::new(error).context("TLS handshake"),
+            Some(connection.client_cert_requested()),
+        )
+    })
+}
+
+/// TLS settings of an `https` case: `sni` (default: the gateway address) as server name,
+/// `trust` as the only root, `client_cert` presented when asked, ALPN by protocol.
+fn https_client(
+    request: &HttpRequest,
+    protocol: Protocol,
+    gateway: IpAddr,
+    keyring: &Keyring,
+) -> Result<TlsClient, String> {
+    let trust = request
+        .trust
+        .as_ref()
+        .ok_or("an https case without `trust`")?;
+    let trust = TrustRef::from_value(trust).map_err(|e| e.to_string())?;
+    let client_cert = request
+        .client_cert
+        .as_ref()
+        .map(TrustRef::from_value)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let alpn = match protocol {
+        Protocol::Http2 => ALPN_H2,
+        _ => ALPN_HTTP1,
+    };
+    let server_name = request.sni.clone().unwrap_or_else(|| gateway.to_string());
+    keyring
+        .client(&server_name, &trust, client_cert.as_ref(), &[alpn])
+        .map_err(|e| format!("TLS settings: {e}"))
 }
 
 /// The Gateway's first `status.addresses` value, which must be on loopback.

@@ -47,6 +47,7 @@ fn request(protocol: Protocol, target: &str, headers: &[(&str, &str)]) -> Outgoi
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect(),
+        tls: None,
     }
 }
 
