@@ -7,10 +7,11 @@
 //! reload never touches an established connection: it stays on its backend, and only new
 //! connections see the new config.
 //!
-//! A connection that cannot be routed is closed before anything reaches a backend. On TLS
-//! sockets the client first gets a fatal alert, so it can tell why: `unrecognized_name` for
-//! an SNI that no listener or route takes (one of the two answers RFC 6066 §3 allows), and
-//! `internal_error` when the route has no usable backend. TCP clients just see the close.
+//! A connection that cannot be routed is closed before anything reaches a backend, without a
+//! TLS alert: the client sees the connection end during its handshake. RFC 6066 §3 allows a
+//! server to continue or to refuse an unknown name; the Gateway API conformance suite
+//! (`tls-connection-rejected`, as Go's client reports it) expects the refusal to be an EOF or
+//! a reset, which is also what Envoy does for an unmatched filter chain.
 //!
 //! Which connections on a mixed socket (HTTPS and TLS passthrough listeners on one port,
 //! TLSRouteModeMixed) are passed through is decided by [`route_tls`].
@@ -28,11 +29,6 @@ use crate::Shared;
 use crate::error::{Fault, ProxyError};
 use crate::forward;
 use crate::peek::ClientHello;
-
-/// TLS alert descriptions (RFC 8446 §6).
-const ALERT_HANDSHAKE_FAILURE: u8 = 40;
-const ALERT_INTERNAL_ERROR: u8 = 80;
-const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 
 /// The addresses of an accepted connection.
 #[derive(Clone, Copy, Debug)]
@@ -143,7 +139,7 @@ pub async fn pass_through(
             splice(client, upstream, endpoint, &hello.bytes, &mut log).await
         }
         Err(error) => {
-            send_alert(&mut client, ALERT_INTERNAL_ERROR).await;
+            close(&mut client).await;
             Err(error)
         }
     };
@@ -153,18 +149,14 @@ pub async fn pass_through(
     log.record();
 }
 
-/// Closes a TLS connection that [`route_tls`] refused, with an alert saying why.
+/// Closes a TLS connection that [`route_tls`] refused.
 pub async fn refuse(
     accepted: Accepted,
     mut client: TcpStream,
     hello: ClientHello,
     error: ProxyError,
 ) {
-    let alert = match hello.server_name {
-        Some(_) => ALERT_UNRECOGNIZED_NAME,
-        None => ALERT_HANDSHAKE_FAILURE,
-    };
-    send_alert(&mut client, alert).await;
+    close(&mut client).await;
     let mut log = StreamLog::new(accepted, "TLS");
     log.server_name = hello.server_name;
     log.fail(&error);
@@ -245,14 +237,10 @@ async fn splice(
     Ok(())
 }
 
-/// Sends a fatal alert in a plaintext record, as a server does before its ServerHello
-/// (RFC 8446 §6), then closes our sending half. Seven bytes into an empty send buffer do not
-/// block; errors mean the client is gone already.
-async fn send_alert(client: &mut TcpStream, description: u8) {
-    let alert = [21, 3, 3, 0, 2, 2, description];
-    if client.write_all(&alert).await.is_ok() {
-        let _ = client.shutdown().await;
-    }
+/// Closes our sending half; the client sees EOF in the middle of its handshake. An error
+/// means the client is gone already.
+async fn close(client: &mut TcpStream) {
+    let _ = client.shutdown().await;
 }
 
 // === impl StreamLog ===

@@ -8,7 +8,6 @@ use std::time::Duration;
 use dataplane::Options;
 use http::StatusCode;
 use ir::{BackendProtocol, PathMatch, RouteKind};
-use rustls::AlertDescription;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
@@ -74,12 +73,18 @@ fn peer_leaf<S>(stream: &TlsStream<S>) -> Option<CertificateDer<'static>> {
         .map(|leaf| leaf.clone().into_owned())
 }
 
-/// The alert that ended a failed client handshake, if that is how it ended.
-fn alert(error: &std::io::Error) -> Option<AlertDescription> {
-    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
-        rustls::Error::AlertReceived(alert) => Some(*alert),
-        _ => None,
-    }
+/// Whether a failed client handshake ended the way the conformance suite's
+/// `tls-connection-rejected` expects: EOF or a reset, not an alert or another TLS error.
+fn closed_without_alert(error: &std::io::Error) -> bool {
+    let tls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some();
+    !tls_error
+        && matches!(
+            error.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        )
 }
 
 /// A connection to `addr` through a relay that sends the client's first flight (its
@@ -166,25 +171,21 @@ async fn connections_are_split_by_weight() {
 }
 
 #[tokio::test]
-async fn an_sni_no_route_takes_gets_unrecognized_name_and_the_socket_serves_on() {
+async fn an_sni_no_route_takes_is_closed_and_the_socket_serves_on() {
     let site = Site::start(Options::default()).await;
     let addr = site.gateway.addr;
 
     for name in ["other.test", "c.example.com"] {
         let refused = site.pki.handshake(addr, Hello::http1(name)).await;
         let error = refused.expect_err("a handshake for an unrouted name succeeded");
-        assert_eq!(
-            alert(&error),
-            Some(AlertDescription::UnrecognisedName),
-            "{name}: {error}"
-        );
+        assert!(closed_without_alert(&error), "{name}: {error:?}");
     }
     let no_sni = Hello {
         sni: false,
         ..Hello::http1("a.example.com")
     };
     let error = site.pki.handshake(addr, no_sni).await.expect_err("no SNI");
-    assert_eq!(alert(&error), Some(AlertDescription::HandshakeFailure));
+    assert!(closed_without_alert(&error), "no SNI: {error:?}");
 
     let mut tls = site
         .pki
@@ -195,7 +196,7 @@ async fn an_sni_no_route_takes_gets_unrecognized_name_and_the_socket_serves_on()
 }
 
 #[tokio::test]
-async fn a_route_without_a_usable_backend_gets_internal_error() {
+async fn a_route_without_a_usable_backend_is_closed() {
     let pki = Authority::new();
     let refusing = backend(
         "refusing",
@@ -212,7 +213,7 @@ async fn a_route_without_a_usable_backend_gets_internal_error() {
         .handshake(gateway.addr, Hello::http1("down.example.com"))
         .await;
     let error = refused.expect_err("no backend to talk to");
-    assert_eq!(alert(&error), Some(AlertDescription::InternalError));
+    assert!(closed_without_alert(&error), "{error:?}");
 }
 
 #[tokio::test]
@@ -316,6 +317,6 @@ async fn a_mixed_socket_passes_one_name_through_and_terminates_another() {
 
     let refused = pki.handshake(gateway.addr, Hello::http1("else.test")).await;
     let error = refused.expect_err("no route takes else.test");
-    assert_eq!(alert(&error), Some(AlertDescription::UnrecognisedName));
+    assert!(closed_without_alert(&error), "{error:?}");
     finish(tls).await;
 }
