@@ -37,6 +37,9 @@ pub enum RouteKind {
     /// `HTTPRoute`.
     #[serde(rename = "HTTPRoute")]
     Http,
+    /// `GRPCRoute`.
+    #[serde(rename = "GRPCRoute")]
+    Grpc,
     /// `TLSRoute`.
     #[serde(rename = "TLSRoute")]
     Tls,
@@ -306,7 +309,7 @@ impl Serialize for RouteTable {
         serializer.collect_seq(self.entries.iter().map(|entry| CandidateView {
             hostname: entry.hostname.as_ref().map(ToString::to_string),
             matcher: &entry.matcher,
-            rule: &entry.rule.id,
+            rule: &entry.rule,
         }))
     }
 }
@@ -316,7 +319,7 @@ struct CandidateView<'a> {
     hostname: Option<String>,
     #[serde(rename = "match")]
     matcher: &'a HttpMatch,
-    rule: &'a RouteId,
+    rule: &'a Rule,
 }
 
 // === impl HttpMatch ===

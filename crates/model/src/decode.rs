@@ -127,6 +127,11 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
             object.metadata = metadata;
             Object::HttpRoute(Arc::new(object))
         }),
+        Kind::GrpcRoute => custom(doc, fields, |metadata, spec| {
+            let mut object = gw::grpcroutes::GrpcRoute::new("", spec);
+            object.metadata = metadata;
+            Object::GrpcRoute(Arc::new(object))
+        }),
         Kind::TlsRoute => {
             // TLSRoute v1 requires hostnames; v1alpha2/v1alpha3 made them optional.
             let mut doc = doc.clone();
@@ -176,6 +181,7 @@ fn known_kind(group: &str, version: &str, kind: &str) -> Option<Kind> {
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "GatewayClass") => Some(Kind::GatewayClass),
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => Some(Kind::Gateway),
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => Some(Kind::HttpRoute),
+        ("gateway.networking.k8s.io", "v1" | "v1alpha2", "GRPCRoute") => Some(Kind::GrpcRoute),
         ("gateway.networking.k8s.io", "v1" | "v1alpha2" | "v1alpha3", "TLSRoute") => {
             Some(Kind::TlsRoute)
         }
@@ -295,6 +301,10 @@ fn with_default_namespace(object: Object) -> Object {
         Object::HttpRoute(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);
             Object::HttpRoute(o)
+        }
+        Object::GrpcRoute(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::GrpcRoute(o)
         }
         Object::TlsRoute(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);

@@ -48,6 +48,8 @@ pub enum Kind {
     Gateway,
     /// `gateway.networking.k8s.io` HTTPRoute.
     HttpRoute,
+    /// `gateway.networking.k8s.io` GRPCRoute.
+    GrpcRoute,
     /// `gateway.networking.k8s.io` TLSRoute.
     TlsRoute,
     /// `gateway.networking.k8s.io` TCPRoute.
@@ -84,6 +86,8 @@ pub enum Object {
     Gateway(Arc<gw::gateways::Gateway>),
     /// An HTTPRoute.
     HttpRoute(Arc<gw::httproutes::HttpRoute>),
+    /// A GRPCRoute.
+    GrpcRoute(Arc<gw::grpcroutes::GrpcRoute>),
     /// A TLSRoute.
     TlsRoute(Arc<gw::tlsroutes::TlsRoute>),
     /// A TCPRoute.
@@ -104,10 +108,11 @@ pub enum Object {
 
 impl Kind {
     /// Every kind, in the order `check` prints them.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
+        Kind::GrpcRoute,
         Kind::TlsRoute,
         Kind::TcpRoute,
         Kind::ReferenceGrant,
@@ -123,6 +128,7 @@ impl Kind {
             Self::GatewayClass => "GatewayClass",
             Self::Gateway => "Gateway",
             Self::HttpRoute => "HTTPRoute",
+            Self::GrpcRoute => "GRPCRoute",
             Self::TlsRoute => "TLSRoute",
             Self::TcpRoute => "TCPRoute",
             Self::ReferenceGrant => "ReferenceGrant",
@@ -139,6 +145,7 @@ impl Kind {
             Self::GatewayClass
             | Self::Gateway
             | Self::HttpRoute
+            | Self::GrpcRoute
             | Self::TlsRoute
             | Self::TcpRoute
             | Self::ReferenceGrant => GATEWAY_GROUP,
@@ -153,6 +160,7 @@ impl Kind {
             Self::GatewayClass
             | Self::Gateway
             | Self::HttpRoute
+            | Self::GrpcRoute
             | Self::TlsRoute
             | Self::ReferenceGrant => "gateway.networking.k8s.io/v1",
             Self::TcpRoute => "gateway.networking.k8s.io/v1alpha2",
@@ -205,6 +213,7 @@ impl Object {
             Self::GatewayClass(o) => &o.metadata,
             Self::Gateway(o) => &o.metadata,
             Self::HttpRoute(o) => &o.metadata,
+            Self::GrpcRoute(o) => &o.metadata,
             Self::TlsRoute(o) => &o.metadata,
             Self::TcpRoute(o) => &o.metadata,
             Self::ReferenceGrant(o) => &o.metadata,
@@ -221,6 +230,7 @@ impl Object {
             Self::GatewayClass(_) => Kind::GatewayClass,
             Self::Gateway(_) => Kind::Gateway,
             Self::HttpRoute(_) => Kind::HttpRoute,
+            Self::GrpcRoute(_) => Kind::GrpcRoute,
             Self::TlsRoute(_) => Kind::TlsRoute,
             Self::TcpRoute(_) => Kind::TcpRoute,
             Self::ReferenceGrant(_) => Kind::ReferenceGrant,

@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub gateways: BTreeMap<ObjectName, Arc<gw::gateways::Gateway>>,
     /// HTTPRoutes.
     pub http_routes: BTreeMap<ObjectName, Arc<gw::httproutes::HttpRoute>>,
+    /// GRPCRoutes.
+    pub grpc_routes: BTreeMap<ObjectName, Arc<gw::grpcroutes::GrpcRoute>>,
     /// TLSRoutes.
     pub tls_routes: BTreeMap<ObjectName, Arc<gw::tlsroutes::TlsRoute>>,
     /// TCPRoutes.
@@ -90,6 +92,7 @@ impl Snapshot {
             Kind::GatewayClass => self.gateway_classes.contains_key(&key.name),
             Kind::Gateway => self.gateways.contains_key(&name),
             Kind::HttpRoute => self.http_routes.contains_key(&name),
+            Kind::GrpcRoute => self.grpc_routes.contains_key(&name),
             Kind::TlsRoute => self.tls_routes.contains_key(&name),
             Kind::TcpRoute => self.tcp_routes.contains_key(&name),
             Kind::ReferenceGrant => self.reference_grants.contains_key(&name),
@@ -110,6 +113,7 @@ impl Snapshot {
             Object::GatewayClass(o) => drop(self.gateway_classes.insert(key.name, o)),
             Object::Gateway(o) => drop(self.gateways.insert(name, o)),
             Object::HttpRoute(o) => drop(self.http_routes.insert(name, o)),
+            Object::GrpcRoute(o) => drop(self.grpc_routes.insert(name, o)),
             Object::TlsRoute(o) => drop(self.tls_routes.insert(name, o)),
             Object::TcpRoute(o) => drop(self.tcp_routes.insert(name, o)),
             Object::ReferenceGrant(o) => drop(self.reference_grants.insert(name, o)),
@@ -219,6 +223,7 @@ fn spec_of(object: &Object) -> Value {
         Object::GatewayClass(o) => serde_json::to_value(&o.spec),
         Object::Gateway(o) => serde_json::to_value(&o.spec),
         Object::HttpRoute(o) => serde_json::to_value(&o.spec),
+        Object::GrpcRoute(o) => serde_json::to_value(&o.spec),
         Object::TlsRoute(o) => serde_json::to_value(&o.spec),
         Object::TcpRoute(o) => serde_json::to_value(&o.spec),
         Object::ReferenceGrant(o) => serde_json::to_value(&o.spec),
@@ -247,6 +252,7 @@ fn with_generation(object: Object, generation: i64) -> Object {
         Object::GatewayClass(o) => Object::GatewayClass(set(o, |o| &mut o.metadata, generation)),
         Object::Gateway(o) => Object::Gateway(set(o, |o| &mut o.metadata, generation)),
         Object::HttpRoute(o) => Object::HttpRoute(set(o, |o| &mut o.metadata, generation)),
+        Object::GrpcRoute(o) => Object::GrpcRoute(set(o, |o| &mut o.metadata, generation)),
         Object::TlsRoute(o) => Object::TlsRoute(set(o, |o| &mut o.metadata, generation)),
         Object::TcpRoute(o) => Object::TcpRoute(set(o, |o| &mut o.metadata, generation)),
         Object::ReferenceGrant(o) => {

@@ -95,6 +95,7 @@ pub(crate) fn object(object: &Object, errors: &mut FieldErrors) {
         }
         Object::Gateway(gateway) => validate_gateway(&gateway.spec, errors),
         Object::HttpRoute(route) => validate_http_route(&route.spec, errors),
+        Object::GrpcRoute(route) => validate_grpc_route(&route.spec, errors),
         Object::TlsRoute(route) => {
             for (i, hostname) in route.spec.hostnames.iter().enumerate() {
                 check_hostname(hostname, &format!("spec.hostnames[{i}]"), errors);
@@ -285,6 +286,88 @@ fn validate_http_route(spec: &gw::httproutes::HttpRouteSpec, errors: &mut FieldE
         }
         if let Some(timeouts) = &rule.timeouts {
             check_timeouts(timeouts, &format!("{path}.timeouts"), errors);
+        }
+    }
+}
+
+/// gRPC service names (`GRPCMethodMatch.service`, type Exact).
+static GRPC_SERVICE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$").expect("static pattern compiles")
+});
+
+/// gRPC method names (`GRPCMethodMatch.method`, type Exact).
+static GRPC_METHOD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z_][A-Za-z_0-9]*$").expect("static pattern compiles"));
+
+fn validate_grpc_route(spec: &gw::grpcroutes::GrpcRouteSpec, errors: &mut FieldErrors) {
+    use gw::grpcroutes::GrpcRouteRulesMatchesMethodType as MethodType;
+    for (i, hostname) in spec.hostnames.iter().flatten().enumerate() {
+        check_hostname(hostname, &format!("spec.hostnames[{i}]"), errors);
+    }
+    let rules = spec.rules.as_deref().unwrap_or_default();
+    if rules.len() > 16 {
+        errors.push("spec.rules", "must have at most 16 rules");
+    }
+    for (r, rule) in rules.iter().enumerate() {
+        let path = format!("spec.rules[{r}]");
+        for (m, matcher) in rule.matches.iter().flatten().enumerate() {
+            let mpath = format!("{path}.matches[{m}]");
+            if let Some(method) = &matcher.method {
+                let exact = matches!(method.r#type, None | Some(MethodType::Exact));
+                if method.service.is_none() && method.method.is_none() {
+                    errors.push(
+                        &format!("{mpath}.method"),
+                        "One or both of 'service' or 'method' must be specified",
+                    );
+                }
+                if exact {
+                    if let Some(service) = &method.service
+                        && !GRPC_SERVICE.is_match(service)
+                    {
+                        errors.push(
+                            &format!("{mpath}.method.service"),
+                            "must be a fully qualified gRPC service name such as example.v1.Echo",
+                        );
+                    }
+                    if let Some(name) = &method.method
+                        && !GRPC_METHOD.is_match(name)
+                    {
+                        errors.push(
+                            &format!("{mpath}.method.method"),
+                            "must be a gRPC method name such as Echo",
+                        );
+                    }
+                }
+            }
+            for (h, header) in matcher.headers.iter().flatten().enumerate() {
+                if !HEADER_NAME.is_match(&header.name) {
+                    errors.push(
+                        &format!("{mpath}.headers[{h}].name"),
+                        "must be a valid HTTP header name",
+                    );
+                }
+            }
+        }
+        let filters = rule.filters.as_deref().unwrap_or_default();
+        crate::validate::filters::rule_filters(filters, &[], &format!("{path}.filters"), errors);
+        for (b, backend) in rule.backend_refs.iter().flatten().enumerate() {
+            let bpath = format!("{path}.backendRefs[{b}]");
+            if backend
+                .weight
+                .is_some_and(|w| !(0..=1_000_000).contains(&w))
+            {
+                errors.push(&format!("{bpath}.weight"), "must be between 0 and 1000000");
+            }
+            let is_service = backend.kind.as_deref().unwrap_or("Service") == "Service"
+                && backend.group.as_deref().unwrap_or_default().is_empty();
+            if is_service && backend.port.is_none() {
+                errors.push(
+                    &format!("{bpath}.port"),
+                    "Must have port for Service reference",
+                );
+            }
+            let filters = backend.filters.as_deref().unwrap_or_default();
+            crate::validate::filters::backend_filters(filters, &format!("{bpath}.filters"), errors);
         }
     }
 }

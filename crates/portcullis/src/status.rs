@@ -77,7 +77,11 @@ pub fn document(
         );
         let status = match status.0.get(&key) {
             Some(resource) => serde_json::to_value(resource).unwrap_or(Value::Null),
-            None if matches!(kind, Kind::HttpRoute | Kind::TlsRoute | Kind::TcpRoute) => {
+            None if matches!(
+                kind,
+                Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute
+            ) =>
+            {
                 json!({"parents": []})
             }
             None => json!({}),
@@ -101,6 +105,9 @@ pub fn document(
     }
     for route in snapshot.http_routes.values() {
         push(Kind::HttpRoute, &route.metadata);
+    }
+    for route in snapshot.grpc_routes.values() {
+        push(Kind::GrpcRoute, &route.metadata);
     }
     for route in snapshot.tls_routes.values() {
         push(Kind::TlsRoute, &route.metadata);

@@ -254,7 +254,7 @@ fn count_attachments(
 }
 
 /// The parentRef as status echoes it: group and kind written out.
-fn status_ref(parent: &ParentRef) -> ParentReference {
+pub(crate) fn status_ref(parent: &ParentRef) -> ParentReference {
     ParentReference {
         group: parent.group.clone(),
         kind: parent.kind.clone(),

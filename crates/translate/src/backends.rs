@@ -31,7 +31,7 @@ pub(crate) struct Referrer<'a> {
 /// Resolves backendRefs, sharing one `Arc<Backend>` per Service port.
 #[derive(Default)]
 pub(crate) struct Resolver {
-    cache: BTreeMap<(ObjectName, i32), Arc<Backend>>,
+    cache: BTreeMap<(ObjectName, i32, bool), Arc<Backend>>,
 }
 
 // === impl Resolver ===
@@ -83,7 +83,8 @@ impl Resolver {
                 "backendRef port is required for a Service".into(),
             ));
         };
-        if let Some(backend) = self.cache.get(&(name.clone(), port)) {
+        let grpc = referrer.kind == "GRPCRoute";
+        if let Some(backend) = self.cache.get(&(name.clone(), port, grpc)) {
             return Ok(backend.clone());
         }
         let Some(service) = snapshot.services.get(&name) else {
@@ -105,8 +106,9 @@ impl Resolver {
                 format!("Service {name} is of type ExternalName, which is not supported yet"),
             ));
         }
-        let protocol = match service_port.app_protocol.as_deref() {
-            Some("kubernetes.io/h2c") => BackendProtocol::H2c,
+        // gRPC is HTTP/2 whatever the Service port says; otherwise `appProtocol` decides.
+        let protocol = match (referrer.kind, service_port.app_protocol.as_deref()) {
+            ("GRPCRoute", _) | (_, Some("kubernetes.io/h2c")) => BackendProtocol::H2c,
             _ => BackendProtocol::Http1,
         };
         let backend = Arc::new(Backend {
@@ -114,7 +116,7 @@ impl Resolver {
             protocol,
             endpoints: endpoints(snapshot, &name, service_port),
         });
-        self.cache.insert((name, port), backend.clone());
+        self.cache.insert((name, port, grpc), backend.clone());
         Ok(backend)
     }
 }

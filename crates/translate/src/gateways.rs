@@ -64,7 +64,7 @@ pub(crate) enum AllowedNamespaces {
 pub(crate) type Verdict = Result<(), (Reason, String)>;
 
 /// Route kinds each supported listener protocol accepts.
-const HTTP_KINDS: [&str; 1] = ["HTTPRoute"];
+const HTTP_KINDS: [&str; 2] = ["HTTPRoute", "GRPCRoute"];
 
 /// Resolves every Gateway whose class is one of ours, keyed by name.
 pub(crate) fn resolve(

@@ -1,5 +1,6 @@
 //! HTTPRoute: attaching each route to its parents and compiling its rules into IR.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::backends::Resolver;
 use crate::gateways::GatewayState;
 
 mod filters;
+mod grpc;
 mod matches;
 
 /// Compiled route matches, grouped by the listener they attached to.
@@ -40,23 +42,41 @@ impl Routes {
     }
 }
 
-/// Compiles every HTTPRoute, attaches it, and writes its status.
+/// Compiles every HTTPRoute and GRPCRoute, attaches it, and writes its status. Both kinds
+/// share one precedence order: "the oldest Route based on creation timestamp", then
+/// "{namespace}/{name}".
 pub(crate) fn compile_all(
     snapshot: &Snapshot,
     gateways: &mut BTreeMap<ObjectName, GatewayState>,
     options: &Options,
     status: &mut StatusSet,
 ) -> Routes {
-    // "The oldest Route based on creation timestamp", then "{namespace}/{name}".
-    let mut ordered: Vec<_> = snapshot.http_routes.iter().collect();
-    ordered.sort_by(|(a_name, a), (b_name, b)| {
+    let mut ordered: Vec<(RouteKind, &ObjectName, Cow<'_, HttpRoute>)> = snapshot
+        .http_routes
+        .iter()
+        .map(|(name, route)| (RouteKind::Http, name, Cow::Borrowed(route.as_ref())))
+        .collect();
+    for (name, route) in &snapshot.grpc_routes {
+        match grpc::to_http(route) {
+            Ok(http) => ordered.push((RouteKind::Grpc, name, Cow::Owned(http))),
+            // The generated types have the same shapes, so this only fails on a value the
+            // decoder accepted and the HTTPRoute type does not; there is nothing to route.
+            Err(message) => reject_unconvertible(options, status, name, route, &message),
+        }
+    }
+    ordered.sort_by(|(_, a_name, a), (_, b_name, b)| {
         let a_time = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
         let b_time = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
         a_time.cmp(&b_time).then_with(|| a_name.cmp(b_name))
     });
     let mut routes = Routes::default();
     let mut resolver = Resolver::default();
-    for (rank, (name, route)) in ordered.into_iter().enumerate() {
+    for (rank, (kind, name, route)) in ordered.iter().enumerate() {
+        let flavor = Flavor {
+            kind: *kind,
+            rank,
+            name,
+        };
         compile_route(
             snapshot,
             gateways,
@@ -64,12 +84,77 @@ pub(crate) fn compile_all(
             status,
             &mut routes,
             &mut resolver,
-            rank,
-            name,
+            flavor,
             route,
         );
     }
     routes
+}
+
+/// Which kind a route is, and where it stands in precedence.
+#[derive(Clone, Copy)]
+struct Flavor<'a> {
+    kind: RouteKind,
+    rank: usize,
+    name: &'a ObjectName,
+}
+
+impl Flavor<'_> {
+    fn kind_name(self) -> &'static str {
+        match self.kind {
+            RouteKind::Grpc => "GRPCRoute",
+            _ => "HTTPRoute",
+        }
+    }
+
+    fn kind_model(self) -> Kind {
+        match self.kind {
+            RouteKind::Grpc => Kind::GrpcRoute,
+            _ => Kind::HttpRoute,
+        }
+    }
+}
+
+/// Reports a GRPCRoute that cannot be expressed as HTTP routing on each of its parents.
+fn reject_unconvertible(
+    options: &Options,
+    status: &mut StatusSet,
+    name: &ObjectName,
+    route: &model::gw::grpcroutes::GrpcRoute,
+    message: &str,
+) {
+    let generation = route.metadata.generation.unwrap_or(1);
+    let parents = route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .map(|p| {
+            let parent = ParentRef::new(
+                p.group.as_deref(),
+                p.kind.as_deref(),
+                p.namespace.as_deref(),
+                &p.name,
+                p.section_name.as_deref(),
+                p.port,
+            );
+            model::status::RouteParentStatus {
+                parent_ref: attach::status_ref(&parent),
+                controller_name: options.controller_name.clone(),
+                conditions: vec![model::status::Condition::new(
+                    model::status::ConditionType::Accepted,
+                    false,
+                    model::status::Reason::UnsupportedValue,
+                    message,
+                    generation,
+                )],
+            }
+        })
+        .collect();
+    status.0.insert(
+        ResourceKey::new(Kind::GrpcRoute, &name.namespace, &name.name),
+        ResourceStatus::Route { parents },
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -80,10 +165,10 @@ fn compile_route(
     status: &mut StatusSet,
     routes: &mut Routes,
     resolver: &mut Resolver,
-    rank: usize,
-    name: &ObjectName,
+    flavor: Flavor<'_>,
     route: &HttpRoute,
 ) {
+    let (rank, name) = (flavor.rank, flavor.name);
     let generation = route.metadata.generation.unwrap_or(1);
     let hostnames: Vec<_> = route
         .spec
@@ -99,10 +184,10 @@ fn compile_route(
         .iter()
         .flatten()
         .enumerate()
-        .map(|(index, rule)| compile_rule(snapshot, resolver, name, index, rule, &mut problems))
+        .map(|(index, rule)| compile_rule(snapshot, resolver, flavor, index, rule, &mut problems))
         .collect();
     let info = RouteInfo {
-        kind: "HTTPRoute",
+        kind: flavor.kind_name(),
         name,
         hostnames: &hostnames,
     };
@@ -152,7 +237,7 @@ fn compile_route(
     );
     if !parents.is_empty() {
         status.0.insert(
-            ResourceKey::new(Kind::HttpRoute, &name.namespace, &name.name),
+            ResourceKey::new(flavor.kind_model(), &name.namespace, &name.name),
             ResourceStatus::Route { parents },
         );
     }
@@ -161,13 +246,14 @@ fn compile_route(
 fn compile_rule(
     snapshot: &Snapshot,
     resolver: &mut Resolver,
-    route: &ObjectName,
+    flavor: Flavor<'_>,
     index: usize,
     spec: &model::gw::httproutes::HttpRouteRules,
     problems: &mut RuleProblems,
 ) -> CompiledRule {
+    let route = flavor.name;
     let id = RouteId {
-        kind: RouteKind::Http,
+        kind: flavor.kind,
         namespace: route.namespace.clone(),
         name: route.name.clone(),
         rule: index,
@@ -183,7 +269,7 @@ fn compile_rule(
         }
     };
     let referrer = crate::backends::Referrer {
-        kind: "HTTPRoute",
+        kind: flavor.kind_name(),
         namespace: &route.namespace,
     };
     let compiled = filters::rule_filters(

@@ -215,7 +215,7 @@ fn compile_route(
 ) {
     let kind_name = match view.kind {
         RouteKind::Tls => "TLSRoute",
-        RouteKind::Tcp | RouteKind::Http => "TCPRoute",
+        RouteKind::Tcp | RouteKind::Http | RouteKind::Grpc => "TCPRoute",
     };
     let referrer = Referrer {
         kind: kind_name,
