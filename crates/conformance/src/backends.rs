@@ -3,9 +3,11 @@
 //! listeners its image would open. Services with a selector get an EndpointSlice listing the
 //! matching pods.
 //!
-//! Today only the `echo-basic` HTTP echo runs (ports 3000 and 3001). gRPC, TCP, TLS (8443),
-//! DNS and mesh backends get addresses and endpoints but no listener yet; the cases that need
-//! them are in the skip list.
+//! Running today: the `echo-basic` HTTP echo (ports 3000 and 3001, plus HTTPS on 8443 when
+//! the Deployment mounts a certificate) and the TCP echo (3000, plus TLS on 8443). The files
+//! a container reads come from the Secrets and ConfigMaps its volumes mount (see `mounts`).
+//! gRPC, DNS and mesh backends get addresses and endpoints but no listener yet; the cases that
+//! need them are in the skip list.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,14 +18,22 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::echo::{self, EchoIdentity, EchoMode, RequestLog};
 use crate::manifests::Manifests;
+use crate::mounts::ServerTlsFiles;
+use crate::tcp_echo::{self, TcpEchoIdentity};
+use crate::tls::{ALPN_H2, ALPN_HTTP1, Keyring};
 
 /// Port of the plain HTTP/1.1 echo.
 pub const HTTP_PORT: u16 = 3000;
 /// Port of the h2c echo.
 pub const H2C_PORT: u16 = 3001;
+/// Port of the HTTPS echo and of the TCP echo's TLS listener.
+pub const TLS_PORT: u16 = 8443;
+/// Port of the TCP echo's plain listener.
+pub const TCP_PORT: u16 = 3000;
 
 /// What a Deployment's container does, keyed by its environment (README table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +70,8 @@ pub struct Pod {
     pub kind: BackendKind,
     /// Named container ports, to resolve named `targetPort`s.
     pub named_ports: BTreeMap<String, u16>,
+    /// The certificate files its environment names, when it serves TLS on 8443.
+    pub tls_files: Option<ServerTlsFiles>,
 }
 
 /// Hands out distinct backend addresses from 127.0.200.1 to 127.0.203.254.
@@ -102,6 +114,18 @@ impl BackendKind {
             }
         }
     }
+
+    /// The files the container's TLS listener would read. The variable naming the key differs:
+    /// `TLS_SERVER_PRIVKEY` for the HTTP echo, `TLS_SERVER_PRIV_KEY` for the gRPC and TCP
+    /// echoes (README table).
+    pub fn tls_files(&self, deployment: &Value) -> anyhow::Result<Option<ServerTlsFiles>> {
+        let key_var = match self {
+            Self::HttpEcho { .. } => "TLS_SERVER_PRIVKEY",
+            Self::GrpcEcho | Self::TcpEcho => "TLS_SERVER_PRIV_KEY",
+            Self::Dns | Self::MeshEcho => return Ok(None),
+        };
+        Ok(ServerTlsFiles::of(deployment, "TLS_SERVER_CERT", key_var)?)
+    }
 }
 
 impl Pod {
@@ -121,6 +145,10 @@ impl Pod {
                 .unwrap_or(1);
             let labels = string_map(deployment.pointer("/spec/template/metadata/labels"));
             let named_ports = named_container_ports(deployment);
+            let kind = BackendKind::of(deployment);
+            let tls_files = kind
+                .tls_files(deployment)
+                .with_context(|| format!("Deployment {namespace}/{name}"))?;
             for _ in 0..replicas.min(16) {
                 pods.push(Pod {
                     name: format!("{name}-{}-{}", random_alnum(rng, 10), random_alnum(rng, 5)),
@@ -128,8 +156,9 @@ impl Pod {
                     deployment: name.to_owned(),
                     labels: labels.clone(),
                     address: addresses.allocate()?,
-                    kind: BackendKind::of(deployment),
+                    kind,
                     named_ports: named_ports.clone(),
+                    tls_files: tls_files.clone(),
                 });
             }
         }
@@ -172,8 +201,9 @@ impl Default for AddressAllocator {
 }
 
 impl Backends {
-    /// Binds and starts the listeners of every pod that has an implementation.
-    pub async fn start(pods: Vec<Pod>) -> anyhow::Result<Self> {
+    /// Binds and starts the listeners of every pod that has an implementation; `keyring`
+    /// holds the Secrets and ConfigMaps their volumes mount.
+    pub async fn start(pods: Vec<Pod>, keyring: &Keyring) -> anyhow::Result<Self> {
         let mut tasks = JoinSet::new();
         let mut logs: HashMap<(String, String), Arc<RequestLog>> = HashMap::new();
         for pod in &pods {
@@ -181,20 +211,26 @@ impl Backends {
                 .entry((pod.namespace.clone(), pod.deployment.clone()))
                 .or_default()
                 .clone();
-            if !matches!(pod.kind, BackendKind::HttpEcho { .. }) {
-                continue;
-            }
-            let identity = Arc::new(EchoIdentity {
-                namespace: pod.namespace.clone(),
-                pod: pod.name.clone(),
-                http_port: HTTP_PORT,
-            });
-            for (port, mode) in [(HTTP_PORT, EchoMode::Http1), (H2C_PORT, EchoMode::H2c)] {
-                let address = SocketAddr::from((pod.address, port));
-                let listener = TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("binding echo backend {} on {address}", pod.name))?;
-                tasks.spawn(echo::serve(listener, mode, identity.clone(), log.clone()));
+            let acceptor = match (&pod.tls_files, pod.kind) {
+                (None, _) => None,
+                (Some(files), kind) => {
+                    // The HTTP echo is a Go HTTPS server, which offers h2 and HTTP/1.1.
+                    let alpn: &[&[u8]] = match kind {
+                        BackendKind::HttpEcho { .. } => &[ALPN_H2, ALPN_HTTP1],
+                        _ => &[],
+                    };
+                    let config = keyring
+                        .server_config(files, alpn)
+                        .with_context(|| format!("TLS files of backend {}", pod.name))?;
+                    Some(TlsAcceptor::from(config))
+                }
+            };
+            match pod.kind {
+                BackendKind::HttpEcho { .. } => {
+                    start_http_echo(pod, acceptor, log, &mut tasks).await?
+                }
+                BackendKind::TcpEcho => start_tcp_echo(pod, acceptor, &mut tasks).await?,
+                BackendKind::GrpcEcho | BackendKind::Dns | BackendKind::MeshEcho => {}
             }
         }
         Ok(Self { pods, logs, tasks })
@@ -218,6 +254,57 @@ impl Backends {
             .get(&(namespace.to_owned(), deployment.to_owned()))
             .cloned()
     }
+}
+
+/// The HTTP echo: HTTP/1.1 on 3000, h2c on 3001 and, with `acceptor`, HTTPS on 8443.
+async fn start_http_echo(
+    pod: &Pod,
+    acceptor: Option<TlsAcceptor>,
+    log: Arc<RequestLog>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let identity = Arc::new(EchoIdentity {
+        namespace: pod.namespace.clone(),
+        pod: pod.name.clone(),
+        http_port: HTTP_PORT,
+    });
+    for (port, mode) in [(HTTP_PORT, EchoMode::Http1), (H2C_PORT, EchoMode::H2c)] {
+        let listener = bind(pod, port).await?;
+        tasks.spawn(echo::serve(listener, mode, identity.clone(), log.clone()));
+    }
+    if let Some(acceptor) = acceptor {
+        let listener = bind(pod, TLS_PORT).await?;
+        tasks.spawn(echo::serve_https(listener, acceptor, identity, log));
+    }
+    Ok(())
+}
+
+/// The TCP echo: plain on 3000 and, with `acceptor`, TLS on 8443.
+async fn start_tcp_echo(
+    pod: &Pod,
+    acceptor: Option<TlsAcceptor>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let identity = Arc::new(TcpEchoIdentity {
+        namespace: pod.namespace.clone(),
+        pod: pod.name.clone(),
+        tcp_port: TCP_PORT,
+        tls_port: TLS_PORT,
+    });
+    let listener = bind(pod, TCP_PORT).await?;
+    tasks.spawn(tcp_echo::serve(listener, None, identity.clone()));
+    if let Some(acceptor) = acceptor {
+        let listener = bind(pod, TLS_PORT).await?;
+        tasks.spawn(tcp_echo::serve(listener, Some(acceptor), identity));
+    }
+    Ok(())
+}
+
+async fn bind(pod: &Pod, port: u16) -> anyhow::Result<TcpListener> {
+    let address = SocketAddr::from((pod.address, port));
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding backend {} on {address}", pod.name))
 }
 
 /// One EndpointSlice per Service with a selector, listing the matching pods.

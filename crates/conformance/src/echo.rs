@@ -1,13 +1,15 @@
 //! The HTTP echo backend, behaving like upstream's `echo-basic` image as the README's "What
 //! the HTTP echo backend answers" describes it: an indented JSON description of the request,
 //! `/health`, `/status/NNN`, `?delay=`, `X-Echo-Set-Header`, and one log line per request,
-//! kept in memory per deployment for the mirror checks.
+//! kept in memory per deployment for the mirror checks. Deployments that mount a certificate
+//! also get the HTTPS listener ([`serve_https`]), whose answers carry the `tls` block.
 //!
 //! Not yet: WebSocket echo on `/ws` (answers 501) and h2c *upgrade* on the h2c port (only
 //! prior-knowledge HTTP/2 is served there; an HTTP/1 request gets the upstream 400).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,11 +21,18 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::server::TlsFacts;
 
 /// Largest request body the echo reads (and discards).
 const MAX_BODY: usize = 1 << 20;
+
+/// How long an HTTPS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a backend process would learn from its environment.
 #[derive(Debug, Clone)]
@@ -43,6 +52,8 @@ pub enum EchoMode {
     Http1,
     /// Cleartext HTTP/2 with prior knowledge (port 3001).
     H2c,
+    /// HTTP/1.1 or HTTP/2 over TLS, as ALPN decides (port 8443).
+    Https,
 }
 
 /// One echoed request, as the backend's stdout line would report it.
@@ -101,28 +112,39 @@ impl RequestLog {
     }
 }
 
-/// Serves echo requests on `listener` until the task is aborted. Dropping the task aborts
-/// every connection it started.
+/// Serves cleartext echo requests on `listener` until the task is aborted. Dropping the task
+/// aborts every connection it started.
 pub async fn serve(
     listener: TcpListener,
     mode: EchoMode,
     identity: Arc<EchoIdentity>,
     log: Arc<RequestLog>,
 ) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
-                    let (identity, log) = (identity.clone(), log.clone());
-                    connections.spawn(serve_connection(stream, remote, mode, identity, log));
-                }
-                // Out of file descriptors and the like: back off instead of spinning.
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    accept_loop(listener, move |stream, remote| {
+        serve_connection(stream, remote, mode, None, identity.clone(), log.clone())
+    })
+    .await;
+}
+
+/// Serves HTTPS echo requests on `listener` ([`EchoMode::Https`]) until the task is aborted.
+/// A failed handshake just ends its connection.
+pub async fn serve_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    identity: Arc<EchoIdentity>,
+    log: Arc<RequestLog>,
+) {
+    accept_loop(listener, move |stream, remote| {
+        let (acceptor, identity, log) = (acceptor.clone(), identity.clone(), log.clone());
+        async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            if let Ok(Ok(stream)) = handshake.await {
+                let facts = Arc::new(TlsFacts::of(stream.get_ref().1));
+                serve_connection(stream, remote, EchoMode::Https, Some(facts), identity, log).await;
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// Parses a Go `time.Duration` string such as `1s`, `500ms` or `1h2m3.5s`.
@@ -219,18 +241,61 @@ struct EchoBody<'a> {
     pod: &'a str,
     #[serde(rename = "httpPort")]
     http_port: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<EchoTls>,
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// The `tls` block of an answer over HTTPS, field order as upstream's struct.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EchoTls {
+    version: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    peer_certificates: Vec<String>,
+    server_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    negotiated_protocol: String,
+    cipher_suite: String,
+}
+
+/// Accepts connections and hands each to `handle` on its own task, until the task running
+/// the loop is aborted; that drops the `JoinSet`, which aborts every connection task too.
+pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, mut handle: F)
+where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    connections.spawn(handle(stream, remote));
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
     remote: SocketAddr,
     mode: EchoMode,
+    tls: Option<Arc<TlsFacts>>,
     identity: Arc<EchoIdentity>,
     log: Arc<RequestLog>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |request| {
-        let (identity, log) = (identity.clone(), log.clone());
-        async move { Ok::<_, Infallible>(answer(request, remote, mode, &identity, &log).await) }
+        let (tls, identity, log) = (tls.clone(), identity.clone(), log.clone());
+        async move {
+            let reply = answer(request, remote, mode, tls.as_deref(), &identity, &log).await;
+            Ok::<_, Infallible>(reply)
+        }
     });
     let io = TokioIo::new(stream);
     // Errors here are the peer's doing (reset, malformed request); the echo just moves on.
@@ -239,10 +304,12 @@ async fn serve_connection(
             .serve_connection(io, service)
             .await
             .map_err(|e| e.to_string()),
-        EchoMode::H2c => hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(io, service)
-            .await
-            .map_err(|e| e.to_string()),
+        EchoMode::H2c | EchoMode::Https => {
+            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+                .map_err(|e| e.to_string())
+        }
     };
 }
 
@@ -250,6 +317,7 @@ async fn answer(
     request: Request<Incoming>,
     remote: SocketAddr,
     mode: EchoMode,
+    tls: Option<&TlsFacts>,
     identity: &EchoIdentity,
     log: &RequestLog,
 ) -> Response<Full<Bytes>> {
@@ -325,6 +393,13 @@ async fn answer(
         service: "",
         pod: &identity.pod,
         http_port: identity.http_port.to_string(),
+        tls: tls.map(|facts| EchoTls {
+            version: facts.echo_version_name(),
+            peer_certificates: facts.peer_certificates_pem(),
+            server_name: facts.server_name.clone().unwrap_or_default(),
+            negotiated_protocol: facts.negotiated_protocol(),
+            cipher_suite: facts.go_cipher_suite_name(),
+        }),
     };
     let mut response = Response::new(Full::new(Bytes::from(pretty_json(&body))));
     let response_headers = response.headers_mut();

@@ -131,7 +131,14 @@ async fn prepare(
         }
     }
     let pods = Pod::plan_all(&manifests, &mut AddressAllocator::new(), &mut rand::rng())?;
-    let backends = Arc::new(Backends::start(pods).await?);
+    // Backends read what their volumes mount: generated Secrets and ConfigMaps, or the test's.
+    let mountable: Vec<Value> = ["Secret", "ConfigMap"]
+        .into_iter()
+        .flat_map(|kind| manifests.of_kind(kind))
+        .cloned()
+        .collect();
+    let keyring = Keyring::from_objects(&mountable);
+    let backends = Arc::new(Backends::start(pods, &keyring).await?);
     for slice in endpoint_slices(&manifests, backends.pods()) {
         manifests.upsert(slice)?;
     }

@@ -5,8 +5,10 @@
 //! Certificate material comes from the generated Secrets and ConfigMaps (README "Generated
 //! certificates"), the same objects the runner writes for portcullis; [`Keyring`] indexes
 //! them and [`Keyring::roots`] is the pure trust-root selection. Cryptography is rustls with
-//! *ring*, like the dataplane. How a `trust` turns into a verifier is in [`verify`].
+//! *ring*, like the dataplane. How a `trust` turns into a verifier is in [`verify`]; the
+//! backends' side of TLS (server configurations from mounted files) is in [`server`].
 
+pub mod server;
 mod verify;
 
 use std::collections::BTreeMap;

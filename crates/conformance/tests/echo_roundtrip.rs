@@ -10,6 +10,7 @@ use conformance::case::HttpExpect;
 use conformance::client::{self, Outgoing, Protocol, Reply};
 use conformance::expect::{self, EchoReply, RequestUrl};
 use conformance::manifests::{Manifests, parse_documents};
+use conformance::tls::Keyring;
 
 const DEPLOYMENT: &str = "
 kind: Deployment
@@ -32,7 +33,9 @@ async fn start(first: u8) -> (Backends, Ipv4Addr) {
     let pods = Pod::plan_all(&manifests, &mut addresses, &mut rand::rng()).expect("plan");
     let address = pods[0].address;
     (
-        Backends::start(pods).await.expect("backends start"),
+        Backends::start(pods, &Keyring::default())
+            .await
+            .expect("backends start"),
         address,
     )
 }
