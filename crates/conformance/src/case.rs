@@ -4,7 +4,8 @@
 //! `expect` and `distribution` blocks differ per case `type`, so they stay JSON values until
 //! the traffic runner knows the type and converts them with [`HttpRequest::from_value`] and
 //! friends. That way a file with a case type we do not run yet still loads, and that one case
-//! fails with "unsupported case type" instead of the whole file.
+//! fails with "unsupported case type" instead of the whole file. The blocks of the
+//! connection-level case types are typed next to their runner, in `stream_cases`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -382,19 +383,6 @@ pub struct HttpRequest {
     pub follow_redirects: Option<bool>,
 }
 
-/// `request` of `tls-connection-rejected`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TlsDialRequest {
-    /// The TLS server name.
-    pub sni: String,
-    /// `1.2` or `1.3`.
-    #[serde(default)]
-    pub min_tls_version: Option<String>,
-    /// What the client trusts; upstream uses the system roots.
-    #[serde(default)]
-    pub trust: Option<Value>,
-}
-
 /// `expect` of `http` and the HTTP batch case types.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct HttpExpect {
@@ -509,13 +497,6 @@ impl CaseFile {
 }
 
 impl HttpRequest {
-    /// Converts a case's `request` block.
-    pub fn from_value(value: &Value) -> anyhow::Result<Self> {
-        serde_json::from_value(value.clone()).context("request block")
-    }
-}
-
-impl TlsDialRequest {
     /// Converts a case's `request` block.
     pub fn from_value(value: &Value) -> anyhow::Result<Self> {
         serde_json::from_value(value.clone()).context("request block")

@@ -22,6 +22,7 @@ pub mod report;
 pub mod runner;
 pub mod skip;
 pub mod status;
+pub mod stream_cases;
 pub mod tcp_echo;
 pub mod tls;
 pub mod traffic;

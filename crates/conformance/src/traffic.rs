@@ -1,24 +1,23 @@
 //! Traffic cases (README "Cases"): resolving the Gateway address, building the request (plain
-//! or HTTPS, see `tls`), the single-request modes (`eventually`, `consistent-failure`,
-//! `connection-error`) plus `mirrored_to`, and `tls-connection-rejected`. The batch case types
-//! live in `batches`.
+//! or HTTPS, see `tls`) and the single-request modes (`eventually`, `consistent-failure`,
+//! `connection-error`) plus `mirrored_to`. The batch case types live in `batches`, the
+//! connection-level ones of TLS routes (`tcp-echo`, `tls-connection-rejected`) in
+//! `stream_cases`.
 //!
-//! Case types that need gRPC, WebSocket, TCP/UDP or the mesh fail with "unsupported case
-//! type"; adding one means a new arm in [`run_case`] and a transport in `client`.
+//! Case types that need gRPC, WebSocket, UDP or the mesh fail with "unsupported case type";
+//! adding one means a new arm in [`run_case`] and a transport in `client`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
-
 use crate::backends::Backends;
 use crate::batches;
-use crate::case::{Case, HttpExpect, HttpRequest, TlsDialRequest};
+use crate::case::{Case, HttpExpect, HttpRequest};
 use crate::client::{self, Outgoing, Protocol, Reply};
 use crate::expect::{self, RequestUrl};
-use crate::failure::Failure;
 use crate::status::StatusDocument;
+use crate::stream_cases;
 use crate::tls::{ALPN_H2, ALPN_HTTP1, Keyring, TlsClient, TrustRef};
 
 /// Per-request timeout (upstream default).
@@ -178,7 +177,8 @@ pub async fn run_case(case: &Case, ctx: &TrafficContext) -> Result<(), String> {
         "weighted-distribution" => batches::weighted_distribution(case, ctx).await,
         "mirror-percentage" => batches::mirror_percentage(case, ctx).await,
         "backend-header-consistency" => batches::backend_header_consistency(case, ctx).await,
-        "tls-connection-rejected" => tls_connection_rejected(case, ctx).await,
+        "tcp-echo" => stream_cases::tcp_echo(case, ctx).await,
+        "tls-connection-rejected" => stream_cases::tls_connection_rejected(case, ctx).await,
         other => Err(format!("unsupported case type {other:?}")),
     }
 }
@@ -294,64 +294,6 @@ async fn mirrored(
     ))
 }
 
-/// README "`tls-connection-rejected`": TLS dial with the given SNI and no custom roots; passes
-/// when the handshake ends with EOF or a reset; dial every 1 s for up to 30 s.
-async fn tls_connection_rejected(case: &Case, ctx: &TrafficContext) -> Result<(), String> {
-    let request = TlsDialRequest::from_value(&case.request).map_err(|e| format!("{e:#}"))?;
-    let trust = match &request.trust {
-        Some(trust) => TrustRef::from_value(trust).map_err(|e| e.to_string())?,
-        None => TrustRef::SystemRoots,
-    };
-    let mut tls = ctx
-        .keyring
-        .client(&request.sni, &trust, None, &[])
-        .map_err(|e| e.to_string())?;
-    match request.min_tls_version.as_deref() {
-        None | Some("1.2") => {}
-        Some("1.3") => tls = tls.require_tls13(),
-        Some(other) => return Err(format!("unsupported min_tls_version {other:?}")),
-    }
-    let address = SocketAddr::new(gateway_address(case, ctx).await?, case.port.unwrap_or(443));
-    let cap = ctx.consistency_cap();
-    let started = Instant::now();
-    let mut last = String::from("no dial");
-    while started.elapsed() < cap {
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, handshake_only(address, &tls))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failure::timeout(format!(
-                    "no handshake within {REQUEST_TIMEOUT:?}"
-                )))
-            });
-        match expect::tls_connection_rejected(&outcome) {
-            Ok(()) => return Ok(()),
-            Err(why) => last = why,
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Err(format!("not rejected within {cap:.0?}; last: {last}"))
-}
-
-/// Connects and runs the TLS handshake, nothing more. A refused TCP connection is a failure
-/// too (classified as such), so the caller can tell it from a rejected handshake.
-async fn handshake_only(address: SocketAddr, tls: &TlsClient) -> Result<(), Failure> {
-    client::ensure_loopback(address.ip()).map_err(|e| Failure::setup(format!("{e:#}")))?;
-    let connection = tls
-        .connection()
-        .map_err(|e| Failure::setup(e.to_string()))?;
-    let outcome = async {
-        let tcp = TcpStream::connect(address).await?;
-        connection.handshake(tcp).await.map(drop)
-    }
-    .await;
-    outcome.map_err(|error| {
-        Failure::from_error(
-            &anyhow::Error::new(error).context("TLS handshake"),
-            Some(connection.client_cert_requested()),
-        )
-    })
-}
-
 /// TLS settings of an `https` case: `sni` (default: the gateway address) as server name,
 /// `trust` as the only root, `client_cert` presented when asked, ALPN by protocol.
 fn https_client(
@@ -382,7 +324,7 @@ fn https_client(
 }
 
 /// The Gateway's first `status.addresses` value, which must be on loopback.
-async fn gateway_address(case: &Case, ctx: &TrafficContext) -> Result<IpAddr, String> {
+pub async fn gateway_address(case: &Case, ctx: &TrafficContext) -> Result<IpAddr, String> {
     let gateway = case.gateway.as_deref().ok_or("case names no gateway")?;
     let doc = StatusDocument::fetch(ctx.admin)
         .await
