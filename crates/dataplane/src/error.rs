@@ -3,7 +3,7 @@
 //! Every step of [`crate::proxy`] returns `Result<_, ProxyError>`. Each variant knows who is at
 //! fault ([`Fault`]) and whether another attempt could succeed ([`ProxyError::retry`]), in the
 //! spirit of pingora's `ErrorSource` and `RetryType`; the status a client sees is decided only
-//! in [`ProxyError::status`].
+//! in [`ProxyError::status`], and for gRPC calls in `ProxyError::grpc_code` beside it.
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, ProxyBody};
+use crate::grpc;
 
 /// A boxed error from hyper, the client pool or an IO source.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -148,6 +149,64 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status a gRPC call gets instead of [`ProxyError::status`], in a Trailers-Only
+    /// response (`grpc.rs`). This is the only place that decides it.
+    ///
+    /// The [HTTP to gRPC status mapping] is followed where it has an entry and nothing better
+    /// is known; the other choices are explained below the table.
+    ///
+    /// | HTTP | errors                                | gRPC                  | why            |
+    /// |------|---------------------------------------|-----------------------|----------------|
+    /// | 400  | `MissingHost`, `RequestBody`          | 13 `INTERNAL`         | mapping        |
+    /// | 404  | `NoListener`, `NoRoute`               | 12 `UNIMPLEMENTED`    | mapping        |
+    /// | 405  | `ConnectMethod`                       | 12 `UNIMPLEMENTED`    | note 1         |
+    /// | 421  | `MisdirectedRequest`                  | 14 `UNAVAILABLE`      | note 2         |
+    /// | 500  | `NoBackends`, `InvalidBackend`        | 14 `UNAVAILABLE`      | GRPCRoute spec |
+    /// | 500  | `InvalidRule`, `InvalidFilterResult`  | 13 `INTERNAL`         | note 3         |
+    /// | 502  | `UpstreamConnect`, `Upstream`         | 14 `UNAVAILABLE`      | mapping        |
+    /// | 503  | `NoEndpoints`, `ConnectionRefused`    | 14 `UNAVAILABLE`      | mapping        |
+    /// | 504  | `RequestTimeout`, `BackendTimeout`    | 4 `DEADLINE_EXCEEDED` | note 4         |
+    ///
+    /// - GRPCRoute spec: "When a GRPCBackendRef is invalid, `UNAVAILABLE` statuses MUST be
+    ///   returned for requests that would have otherwise been routed to an invalid backend"
+    ///   (`GRPCRouteRule.backendRefs`); a rule without a backend of non-zero weight is the same
+    ///   case with nothing to choose from.
+    /// 1. The mapping's default would be `UNKNOWN`; a method the gateway does not route is an
+    ///    operation it does not support, the same answer as a missing route.
+    /// 2. RFC 9110 §15.5.20: clients "MAY retry the request -- whether or not the original
+    ///    request method was idempotent -- over a different connection". The condition belongs
+    ///    to the connection, not the call, and the request never reached a backend, so the
+    ///    retryable `UNAVAILABLE` fits; the mapping's default `UNKNOWN` would read as a failure
+    ///    of the call itself.
+    /// 3. The rule cannot be served at all (an unsupported filter, a rewrite that yields no
+    ///    valid target). `INTERNAL` ("some invariants expected by the underlying system have
+    ///    been broken") says so and invites no retry; the mapping's default `UNKNOWN` is for
+    ///    errors without "enough error information", which the gateway has.
+    /// 4. The mapping says `UNAVAILABLE` for 504, but it is meant for clients that got no
+    ///    `grpc-status`; the gateway knows that a deadline expired. `UNAVAILABLE` would also
+    ///    invite retries of a call the backend may already be running. Envoy made the same
+    ///    change in envoyproxy/envoy#44479 (fixing #10184); linkerd/linkerd2-proxy#3302 proposes
+    ///    it for linkerd.
+    ///
+    /// [HTTP to gRPC status mapping]:
+    ///     https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
+    pub(crate) fn grpc_code(&self) -> grpc::Code {
+        match self {
+            Self::MissingHost | Self::RequestBody(_) => grpc::Code::Internal,
+            Self::NoListener { .. } | Self::NoRoute | Self::ConnectMethod => {
+                grpc::Code::Unimplemented
+            }
+            Self::MisdirectedRequest { .. } => grpc::Code::Unavailable,
+            Self::NoBackends | Self::InvalidBackend { .. } => grpc::Code::Unavailable,
+            Self::InvalidRule(_) | Self::InvalidFilterResult { .. } => grpc::Code::Internal,
+            Self::UpstreamConnect { .. }
+            | Self::Upstream { .. }
+            | Self::NoEndpoints { .. }
+            | Self::ConnectionRefused { .. } => grpc::Code::Unavailable,
+            Self::RequestTimeout | Self::BackendTimeout { .. } => grpc::Code::DeadlineExceeded,
+        }
+    }
+
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
@@ -206,21 +265,32 @@ impl ProxyError {
         }
     }
 
-    /// The response sent to the client: the status and a one-line plain-text reason.
+    /// The response sent to an HTTP client: the status and a one-line plain-text reason.
     pub(crate) fn into_response(self) -> Response<ProxyBody> {
-        let status = self.status();
-        let text = format!(
-            "{} {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("error")
-        );
-        let mut response = Response::new(body::full(text));
-        *response.status_mut() = status;
+        let mut response = Response::new(body::full(format!("{}\n", self.public_text())));
+        *response.status_mut() = self.status();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         response
+    }
+
+    /// The response sent to a gRPC client: Trailers-Only with [`ProxyError::grpc_code`] and,
+    /// as `grpc-message`, the same text an HTTP client gets.
+    pub(crate) fn into_grpc_response(self) -> Response<ProxyBody> {
+        grpc::trailers_only(self.grpc_code(), &self.public_text())
+    }
+
+    /// What a client is told: the HTTP status and its reason phrase. The error's own text names
+    /// backends and endpoints, which stay in the access log.
+    fn public_text(&self) -> String {
+        let status = self.status();
+        format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("error")
+        )
     }
 }
 
@@ -243,73 +313,119 @@ mod tests {
 
     #[test]
     fn every_variant_maps_to_the_issue_statuses() {
+        use grpc::Code::{DeadlineExceeded, Internal, Unavailable, Unimplemented};
         let endpoint: SocketAddr = ([127, 0, 0, 1], 1).into();
         let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
+        let misdirected = ProxyError::MisdirectedRequest {
+            host: "a".into(),
+            server_name: Some("b".into()),
+        };
+        let invalid_backend = ProxyError::InvalidBackend {
+            reference: "r".into(),
+            reason: "x".into(),
+        };
+        let invalid_result = ProxyError::InvalidFilterResult {
+            what: "location",
+            value: "x".into(),
+        };
+        let no_endpoints = ProxyError::NoEndpoints {
+            backend: "b".into(),
+        };
+        let refused = ProxyError::ConnectionRefused {
+            endpoint,
+            source: io(),
+        };
+        let connect = ProxyError::UpstreamConnect {
+            endpoint,
+            source: io(),
+        };
+        let upstream = ProxyError::Upstream {
+            endpoint,
+            source: io(),
+        };
+        // Error, HTTP status, gRPC code, fault, retry: the whole table in one place.
         let cases = [
-            (ProxyError::MissingHost, 400, Fault::Client, false),
-            (ProxyError::ConnectMethod, 405, Fault::Client, false),
-            (ProxyError::NoRoute, 404, Fault::Client, false),
+            (ProxyError::MissingHost, 400, Internal, Fault::Client, false),
             (
-                ProxyError::MisdirectedRequest {
-                    host: "a".into(),
-                    server_name: Some("b".into()),
-                },
-                421,
+                ProxyError::RequestBody(io()),
+                400,
+                Internal,
+                Fault::Client,
+                false,
+            ),
+            (
+                ProxyError::ConnectMethod,
+                405,
+                Unimplemented,
+                Fault::Client,
+                false,
+            ),
+            (
+                ProxyError::NoRoute,
+                404,
+                Unimplemented,
                 Fault::Client,
                 false,
             ),
             (
                 ProxyError::NoListener { host: "a".into() },
                 404,
+                Unimplemented,
                 Fault::Client,
                 false,
             ),
+            (misdirected, 421, Unavailable, Fault::Client, false),
             (
                 ProxyError::InvalidRule("x".into()),
                 500,
+                Internal,
                 Fault::Config,
                 false,
             ),
-            (ProxyError::NoBackends, 500, Fault::Config, false),
+            (invalid_result, 500, Internal, Fault::Config, false),
             (
-                ProxyError::NoEndpoints {
-                    backend: "b".into(),
-                },
-                503,
+                ProxyError::NoBackends,
+                500,
+                Unavailable,
                 Fault::Config,
-                true,
+                false,
             ),
+            (invalid_backend, 500, Unavailable, Fault::Config, false),
+            (no_endpoints, 503, Unavailable, Fault::Config, true),
+            (refused, 503, Unavailable, Fault::Upstream, true),
+            (connect, 502, Unavailable, Fault::Upstream, true),
+            (upstream, 502, Unavailable, Fault::Upstream, false),
             (
-                ProxyError::ConnectionRefused {
-                    endpoint,
-                    source: io(),
-                },
-                503,
-                Fault::Upstream,
-                true,
-            ),
-            (
-                ProxyError::Upstream {
-                    endpoint,
-                    source: io(),
-                },
-                502,
+                ProxyError::RequestTimeout,
+                504,
+                DeadlineExceeded,
                 Fault::Upstream,
                 false,
             ),
-            (ProxyError::RequestTimeout, 504, Fault::Upstream, false),
             (
                 ProxyError::BackendTimeout { endpoint },
                 504,
+                DeadlineExceeded,
                 Fault::Upstream,
                 false,
             ),
         ];
-        for (error, status, fault, retry) in cases {
+        for (error, status, code, fault, retry) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");
+            assert_eq!(error.grpc_code(), code, "{error}");
             assert_eq!(error.fault(), fault, "{error}");
             assert_eq!(error.retry(), retry, "{error}");
         }
+    }
+
+    #[test]
+    fn grpc_clients_get_trailers_only_with_the_http_text() {
+        let response = ProxyError::NoRoute.into_grpc_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(header("grpc-status"), Some("12"));
+        assert_eq!(header("grpc-message"), Some("404 Not Found"));
+        assert_eq!(header("content-type"), Some("application/grpc"));
     }
 
     #[test]

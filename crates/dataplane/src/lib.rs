@@ -7,7 +7,8 @@
 //! certificate, ALPN picks HTTP/2 or HTTP/1.1), and runs every request through one readable
 //! request path (`proxy::handle`): config snapshot, listener by Host (421 when it is not the
 //! listener the SNI chose), route selection, filters, backend by weight, endpoint pool,
-//! response filters, access log.
+//! response filters, access log. gRPC calls go the same way; only the gateway's own errors
+//! differ for them, as Trailers-Only answers with a gRPC status (`grpc.rs`).
 //!
 //! TLS passthrough and TCP listeners route whole connections instead (`stream.rs`): the SNI
 //! of the ClientHello (`sni.rs`, read without losing it by `peek.rs`) or the TCP listener's
@@ -27,6 +28,7 @@ mod body;
 mod error;
 mod filters;
 mod forward;
+mod grpc;
 mod listener;
 mod mirror;
 mod peek;

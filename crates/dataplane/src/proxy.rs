@@ -1,9 +1,11 @@
 //! The HTTP request path, from a request on an accepted connection to its response.
 //!
 //! [`handle`] reads top to bottom: take the config snapshot, find the listener (and on TLS
-//! connections check that it is the one the SNI chose), select the route, then either redirect or forward (request filters, mirrors, backend by weight,
-//! endpoint pool, response filters), and log. Every step returns `Result<_, ProxyError>`;
-//! the error becomes a response in exactly one place ([`ProxyError::status`]).
+//! connections check that it is the one the SNI chose), select the route, then either redirect
+//! or forward (request filters, mirrors, backend by weight, endpoint pool, response filters),
+//! and log. Every step returns `Result<_, ProxyError>`; the error becomes a response in exactly
+//! one place: its HTTP status ([`ProxyError::status`]), or for a gRPC call a Trailers-Only
+//! answer with its gRPC code (`grpc.rs`). Redirects stay HTTP redirects for gRPC calls too.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use ir::{
     Action, BackendProtocol, Hostname, HttpListener, RedirectScheme, Rule, Selected,
@@ -24,6 +26,7 @@ use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
 use crate::filters;
 use crate::forward;
+use crate::grpc;
 use crate::redirect::{self, RedirectRequest};
 use crate::tls::{self, Session};
 
@@ -48,16 +51,22 @@ pub async fn handle(
     // One snapshot for the whole request: a reload while it is in flight does not affect it.
     let config = shared.config.load_full();
     let mut log = AccessLog::new(&connection, &request);
+    // Decided before any step can fail, so that every error ends a gRPC call in gRPC's terms.
+    let grpc = grpc::is_grpc_request(request.headers());
     let request = request.map(body::boxed);
     let response = match proxy(&shared, &config, &connection, &mut log, request).await {
         Ok(response) => response,
         Err(error) => {
             log.error = Some(error.to_string());
             log.fault = Some(error.fault());
-            error.into_response()
+            if grpc {
+                error.into_grpc_response()
+            } else {
+                error.into_response()
+            }
         }
     };
-    log.record(response.status(), started.elapsed());
+    log.record(&response, started.elapsed());
     response
 }
 
@@ -345,7 +354,14 @@ impl AccessLog {
         }
     }
 
-    fn record(&self, status: StatusCode, elapsed: Duration) {
+    /// Writes the line. `grpc_status` is the one in the response headers: the gateway's own
+    /// Trailers-Only answers, whose HTTP status is always 200, and backends' Trailers-Only ones
+    /// (a status in trailers is sent after this line).
+    fn record(&self, response: &Response<ProxyBody>, elapsed: Duration) {
+        let grpc_status = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|value| value.to_str().ok());
         let route = self
             .route
             .as_ref()
@@ -358,7 +374,8 @@ impl AccessLog {
             method = %self.method,
             target = %self.target,
             version = ?self.version,
-            status = status.as_u16(),
+            status = response.status().as_u16(),
+            grpc_status,
             route = route.as_deref().unwrap_or("-"),
             backend = self.backend.as_deref().unwrap_or("-"),
             endpoint = ?self.endpoint,
