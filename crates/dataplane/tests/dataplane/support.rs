@@ -4,6 +4,7 @@
 //! name, method, target, host, version, headers, body) and reports the same to the test
 //! through a channel, so mirrors and in-flight requests can be observed without sleeping.
 
+pub mod grpc;
 pub mod stream;
 pub mod tls;
 
