@@ -98,8 +98,10 @@ impl ParentRef {
 }
 
 /// Attaches a route through all its parentRefs and returns its `status.parents`. Every
-/// listener attachment is handed to `attached`, which adds the route to that listener's
-/// config; parents that are not Gateways of ours get no entry.
+/// listener attachment is offered to `attached`, which adds the route to that listener's
+/// config, or refuses it with a message (a listener already claimed by a route of another
+/// kind); a parentRef whose attachments are all refused is not accepted. Parents that are
+/// not Gateways of ours get no entry.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn parent_statuses(
     snapshot: &Snapshot,
@@ -109,7 +111,7 @@ pub(crate) fn parent_statuses(
     parents: &[ParentRef],
     generation: i64,
     problems: &RuleProblems,
-    mut attached: impl FnMut(&Attachment),
+    mut attached: impl FnMut(&Attachment) -> Result<(), String>,
 ) -> Vec<RouteParentStatus> {
     let mut statuses = Vec::new();
     for parent in parents {
@@ -119,15 +121,29 @@ pub(crate) fn parent_statuses(
                 Condition::new(ConditionType::Accepted, false, reason, message, generation)
             }
             ParentOutcome::Attached(attachments) => {
-                count_attachments(gateways, &attachments);
-                attachments.iter().for_each(&mut attached);
-                Condition::new(
-                    ConditionType::Accepted,
-                    true,
-                    Reason::Accepted,
-                    "accepted",
-                    generation,
-                )
+                let mut refused = Vec::new();
+                let kept: Vec<_> = attachments
+                    .into_iter()
+                    .filter(|a| attached(a).map_err(|m| refused.push(m)).is_ok())
+                    .collect();
+                count_attachments(gateways, &kept);
+                if kept.is_empty() {
+                    Condition::new(
+                        ConditionType::Accepted,
+                        false,
+                        Reason::NotAllowedByListeners,
+                        refused.join("; "),
+                        generation,
+                    )
+                } else {
+                    Condition::new(
+                        ConditionType::Accepted,
+                        true,
+                        Reason::Accepted,
+                        "accepted",
+                        generation,
+                    )
+                }
             }
         };
         let resolved = match &problems.unresolved {

@@ -22,6 +22,8 @@ mod matches;
 #[derive(Default)]
 pub(crate) struct Routes {
     by_listener: BTreeMap<(ObjectName, String), Vec<Candidate>>,
+    /// Which route kinds serve which hostnames on each listener.
+    claims: BTreeMap<(ObjectName, String), Vec<(RouteKind, Vec<Option<HostnameMatch>>)>>,
 }
 
 /// A rule compiled once per route, then shared by every listener it attaches to.
@@ -113,6 +115,16 @@ impl Flavor<'_> {
             _ => Kind::HttpRoute,
         }
     }
+}
+
+/// Whether two attachments' hostnames intersect (`None` stands for any host).
+fn overlap(a: &[Option<HostnameMatch>], b: &[Option<HostnameMatch>]) -> bool {
+    a.iter().any(|x| {
+        b.iter().any(|y| match (x, y) {
+            (Some(x), Some(y)) => x.intersect(y).is_some(),
+            _ => true,
+        })
+    })
 }
 
 /// Reports a GRPCRoute that cannot be expressed as HTTP routing on each of its parents.
@@ -216,10 +228,28 @@ fn compile_route(
         generation,
         &problems,
         |attachment| {
-            let bucket = routes
-                .by_listener
-                .entry((attachment.gateway.clone(), attachment.listener.clone()))
-                .or_default();
+            let key = (attachment.gateway.clone(), attachment.listener.clone());
+            // GRPCRoute hostnames docs: when an HTTPRoute and a GRPCRoute on one listener have
+            // intersecting hostnames, "the implementation MUST accept exactly one of these
+            // two routes": the older, then the first by namespace/name, which is the order
+            // routes are compiled in.
+            let claims = routes.claims.entry(key.clone()).or_default();
+            if let Some((other, _)) = claims.iter().find(|(kind, hostnames)| {
+                *kind != flavor.kind && overlap(hostnames, &attachment.hostnames)
+            }) {
+                return Err(format!(
+                    "listener {} already serves a {} for an intersecting hostname; HTTPRoutes and GRPCRoutes cannot share one (the older route wins)",
+                    attachment.listener,
+                    Flavor {
+                        kind: *other,
+                        rank,
+                        name
+                    }
+                    .kind_name()
+                ));
+            }
+            claims.push((flavor.kind, attachment.hostnames.clone()));
+            let bucket = routes.by_listener.entry(key).or_default();
             for hostname in &attachment.hostnames {
                 for compiled in &rules {
                     for (match_index, matcher) in compiled.matches.iter().enumerate() {
@@ -233,6 +263,7 @@ fn compile_route(
                     }
                 }
             }
+            Ok(())
         },
     );
     if !parents.is_empty() {

@@ -276,7 +276,7 @@ fn compile_route(
         &problems,
         |attachment| {
             let Some((index, rule_name, backends)) = compiled.first() else {
-                return;
+                return Ok(());
             };
             let hostnames = attachment.hostnames.iter().flatten().cloned().collect();
             routes
@@ -294,6 +294,7 @@ fn compile_route(
                     hostnames,
                     backends: backends.clone(),
                 }));
+            Ok(())
         },
     );
     if !parents.is_empty() {
