@@ -23,8 +23,11 @@ mod matches;
 pub(crate) struct Routes {
     by_listener: BTreeMap<(ObjectName, String), Vec<Candidate>>,
     /// Which route kinds serve which hostnames on each listener.
-    claims: BTreeMap<(ObjectName, String), Vec<(RouteKind, Vec<Option<HostnameMatch>>)>>,
+    claims: BTreeMap<(ObjectName, String), Vec<Claim>>,
 }
+
+/// A route kind and the hostnames it serves on a listener (`None` = any host).
+type Claim = (RouteKind, Vec<Option<HostnameMatch>>);
 
 /// A rule compiled once per route, then shared by every listener it attaches to.
 struct CompiledRule {
