@@ -4,10 +4,10 @@
 //! matching pods.
 //!
 //! Running today: the `echo-basic` HTTP echo (ports 3000 and 3001, plus HTTPS on 8443 when
-//! the Deployment mounts a certificate) and the TCP echo (3000, plus TLS on 8443). The files
-//! a container reads come from the Secrets and ConfigMaps its volumes mount (see `mounts`).
-//! gRPC, DNS and mesh backends get addresses and endpoints but no listener yet; the cases that
-//! need them are in the skip list.
+//! the Deployment mounts a certificate), the gRPC echo (3000, plus TLS on 8443) and the TCP
+//! echo (3000, plus TLS on 8443). The files a container reads come from the Secrets and
+//! ConfigMaps its volumes mount (see `mounts`). DNS and mesh backends get addresses and
+//! endpoints but no listener yet; the cases that need them are in the skip list.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::echo::{self, EchoIdentity, EchoMode, RequestLog};
+use crate::grpc_echo::{self, GrpcEchoIdentity};
 use crate::manifests::Manifests;
 use crate::mounts::ServerTlsFiles;
 use crate::tcp_echo::{self, TcpEchoIdentity};
@@ -34,6 +35,8 @@ pub const H2C_PORT: u16 = 3001;
 pub const TLS_PORT: u16 = 8443;
 /// Port of the TCP echo's plain listener.
 pub const TCP_PORT: u16 = 3000;
+/// Port of the gRPC echo's cleartext listener.
+pub const GRPC_PORT: u16 = 3000;
 
 /// What a Deployment's container does, keyed by its environment (README table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,9 +217,11 @@ impl Backends {
             let acceptor = match (&pod.tls_files, pod.kind) {
                 (None, _) => None,
                 (Some(files), kind) => {
-                    // The HTTP echo is a Go HTTPS server, which offers h2 and HTTP/1.1.
+                    // The HTTP echo is a Go HTTPS server, which offers h2 and HTTP/1.1;
+                    // gRPC speaks h2 only.
                     let alpn: &[&[u8]] = match kind {
                         BackendKind::HttpEcho { .. } => &[ALPN_H2, ALPN_HTTP1],
+                        BackendKind::GrpcEcho => &[ALPN_H2],
                         _ => &[],
                     };
                     let config = keyring
@@ -230,7 +235,8 @@ impl Backends {
                     start_http_echo(pod, acceptor, log, &mut tasks).await?
                 }
                 BackendKind::TcpEcho => start_tcp_echo(pod, acceptor, &mut tasks).await?,
-                BackendKind::GrpcEcho | BackendKind::Dns | BackendKind::MeshEcho => {}
+                BackendKind::GrpcEcho => start_grpc_echo(pod, acceptor, &mut tasks).await?,
+                BackendKind::Dns | BackendKind::MeshEcho => {}
             }
         }
         Ok(Self { pods, logs, tasks })
@@ -296,6 +302,25 @@ async fn start_tcp_echo(
     if let Some(acceptor) = acceptor {
         let listener = bind(pod, TLS_PORT).await?;
         tasks.spawn(tcp_echo::serve(listener, Some(acceptor), identity));
+    }
+    Ok(())
+}
+
+/// The gRPC echo: cleartext HTTP/2 on 3000 and, with `acceptor`, TLS on 8443.
+async fn start_grpc_echo(
+    pod: &Pod,
+    acceptor: Option<TlsAcceptor>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let identity = Arc::new(GrpcEchoIdentity {
+        namespace: pod.namespace.clone(),
+        pod: pod.name.clone(),
+    });
+    let listener = bind(pod, GRPC_PORT).await?;
+    tasks.spawn(grpc_echo::serve(listener, identity.clone()));
+    if let Some(acceptor) = acceptor {
+        let listener = bind(pod, TLS_PORT).await?;
+        tasks.spawn(grpc_echo::serve_tls(listener, acceptor, identity));
     }
     Ok(())
 }

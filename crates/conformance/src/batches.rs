@@ -35,6 +35,9 @@ pub struct Distribution {
     /// Present when upstream adds random delays and headers to each request.
     #[serde(default)]
     pub entropy: Option<String>,
+    /// How each request is sent, in words (gRPC: whether each RPC gets its own connection).
+    #[serde(default)]
+    pub each_request: Option<String>,
     /// Mirror backends and the accepted count range.
     #[serde(default)]
     pub mirror_backends: Vec<MirrorShare>,
@@ -202,20 +205,22 @@ pub async fn backend_header_consistency(case: &Case, ctx: &TrafficContext) -> Re
     Ok(())
 }
 
-fn distribution(case: &Case) -> Result<Distribution, String> {
+/// The case's `distribution` block.
+pub(crate) fn distribution(case: &Case) -> Result<Distribution, String> {
     serde_json::from_value(case.distribution.clone())
         .map_err(|e| format!("distribution block: {e}"))
 }
 
 /// Sends `requests` requests, `concurrency` at a time; each yields the answering pod.
-async fn batch<F, Fut>(
-    target: &Arc<HttpTarget>,
+pub(crate) async fn batch<T, F, Fut>(
+    target: &Arc<T>,
     requests: usize,
     concurrency: usize,
     each: F,
 ) -> Result<Vec<String>, String>
 where
-    F: Fn(Arc<HttpTarget>) -> Fut + Clone + Send + 'static,
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<String, String>> + Send,
 {
     let next = Arc::new(AtomicUsize::new(0));

@@ -4,8 +4,9 @@
 //! connection-level ones of TLS routes (`tcp-echo`, `tls-connection-rejected`) in
 //! `stream_cases`.
 //!
-//! Case types that need gRPC, WebSocket, UDP or the mesh fail with "unsupported case type";
-//! adding one means a new arm in [`run_case`] and a transport in `client`.
+//! The gRPC case types live in `grpc_cases`. Case types that need WebSocket, UDP or the mesh
+//! fail with "unsupported case type"; adding one means a new arm in [`run_case`] and a
+//! transport in `client`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::batches;
 use crate::case::{Case, HttpExpect, HttpRequest};
 use crate::client::{self, Outgoing, Protocol, Reply};
 use crate::expect::{self, RequestUrl};
+use crate::grpc_cases;
 use crate::status::StatusDocument;
 use crate::stream_cases;
 use crate::tls::{ALPN_H2, ALPN_HTTP1, Keyring, TlsClient, TrustRef};
@@ -25,7 +27,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upstream's eventual-consistency cap.
 const CONSISTENCY_CAP: Duration = Duration::from_secs(30);
 /// Consecutive passes an eventually consistent case needs.
-const PASSES_IN_A_ROW: u32 = 3;
+pub(crate) const PASSES_IN_A_ROW: u32 = 3;
 /// Consecutive "other than 200" answers a consistent-failure case needs.
 const FAILURES_IN_A_ROW: u32 = 5;
 
@@ -177,6 +179,8 @@ pub async fn run_case(case: &Case, ctx: &TrafficContext) -> Result<(), String> {
         "weighted-distribution" => batches::weighted_distribution(case, ctx).await,
         "mirror-percentage" => batches::mirror_percentage(case, ctx).await,
         "backend-header-consistency" => batches::backend_header_consistency(case, ctx).await,
+        "grpc" => grpc_cases::grpc(case, ctx).await,
+        "grpc-weighted-distribution" => grpc_cases::weighted_distribution(case, ctx).await,
         "tcp-echo" => stream_cases::tcp_echo(case, ctx).await,
         "tls-connection-rejected" => stream_cases::tls_connection_rejected(case, ctx).await,
         other => Err(format!("unsupported case type {other:?}")),
