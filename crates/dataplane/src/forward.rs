@@ -6,8 +6,10 @@
 //! There is one client per [`ir::BackendProtocol`], since the protocol is a client setting.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
@@ -16,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ir::{Backend, BackendProtocol, BackendTarget, WeightedBackend};
+use tokio::net::TcpStream;
 
 use crate::Options;
 use crate::body::ProxyBody;
@@ -105,6 +108,37 @@ impl Upstreams {
             .await
             .map_err(|error| ProxyError::from_client(endpoint, error))
     }
+}
+
+/// Opens a new TCP connection to `endpoint` within `limit`, with `TCP_NODELAY`: for
+/// connection-level routes and for upgraded requests, which never share a pooled connection.
+pub async fn connect(endpoint: SocketAddr, limit: Duration) -> Result<TcpStream, ProxyError> {
+    let stream = match tokio::time::timeout(limit, TcpStream::connect(endpoint)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
+            return Err(ProxyError::ConnectionRefused {
+                endpoint,
+                source: error.into(),
+            });
+        }
+        Ok(Err(error)) => {
+            return Err(ProxyError::UpstreamConnect {
+                endpoint,
+                source: error.into(),
+            });
+        }
+        Err(_) => {
+            let timed_out = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+            return Err(ProxyError::UpstreamConnect {
+                endpoint,
+                source: timed_out.into(),
+            });
+        }
+    };
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%endpoint, %error, "setting TCP_NODELAY failed");
+    }
+    Ok(stream)
 }
 
 /// Picks a backendRef by weight and resolves it. An invalid one is an error: HTTP answers it

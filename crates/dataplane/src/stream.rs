@@ -16,7 +16,6 @@
 //! Which connections on a mixed socket (HTTPS and TLS passthrough listeners on one port,
 //! TLSRouteModeMixed) are passed through is decided by [`route_tls`].
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -176,32 +175,7 @@ async fn connect(
     log.backend = Some(backend.name.clone());
     let endpoint = shared.upstreams.endpoint(backend)?;
     log.endpoint = Some(endpoint);
-    let connecting = TcpStream::connect(endpoint);
-    let stream = match tokio::time::timeout(shared.options.connect_timeout, connecting).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
-            return Err(ProxyError::ConnectionRefused {
-                endpoint,
-                source: error.into(),
-            });
-        }
-        Ok(Err(error)) => {
-            return Err(ProxyError::UpstreamConnect {
-                endpoint,
-                source: error.into(),
-            });
-        }
-        Err(_) => {
-            let timed_out = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-            return Err(ProxyError::UpstreamConnect {
-                endpoint,
-                source: timed_out.into(),
-            });
-        }
-    };
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%endpoint, %error, "setting TCP_NODELAY failed");
-    }
+    let stream = forward::connect(endpoint, shared.options.connect_timeout).await?;
     Ok((stream, endpoint))
 }
 
