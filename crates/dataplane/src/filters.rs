@@ -35,9 +35,8 @@ pub fn modify_headers(modifier: Option<&HeaderModifier>, headers: &mut HeaderMap
 /// `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding` and `Upgrade`. Applied to
 /// requests before forwarding and to responses before answering.
 ///
-/// Seam for WebSocket support (a later issue): an upgrade request must be recognised
-/// *before* this runs (it removes `Connection: upgrade` and `Upgrade`), and the connection
-/// must then be served with hyper's `serve_connection_with_upgrades`.
+/// A WebSocket handshake is recognised before this runs, and its `Connection: upgrade` and
+/// `Upgrade` are put back afterwards (`upgrade.rs`); every other upgrade is removed here.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

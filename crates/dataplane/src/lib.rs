@@ -8,7 +8,9 @@
 //! request path (`proxy::handle`): config snapshot, listener by Host (421 when it is not the
 //! listener the SNI chose), route selection, filters, backend by weight, endpoint pool,
 //! response filters, access log. gRPC calls go the same way; only the gateway's own errors
-//! differ for them, as Trailers-Only answers with a gRPC status (`grpc.rs`).
+//! differ for them, as Trailers-Only answers with a gRPC status (`grpc.rs`). HTTP/1.1
+//! WebSocket handshakes go the same way too, on a fresh upstream connection; after the
+//! backend's 101 the connection's task relays bytes both ways (`upgrade.rs`).
 //!
 //! TLS passthrough and TCP listeners route whole connections instead (`stream.rs`): the SNI
 //! of the ClientHello (`sni.rs`, read without losing it by `peek.rs`) or the TCP listener's
@@ -37,6 +39,7 @@ mod redirect;
 mod sni;
 mod stream;
 mod tls;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::io;

@@ -36,6 +36,7 @@ use crate::peek::{self, Rewind};
 use crate::proxy::{self, Connection};
 use crate::stream::{self, Accepted, TlsRoute};
 use crate::tls;
+use crate::upgrade::Slot;
 
 /// How long the accept loop pauses after an accept error (for example, out of file
 /// descriptors), so that it does not spin.
@@ -126,6 +127,15 @@ impl Draining {
     }
 }
 
+/// A connection's part in a drain. `http` watches an HTTP connection, which a drain asks to
+/// finish its requests and close. `held` is only dropped when the connection's task ends, so
+/// a drain also waits (up to its limit) for what cannot be asked to close: relayed TCP and
+/// TLS connections, and WebSocket tunnels, which outlive their HTTP connection.
+struct Watchers {
+    http: Watcher,
+    held: Watcher,
+}
+
 /// How a socket serves its connections: the TLS acceptor for when the config makes it a TLS
 /// socket, and the HTTP server settings for each protocol choice.
 struct Servers {
@@ -166,12 +176,15 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = socket.accept() => match accepted {
                 Ok((stream, client)) => {
-                    // The watcher is taken here, not in the task, so that a drain that starts
+                    // The watchers are taken here, not in the task, so that a drain that starts
                     // while the task has not run yet still reaches this connection.
-                    let watcher = graceful.watcher();
+                    let watchers = Watchers {
+                        http: graceful.watcher(),
+                        held: graceful.watcher(),
+                    };
                     let serving = serve(
                         Arc::clone(&servers),
-                        watcher,
+                        watchers,
                         Arc::clone(&shared),
                         bind,
                         client,
@@ -211,7 +224,7 @@ fn server_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
 /// terminated), terminated, or plain HTTP. Errors end only this connection.
 async fn serve(
     servers: Arc<Servers>,
-    watcher: Watcher,
+    watchers: Watchers,
     shared: Arc<Shared>,
     bind: SocketAddr,
     client: SocketAddr,
@@ -227,20 +240,20 @@ async fn serve(
     let config = Arc::clone(certificates.config());
     let Some(bind_config) = config.binds.get(&bind) else {
         // Removed while this connection was being accepted: plain HTTP answers 404.
-        return serve_plain(&servers, watcher, shared, accepted, stream).await;
+        return serve_plain(&servers, watchers, shared, accepted, stream).await;
     };
     if let Some(listener) = &bind_config.tcp {
         stream::serve_tcp(&shared, accepted, listener, stream).await;
-        // Connections routed as a whole cannot be asked to finish early; holding the watcher
+        // Connections routed as a whole cannot be asked to finish early; holding the watchers
         // until they end lets a drain wait for them, up to its limit.
-        drop(watcher);
+        drop(watchers);
     } else if !bind_config.tls_passthrough.is_empty() {
-        serve_by_server_name(servers, watcher, shared, accepted, bind_config, stream).await;
+        serve_by_server_name(servers, watchers, shared, accepted, bind_config, stream).await;
     } else if certificates.terminates(bind) {
         let stream = Rewind::new(Bytes::new(), stream);
-        serve_tls(servers, watcher, shared, accepted, stream).await;
+        serve_tls(servers, watchers, shared, accepted, stream).await;
     } else {
-        serve_plain(&servers, watcher, shared, accepted, stream).await;
+        serve_plain(&servers, watchers, shared, accepted, stream).await;
     }
 }
 
@@ -249,7 +262,7 @@ async fn serve(
 /// [`stream::route_tls`] decides for its SNI.
 async fn serve_by_server_name(
     servers: Arc<Servers>,
-    watcher: Watcher,
+    watchers: Watchers,
     shared: Arc<Shared>,
     accepted: Accepted,
     bind_config: &ir::Bind,
@@ -269,12 +282,12 @@ async fn serve_by_server_name(
         TlsRoute::PassThrough { listener, route } => {
             stream::pass_through(&shared, accepted, stream, hello, listener, route).await;
             // As for TCP: the drain waits for the connection, up to its limit.
-            drop(watcher);
+            drop(watchers);
         }
         TlsRoute::Refuse(error) => stream::refuse(accepted, stream, hello, error).await,
         TlsRoute::Terminate => {
             let stream = Rewind::new(hello.bytes, stream);
-            serve_tls(servers, watcher, shared, accepted, stream).await;
+            serve_tls(servers, watchers, shared, accepted, stream).await;
         }
     }
 }
@@ -282,7 +295,7 @@ async fn serve_by_server_name(
 /// Serves plain HTTP/1.1 or h2c.
 async fn serve_plain(
     servers: &Servers,
-    watcher: Watcher,
+    watchers: Watchers,
     shared: Arc<Shared>,
     accepted: Accepted,
     stream: TcpStream,
@@ -291,16 +304,17 @@ async fn serve_plain(
         bind: accepted.bind,
         client: accepted.client,
         tls: None,
+        tunnel: Slot::default(),
     };
     let io = TokioIo::new(stream);
-    serve_http(&servers.auto, watcher, shared, connection, io).await;
+    serve_http(&servers.auto, watchers, shared, connection, io).await;
 }
 
 /// Terminates TLS and serves HTTP on the decrypted connection. `stream` replays the bytes
 /// already read to choose between passthrough and termination, if any.
 async fn serve_tls(
     servers: Arc<Servers>,
-    watcher: Watcher,
+    watchers: Watchers,
     shared: Arc<Shared>,
     accepted: Accepted,
     stream: Rewind<TcpStream>,
@@ -318,8 +332,9 @@ async fn serve_tls(
                 bind,
                 client,
                 tls: Some(Arc::new(session)),
+                tunnel: Slot::default(),
             };
-            serve_http(builder, watcher, shared, connection, TokioIo::new(stream)).await;
+            serve_http(builder, watchers, shared, connection, TokioIo::new(stream)).await;
         }
         Err(error) => {
             // Scanners, plain-text clients and clients that distrust the certificate are
@@ -330,26 +345,43 @@ async fn serve_tls(
     }
 }
 
-/// Serves HTTP on an established connection (plain or decrypted) until it closes.
+/// Serves HTTP on an established connection (plain or decrypted) until it closes, then relays
+/// the WebSocket it switched to, if it did.
 async fn serve_http<I>(
     builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    watchers: Watchers,
     shared: Arc<Shared>,
     connection: Connection,
     io: I,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
+    let Watchers { http, held } = watchers;
     let client = connection.client;
+    let tunnel = connection.tunnel.clone();
+    let http2_only = connection.tls.as_ref().is_some_and(|session| session.http2);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
         let connection = connection.clone();
         async move { Ok::<_, Infallible>(proxy::handle(shared, connection, request).await) }
     });
-    // WebSocket support (a later issue) switches this to `serve_connection_with_upgrades`,
-    // which ignores `http1_only`/`http2_only`; ALPN then still works, by sniffing.
-    let serving = builder.serve_connection(io, service).into_owned();
-    if let Err(error) = watcher.watch(serving).await {
+    // HTTP/1.1 connections are served with upgrades, so that WebSocket handshakes can switch
+    // protocols (`upgrade.rs`). That mode ignores `http1_only` and tells HTTP/1.1 from HTTP/2
+    // by the first bytes instead; clients that chose `http/1.1` by ALPN send HTTP/1.1, so
+    // nothing changes for them. Connections that chose `h2` stay strictly HTTP/2: HTTP/2 has
+    // no Upgrade, and WebSockets over HTTP/2 (RFC 8441) are out of scope.
+    let result = if http2_only {
+        http.watch(builder.serve_connection(io, service).into_owned())
+            .await
+    } else {
+        let serving = builder.serve_connection_with_upgrades(io, service);
+        http.watch(serving.into_owned()).await
+    };
+    if let Err(error) = result {
         tracing::debug!(%client, %error, "connection ended with an error");
     }
+    if let Some(tunnel) = tunnel.take() {
+        tunnel.relay().await;
+    }
+    drop(held);
 }

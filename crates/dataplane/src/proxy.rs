@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use ir::{
     Action, BackendProtocol, Hostname, HttpListener, RedirectScheme, Rule, Selected,
@@ -29,6 +29,7 @@ use crate::forward;
 use crate::grpc;
 use crate::redirect::{self, RedirectRequest};
 use crate::tls::{self, Session};
+use crate::upgrade::{self, Requested, Tunnel};
 
 /// What the accept loop knows about a connection.
 #[derive(Clone, Debug)]
@@ -39,6 +40,9 @@ pub struct Connection {
     pub client: SocketAddr,
     /// The TLS session, when the connection was accepted on a TLS socket.
     pub tls: Option<Arc<Session>>,
+    /// Where a WebSocket handshake the backend accepted is left for the connection's task,
+    /// which relays it once hyper has switched the connection over.
+    pub tunnel: upgrade::Slot,
 }
 
 /// Serves one request. Never fails: errors become responses here.
@@ -115,7 +119,8 @@ async fn proxy(
 }
 
 /// Forwards to one backend of the rule. Returns once the response headers arrived; the body
-/// streams on afterwards.
+/// streams on afterwards. A WebSocket handshake returns with the backend's 101, and the
+/// connection's task relays the tunnel after that, outside every request timeout.
 async fn forward(
     shared: &Shared,
     connection: &Connection,
@@ -126,26 +131,52 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let rule = selected.rule;
     let (mut parts, body) = request.into_parts();
-    let te_trailers = prepare_request_headers(&mut parts, connection);
+    let websocket = Requested::take(&mut parts);
+    let te_trailers = prepare_request_headers(&mut parts, connection, websocket.as_ref());
     apply_request_filters(&mut parts, rule, selected.matcher.matched_prefix())?;
     let (chosen, backend) = forward::choose_backend(backends)?;
     log.backend = Some(backend.name.clone());
-    let body = shared
-        .mirrors
-        .send(&rule.filters.mirrors, &parts, body)
+    let Some(websocket) = websocket else {
+        let body = shared
+            .mirrors
+            .send(&rule.filters.mirrors, &parts, body)
+            .await?;
+        apply_backend_filters(&mut parts, chosen, backend.protocol, te_trailers);
+        let endpoint = shared.upstreams.endpoint(backend)?;
+        log.endpoint = Some(endpoint);
+        let attempt =
+            shared
+                .upstreams
+                .send(backend.protocol, endpoint, Request::from_parts(parts, body));
+        let response = deadline(rule.timeouts.backend_request, attempt, || {
+            ProxyError::BackendTimeout { endpoint }
+        })
         .await?;
-    apply_backend_filters(&mut parts, chosen, backend.protocol, te_trailers);
+        return Ok(prepare_response(response, chosen));
+    };
+    // Handshakes are not mirrored: a mirror would open a second WebSocket that nobody reads.
+    //
+    // An upgrade exists only in HTTP/1.1, so the handshake goes over HTTP/1.1 even to a
+    // backend whose Service port says `appProtocol: kubernetes.io/h2c`. Servers that take h2c
+    // with prior knowledge commonly serve HTTP/1.1 on the same port, so this usually works;
+    // where it does not, the backend's refusal becomes the 502 that refusing up front would
+    // have given. Talking RFC 8441 to the backend is out of scope, as it is for clients.
+    apply_backend_filters(&mut parts, chosen, BackendProtocol::Http1, te_trailers);
     let endpoint = shared.upstreams.endpoint(backend)?;
     log.endpoint = Some(endpoint);
-    let attempt =
-        shared
-            .upstreams
-            .send(backend.protocol, endpoint, Request::from_parts(parts, body));
-    let response = deadline(rule.timeouts.backend_request, attempt, || {
+    let connect_timeout = shared.options.connect_timeout;
+    let attempt = upgrade::send(endpoint, connect_timeout, Request::from_parts(parts, body));
+    let mut response = deadline(rule.timeouts.backend_request, attempt, || {
         ProxyError::BackendTimeout { endpoint }
     })
     .await?;
-    Ok(prepare_response(response, chosen))
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The backend refused the WebSocket (or ignored the upgrade): an ordinary answer.
+        return Ok(prepare_response(response, chosen));
+    }
+    let tunnel = Tunnel::new(websocket.client, &mut response, connection.client, endpoint);
+    connection.tunnel.put(tunnel);
+    Ok(prepare_switch(response, chosen))
 }
 
 // === steps ===
@@ -218,10 +249,15 @@ fn select_route<'l, B>(
     listener.routes.select(&parts).ok_or(ProxyError::NoRoute)
 }
 
-/// The proxy's own header changes: `Host` from the authority, hop-by-hop headers out,
-/// `X-Forwarded-For` and `X-Forwarded-Proto` in. Returns whether the client sent
+/// The proxy's own header changes: `Host` from the authority, hop-by-hop headers out (except
+/// the ones asking for a WebSocket, when `websocket` is a handshake the connection can
+/// carry), `X-Forwarded-For` and `X-Forwarded-Proto` in. Returns whether the client sent
 /// `TE: trailers`.
-fn prepare_request_headers(parts: &mut Parts, connection: &Connection) -> bool {
+fn prepare_request_headers(
+    parts: &mut Parts,
+    connection: &Connection,
+    websocket: Option<&Requested>,
+) -> bool {
     if let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
@@ -229,6 +265,9 @@ fn prepare_request_headers(parts: &mut Parts, connection: &Connection) -> bool {
     }
     let te_trailers = filters::accepts_trailers(&parts.headers);
     filters::remove_hop_by_hop(&mut parts.headers);
+    if let Some(websocket) = websocket {
+        upgrade::keep_upgrade_headers(&mut parts.headers, websocket.protocol.clone());
+    }
     // The scheme the client really used: `https` exactly when this connection is TLS.
     let scheme = match connection.tls {
         Some(_) => RedirectScheme::Https,
@@ -293,6 +332,20 @@ fn prepare_response(response: Response<Incoming>, chosen: &WeightedBackend) -> R
     // The client connection decides its own version; hyper frames the response for it.
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body::boxed(body))
+}
+
+/// The backend's 101 as the client gets it: like [`prepare_response`], but `Connection` and
+/// `Upgrade` stay, since they tell the client what the connection switched to; no body.
+fn prepare_switch(response: Response<Incoming>, chosen: &WeightedBackend) -> Response<ProxyBody> {
+    let (mut parts, _) = response.into_parts();
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    filters::remove_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = protocol {
+        upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
+    }
+    filters::modify_headers(chosen.response_headers.as_ref(), &mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body::empty())
 }
 
 /// Runs `future`, failing with `on_expiry()` when `limit` passes first.
