@@ -1,5 +1,5 @@
 //! The data plane over real sockets: a gateway on `127.0.0.1:0`, in-process echo upstreams
-//! (HTTP, gRPC-shaped h2c, and TCP/TLS ones for connection-level routes),
+//! (HTTP, gRPC-shaped h2c, WebSocket, and TCP/TLS ones for connection-level routes),
 //! and hand-built `ir::Config`s. One test binary, so the support code is compiled once.
 
 mod filters;
@@ -10,3 +10,4 @@ mod passthrough;
 mod routing;
 mod support;
 mod tcp;
+mod websocket;

@@ -7,6 +7,7 @@
 pub mod grpc;
 pub mod stream;
 pub mod tls;
+pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
