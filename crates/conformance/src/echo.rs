@@ -4,8 +4,12 @@
 //! kept in memory per deployment for the mirror checks. Deployments that mount a certificate
 //! also get the HTTPS listener ([`serve_https`]), whose answers carry the `tls` block.
 //!
-//! Not yet: WebSocket echo on `/ws` (answers 501) and h2c *upgrade* on the h2c port (only
-//! prior-knowledge HTTP/2 is served there; an HTTP/1 request gets the upstream 400).
+//! `/ws` is the WebSocket echo of `ws_echo`: HTTP/1.1 connections are served with upgrades
+//! enabled, and a connection whose request was switched to WebSocket runs the frame echo in
+//! its own task once hyper hands the connection over.
+//!
+//! Not yet: h2c *upgrade* on the h2c port (only prior-knowledge HTTP/2 is served there; an
+//! HTTP/1 request gets the upstream 400).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,14 +23,17 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::tls::server::TlsFacts;
+use crate::ws_echo;
 
 /// Largest request body the echo reads (and discards).
 const MAX_BODY: usize = 1 << 20;
@@ -290,11 +297,15 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A request switched to WebSocket leaves its pending upgrade here; hyper completes it
+    // when the connection future below returns, and this task then runs the frame echo.
+    let (upgrades, mut upgraded) = mpsc::unbounded_channel::<OnUpgrade>();
     let service = service_fn(move |request| {
         let (tls, identity, log) = (tls.clone(), identity.clone(), log.clone());
+        let upgrades = upgrades.clone();
         async move {
             let reply = answer(request, remote, mode, tls.as_deref(), &identity, &log).await;
-            Ok::<_, Infallible>(reply)
+            Ok::<_, Infallible>(reply.into_response(&upgrades))
         }
     });
     let io = TokioIo::new(stream);
@@ -302,32 +313,70 @@ async fn serve_connection<S>(
     let _ = match mode {
         EchoMode::Http1 => hyper::server::conn::http1::Builder::new()
             .serve_connection(io, service)
+            .with_upgrades()
             .await
             .map_err(|e| e.to_string()),
-        EchoMode::H2c | EchoMode::Https => {
-            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(io, service)
-                .await
-                .map_err(|e| e.to_string())
-        }
+        EchoMode::H2c => hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await
+            .map_err(|e| e.to_string()),
+        EchoMode::Https => hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(io, service)
+            .await
+            .map_err(|e| e.to_string()),
     };
+    // At most one: HTTP/1 serves nothing else once a connection switched protocols.
+    if let Ok(pending) = upgraded.try_recv()
+        && let Ok(io) = pending.await
+    {
+        ws_echo::echo_frames(TokioIo::new(io)).await;
+    }
+}
+
+/// What [`answer`] produced: a plain response, or a `101` whose connection continues as a
+/// WebSocket.
+enum Answer {
+    /// Any response that ends the exchange.
+    Plain(Response<Full<Bytes>>),
+    /// The `101 Switching Protocols` answer and the upgrade it starts.
+    Upgrade(Response<Full<Bytes>>, OnUpgrade),
+}
+
+impl Answer {
+    /// The response to send; an upgrade is handed to the connection task first.
+    fn into_response(self, upgrades: &mpsc::UnboundedSender<OnUpgrade>) -> Response<Full<Bytes>> {
+        match self {
+            Answer::Plain(response) => response,
+            Answer::Upgrade(response, pending) => {
+                // The receiver lives as long as the connection; if it is gone, so is the peer.
+                let _ = upgrades.send(pending);
+                response
+            }
+        }
+    }
+}
+
+impl From<Response<Full<Bytes>>> for Answer {
+    fn from(response: Response<Full<Bytes>>) -> Self {
+        Answer::Plain(response)
+    }
 }
 
 async fn answer(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     remote: SocketAddr,
     mode: EchoMode,
     tls: Option<&TlsFacts>,
     identity: &EchoIdentity,
     log: &RequestLog,
-) -> Response<Full<Bytes>> {
+) -> Answer {
     if mode == EchoMode::H2c && request.version() != Version::HTTP_2 {
-        return text(StatusCode::BAD_REQUEST, "Expected h2c request");
+        return text(StatusCode::BAD_REQUEST, "Expected h2c request").into();
     }
     let target = request_target(&request);
     let path_only = request.uri().path().to_owned();
     if path_only == "/health" {
-        return text(StatusCode::OK, "OK");
+        return text(StatusCode::OK, "OK").into();
     }
     if let Some(code) = path_only.strip_prefix("/status/") {
         return match code
@@ -337,13 +386,15 @@ async fn answer(
         {
             Some(status) => text(status, ""),
             None => text(StatusCode::BAD_REQUEST, "invalid status code"),
-        };
+        }
+        .into();
     }
     if path_only == "/ws" {
-        return text(
-            StatusCode::NOT_IMPLEMENTED,
-            "WebSocket echo is not implemented yet",
-        );
+        let response = ws_echo::accept(request.method(), request.version(), request.headers());
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return response.into();
+        }
+        return Answer::Upgrade(response, hyper::upgrade::on(&mut request));
     }
 
     let line = format!("Echoing back request made to {target} to client ({remote})");
@@ -356,7 +407,7 @@ async fn answer(
     if let Some(delay) = query_value(request.uri().query(), "delay") {
         match parse_go_duration(&delay) {
             Some(duration) => tokio::time::sleep(duration.min(Duration::from_secs(60))).await,
-            None => return text(StatusCode::BAD_REQUEST, "invalid delay"),
+            None => return text(StatusCode::BAD_REQUEST, "invalid delay").into(),
         }
     }
 
@@ -423,7 +474,7 @@ async fn answer(
             response_headers.insert(name, value);
         }
     }
-    response
+    response.into()
 }
 
 /// Go's `r.RequestURI`: the raw target for HTTP/1, `:path` for HTTP/2.

@@ -29,3 +29,5 @@ pub mod stream_cases;
 pub mod tcp_echo;
 pub mod tls;
 pub mod traffic;
+pub mod websocket_cases;
+pub mod ws_echo;

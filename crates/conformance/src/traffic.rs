@@ -4,9 +4,9 @@
 //! connection-level ones of TLS routes (`tcp-echo`, `tls-connection-rejected`) in
 //! `stream_cases`.
 //!
-//! The gRPC case types live in `grpc_cases`. Case types that need WebSocket, UDP or the mesh
-//! fail with "unsupported case type"; adding one means a new arm in [`run_case`] and a
-//! transport in `client`.
+//! The gRPC case types live in `grpc_cases`, `websocket` in `websocket_cases`. Case types
+//! that need UDP or the mesh fail with "unsupported case type"; adding one means a new arm
+//! in [`run_case`] and a transport in `client`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::grpc_cases;
 use crate::status::StatusDocument;
 use crate::stream_cases;
 use crate::tls::{ALPN_H2, ALPN_HTTP1, Keyring, TlsClient, TrustRef};
+use crate::websocket_cases;
 
 /// Per-request timeout (upstream default).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -183,6 +184,7 @@ pub async fn run_case(case: &Case, ctx: &TrafficContext) -> Result<(), String> {
         "grpc-weighted-distribution" => grpc_cases::weighted_distribution(case, ctx).await,
         "tcp-echo" => stream_cases::tcp_echo(case, ctx).await,
         "tls-connection-rejected" => stream_cases::tls_connection_rejected(case, ctx).await,
+        "websocket" => websocket_cases::websocket(case, ctx).await,
         other => Err(format!("unsupported case type {other:?}")),
     }
 }

@@ -1,6 +1,6 @@
-//! Self-test of the echo backend, the client and the expectation comparison, with real
-//! sockets on loopback and no portcullis: the client talks to a backend pod directly, as if
-//! the Gateway were a perfect pass-through.
+//! Self-test of the echo backend (including the WebSocket echo on `/ws`), the client and the
+//! expectation comparison, with real sockets on loopback and no portcullis: the client talks
+//! to a backend pod directly, as if the Gateway were a perfect pass-through.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use conformance::client::{self, Outgoing, Protocol, Reply};
 use conformance::expect::{self, EchoReply, RequestUrl};
 use conformance::manifests::{Manifests, parse_documents};
 use conformance::tls::Keyring;
+use conformance::websocket_cases::{self, Frame, check_replies, handshake_request};
 
 const DEPLOYMENT: &str = "
 kind: Deployment
@@ -159,4 +160,30 @@ async fn h2c_port_speaks_prior_knowledge_http2_only() {
         (refused.status, &refused.body[..]),
         (400, &b"Expected h2c request"[..])
     );
+}
+
+#[tokio::test]
+async fn ws_path_echoes_text_and_binary_frames() {
+    let (_backends, address) = start(230).await;
+    let target = SocketAddr::from((address, HTTP_PORT));
+    let frames = vec![
+        Frame::Text("Websocket Support!".to_owned()),
+        Frame::BinaryBytes(vec![1, 2, 3, 4, 5, 6, 7]),
+    ];
+    let authority = target.to_string();
+    for _ in 0..2 {
+        let handshake =
+            handshake_request(&authority, "/ws", &authority, Some("ws://gateway/selftest"))
+                .expect("request");
+        let received = websocket_cases::session(target, handshake, &frames)
+            .await
+            .expect("a WebSocket session with the echo");
+        assert_eq!(check_replies(&frames, &received), Ok(()));
+    }
+
+    // A plain GET of /ws is not a handshake, and other paths still echo on that port.
+    let plain = send(address, HTTP_PORT, &request(Protocol::Http1, "/ws", &[])).await;
+    assert_eq!(plain.status, 400);
+    let echo = send(address, HTTP_PORT, &request(Protocol::Http1, "/after", &[])).await;
+    assert_eq!(echo.status, 200);
 }
