@@ -64,7 +64,7 @@ pub(crate) struct Attachment {
 }
 
 /// The outcome for one parentRef.
-enum ParentOutcome {
+pub(crate) enum ParentOutcome {
     /// Not a Gateway of ours: no status entry.
     NotOurs,
     /// Attached to these listeners.
@@ -188,6 +188,9 @@ fn attach(
     route: &RouteInfo<'_>,
     parent: &ParentRef,
 ) -> ParentOutcome {
+    if matches!(parent.group.as_str(), "" | "core") && parent.kind == "Service" {
+        return crate::mesh::attach(snapshot, route, parent);
+    }
     if parent.group != GATEWAY_GROUP || parent.kind != "Gateway" {
         return ParentOutcome::NotOurs;
     }

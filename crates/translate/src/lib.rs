@@ -22,6 +22,7 @@ mod classes;
 mod gateways;
 mod grants;
 mod http_route;
+mod mesh;
 mod stream_route;
 mod tls;
 
@@ -118,6 +119,34 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
                     tls: listener.tls.clone(),
                 })),
             }
+        }
+    }
+    // GAMMA: each Service port with attached routes is served at clusterIP:port.
+    for (name, service) in &snapshot.services {
+        let Some(ip) = mesh::cluster_ip(snapshot, name) else {
+            continue;
+        };
+        for port in service.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+            let Ok(port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let candidates = routes.for_listener(name, &mesh::listener_key(port));
+            if candidates.is_empty() {
+                continue;
+            }
+            binds
+                .entry(SocketAddr::new(ip, port))
+                .or_default()
+                .http
+                .push(Arc::new(ir::HttpListener {
+                    gateway: format!("Service {name}"),
+                    name: format!("port {port}"),
+                    hostname: None,
+                    port,
+                    scheme: ir::RedirectScheme::Http,
+                    routes: ir::RouteTable::new(candidates),
+                    tls: None,
+                }));
         }
     }
     for bind in binds.values_mut() {

@@ -1,0 +1,86 @@
+//! GAMMA: routes whose parentRef is a Service apply to traffic addressed to that Service.
+//!
+//! In standalone mode the outbound proxy listens on the Service's `clusterIP:port` (a local
+//! address, e.g. 127.0.2.x), so a route attached to a Service becomes an HTTP listener at
+//! that address whose table holds the Service's routes; a request that matches none of
+//! them gets 404, as GEP-1426 requires for a Service with routes. Route `hostnames` are not
+//! used to pick a listener here: the Service address already says where the request goes.
+//!
+//! Producer routes (in the Service's namespace) apply to every client. Consumer routes (in
+//! another namespace) apply only to clients of their own namespace, which a proxy listening
+//! on the ClusterIP cannot tell apart; they are reported `Accepted=False` until the
+//! per-namespace outbound proxy exists.
+
+use std::net::IpAddr;
+
+use model::status::Reason;
+use model::{ObjectName, Snapshot};
+
+use crate::attach::{Attachment, ParentOutcome, ParentRef, RouteInfo};
+
+/// The listener key a Service port uses in the route maps.
+pub(crate) fn listener_key(port: u16) -> String {
+    // A colon cannot appear in a listener name, so this never collides with a Gateway's.
+    format!("service:{port}")
+}
+
+/// The ClusterIP of a Service, when it has one portcullis can listen on.
+pub(crate) fn cluster_ip(snapshot: &Snapshot, service: &ObjectName) -> Option<IpAddr> {
+    let spec = snapshot.services.get(service)?.spec.as_ref()?;
+    spec.cluster_ip.as_deref()?.parse().ok()
+}
+
+/// Attaches a route to a Service parent.
+pub(crate) fn attach(
+    snapshot: &Snapshot,
+    route: &RouteInfo<'_>,
+    parent: &ParentRef,
+) -> ParentOutcome {
+    let namespace = parent.namespace.as_deref().unwrap_or(&route.name.namespace);
+    let name = ObjectName::new(namespace, &parent.name);
+    let Some(service) = snapshot.services.get(&name) else {
+        return ParentOutcome::Rejected(
+            Reason::NoMatchingParent,
+            format!("Service {name} does not exist"),
+        );
+    };
+    let ports: Vec<u16> = service
+        .spec
+        .iter()
+        .flat_map(|spec| spec.ports.iter().flatten())
+        .filter(|p| parent.port.is_none_or(|wanted| wanted == p.port))
+        .filter_map(|p| u16::try_from(p.port).ok())
+        .collect();
+    if ports.is_empty() {
+        return ParentOutcome::Rejected(
+            Reason::NoMatchingParent,
+            format!(
+                "Service {name} has no port {}",
+                parent.port.unwrap_or_default()
+            ),
+        );
+    }
+    if namespace != route.name.namespace {
+        return ParentOutcome::Rejected(
+            Reason::UnsupportedValue,
+            "consumer routes (in a namespace other than the Service's) are not supported yet"
+                .into(),
+        );
+    }
+    if cluster_ip(snapshot, &name).is_none() {
+        return ParentOutcome::Rejected(
+            Reason::UnsupportedValue,
+            format!("Service {name} has no clusterIP to serve its routes on"),
+        );
+    }
+    ParentOutcome::Attached(
+        ports
+            .into_iter()
+            .map(|port| Attachment {
+                gateway: name.clone(),
+                listener: listener_key(port),
+                hostnames: vec![None],
+            })
+            .collect(),
+    )
+}
