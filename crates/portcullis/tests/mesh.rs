@@ -6,6 +6,8 @@ mod support;
 use support::{Gateway, Upstream, free_port, get};
 
 const CLUSTER_IP: &str = "127.0.2.10";
+/// A Service without routes: connections to it are relayed to its endpoints.
+const PLAIN_IP: &str = "127.0.2.12";
 
 fn manifests(port: u16, v1: u16, v2: u16) -> String {
     format!(
@@ -22,6 +24,18 @@ apiVersion: v1
 kind: Service
 metadata: {{name: calendar}}
 spec: {{clusterIP: {CLUSTER_IP}, ports: [{{port: {port}}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: plain}}
+spec: {{clusterIP: {PLAIN_IP}, ports: [{{port: {port}, targetPort: {v2}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: plain, labels: {{kubernetes.io/service-name: plain}}}}
+addressType: IPv4
+ports: [{{port: {v2}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
 {}{}",
         support::service_yaml("a", v1),
         support::service_yaml("b", v2),

@@ -121,7 +121,8 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
             }
         }
     }
-    // GAMMA: each Service port with attached routes is served at clusterIP:port.
+    // GAMMA: each Service port with a clusterIP is served there: its routes, or a relay to
+    // its endpoints when it has none.
     for (name, service) in &snapshot.services {
         let Some(ip) = mesh::cluster_ip(snapshot, name) else {
             continue;
@@ -131,22 +132,24 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
                 continue;
             };
             let candidates = routes.for_listener(name, &mesh::listener_key(port));
+            let bind = binds.entry(SocketAddr::new(ip, port)).or_default();
             if candidates.is_empty() {
+                // "A Service with no routes passes through to its endpoints": bytes are
+                // relayed whatever the protocol, since nothing says it is HTTP.
+                if bind.http.is_empty() && bind.tls_passthrough.is_empty() && bind.tcp.is_none() {
+                    bind.tcp = mesh::passthrough(snapshot, name, port);
+                }
                 continue;
             }
-            binds
-                .entry(SocketAddr::new(ip, port))
-                .or_default()
-                .http
-                .push(Arc::new(ir::HttpListener {
-                    gateway: format!("Service {name}"),
-                    name: format!("port {port}"),
-                    hostname: None,
-                    port,
-                    scheme: ir::RedirectScheme::Http,
-                    routes: ir::RouteTable::new(candidates),
-                    tls: None,
-                }));
+            bind.http.push(Arc::new(ir::HttpListener {
+                gateway: format!("Service {name}"),
+                name: format!("port {port}"),
+                hostname: None,
+                port,
+                scheme: ir::RedirectScheme::Http,
+                routes: ir::RouteTable::new(candidates),
+                tls: None,
+            }));
         }
     }
     for bind in binds.values_mut() {

@@ -12,11 +12,14 @@
 //! per-namespace outbound proxy exists.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use ir::{BackendTarget, RouteId, RouteKind, StreamRoute, TcpListener, WeightedBackend};
 use model::status::Reason;
 use model::{ObjectName, Snapshot};
 
 use crate::attach::{Attachment, ParentOutcome, ParentRef, RouteInfo};
+use crate::backends::{BackendRef, Referrer, Resolver};
 
 /// The listener key a Service port uses in the route maps.
 pub(crate) fn listener_key(port: u16) -> String {
@@ -83,4 +86,48 @@ pub(crate) fn attach(
             })
             .collect(),
     )
+}
+
+/// The listener for a Service port without routes: a TCP relay to the Service's own
+/// endpoints. The route it carries is synthetic (named after the Service) and has no status.
+pub(crate) fn passthrough(
+    snapshot: &Snapshot,
+    service: &ObjectName,
+    port: u16,
+) -> Option<Arc<TcpListener>> {
+    let reference = BackendRef {
+        group: None,
+        kind: None,
+        name: &service.name,
+        namespace: None,
+        port: Some(i32::from(port)),
+    };
+    let referrer = Referrer {
+        kind: "Service",
+        namespace: &service.namespace,
+    };
+    let backend = Resolver::default()
+        .resolve(snapshot, referrer, &reference)
+        .ok()?;
+    let route = StreamRoute {
+        id: RouteId {
+            kind: RouteKind::Tcp,
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+            rule: 0,
+            rule_name: Some("passthrough".to_string()),
+        },
+        hostnames: Vec::new(),
+        backends: vec![WeightedBackend {
+            weight: 1,
+            target: BackendTarget::Service(backend),
+            request_headers: None,
+            response_headers: None,
+        }],
+    };
+    Some(Arc::new(TcpListener {
+        gateway: format!("Service {service}"),
+        name: format!("port {port}"),
+        routes: vec![Arc::new(route)],
+    }))
 }
