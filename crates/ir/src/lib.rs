@@ -34,7 +34,7 @@ pub use route::{
     Action, Candidate, HeaderMatch, HttpMatch, HttpRequestParts, PathMatch, QueryMatch, RouteId,
     RouteKind, RouteTable, Rule, Selected, StringMatch, Timeouts,
 };
-pub use stream::{StreamRoute, TcpListener, TlsPassthroughListener};
+pub use stream::{StreamRoute, TcpListener, TlsPassthroughListener, TlsTerminateListener};
 
 /// A complete routing configuration, replaced as a whole on every reload.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -47,9 +47,9 @@ pub struct Config {
 /// One listening socket and the Gateway listeners served on it.
 ///
 /// A socket carries HTTP listeners (plain or, when they have certificates, TLS-terminated),
-/// TLS passthrough listeners, or one TCP listener. HTTPS and TLS passthrough listeners may
-/// share a socket: the ClientHello's SNI decides between passing the connection through
-/// and terminating it (TLSRouteModeMixed).
+/// TLS listeners (passthrough, or terminate-and-relay), or one TCP listener. The TLS kinds
+/// may share a socket: the ClientHello's SNI picks the most specific listener of any kind
+/// (TLSRouteModeMixed).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Bind {
     /// HTTP listeners on this socket, most specific hostname first (see [`Bind::listener_for`]).
@@ -58,6 +58,10 @@ pub struct Bind {
     /// TLS passthrough listeners, most specific hostname first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls_passthrough: Vec<Arc<TlsPassthroughListener>>,
+    /// TLS listeners that terminate and relay bytes (TLSRoute with `tls.mode: Terminate`),
+    /// most specific hostname first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_terminate: Vec<Arc<TlsTerminateListener>>,
     /// The TCP listener, when the socket serves one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<Arc<TcpListener>>,

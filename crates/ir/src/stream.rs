@@ -24,6 +24,23 @@ pub struct TlsPassthroughListener {
     pub routes: Vec<Arc<StreamRoute>>,
 }
 
+/// A Gateway listener of protocol `TLS` with `tls.mode: Terminate`: the gateway completes
+/// the TLS handshake with the listener's certificate, then relays the decrypted bytes to a
+/// backend chosen by the SNI's TLSRoute.
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsTerminateListener {
+    /// Gateway `namespace/name`.
+    pub gateway: String,
+    /// Listener name.
+    pub name: String,
+    /// The listener's hostname; `None` accepts any SNI.
+    pub hostname: Option<HostnameMatch>,
+    /// The certificate presented to clients.
+    pub tls: Arc<crate::TlsCertificate>,
+    /// TLSRoutes attached, chosen by SNI as for passthrough.
+    pub routes: Vec<Arc<StreamRoute>>,
+}
+
 /// A Gateway listener of protocol `TCP`.
 #[derive(Clone, Debug, Serialize)]
 pub struct TcpListener {
@@ -54,28 +71,44 @@ impl TlsPassthroughListener {
     /// (exact before wildcard, longer before shorter), ties broken by route order. A route
     /// without hostnames matches any SNI, after every route with a matching hostname.
     pub fn select(&self, sni: Option<&str>) -> Option<&Arc<StreamRoute>> {
-        let mut best: Option<((u8, usize), &Arc<StreamRoute>)> = None;
-        for route in &self.routes {
-            let score = if route.hostnames.is_empty() {
-                Some((0, 0))
-            } else {
-                sni.and_then(|sni| {
-                    route
-                        .hostnames
-                        .iter()
-                        .filter(|h| h.matches(sni))
-                        .map(HostnameMatch::specificity)
-                        .max()
-                })
-            };
-            if let Some(score) = score
-                && best.as_ref().is_none_or(|(b, _)| score > *b)
-            {
-                best = Some((score, route));
-            }
-        }
-        best.map(|(_, route)| route)
+        select_by_sni(&self.routes, sni)
     }
+}
+
+// === impl TlsTerminateListener ===
+
+impl TlsTerminateListener {
+    /// The route for the SNI, as [`TlsPassthroughListener::select`] chooses it.
+    pub fn select(&self, sni: Option<&str>) -> Option<&Arc<StreamRoute>> {
+        select_by_sni(&self.routes, sni)
+    }
+}
+
+fn select_by_sni<'a>(
+    routes: &'a [Arc<StreamRoute>],
+    sni: Option<&str>,
+) -> Option<&'a Arc<StreamRoute>> {
+    let mut best: Option<((u8, usize), &Arc<StreamRoute>)> = None;
+    for route in routes {
+        let score = if route.hostnames.is_empty() {
+            Some((0, 0))
+        } else {
+            sni.and_then(|sni| {
+                route
+                    .hostnames
+                    .iter()
+                    .filter(|h| h.matches(sni))
+                    .map(HostnameMatch::specificity)
+                    .max()
+            })
+        };
+        if let Some(score) = score
+            && best.as_ref().is_none_or(|(b, _)| score > *b)
+        {
+            best = Some((score, route));
+        }
+    }
+    best.map(|(_, route)| route)
 }
 
 #[cfg(test)]
