@@ -6,7 +6,8 @@
 //! Running today: the `echo-basic` HTTP echo (ports 3000 and 3001, plus HTTPS on 8443 when
 //! the Deployment mounts a certificate), the gRPC echo (3000, plus TLS on 8443) and the TCP
 //! echo (3000, plus TLS on 8443). The files a container reads come from the Secrets and
-//! ConfigMaps its volumes mount (see `mounts`). DNS and mesh backends get addresses and
+//! ConfigMaps its volumes mount (see `mounts`). Mesh `echo-advanced` pods serve the
+//! `mesh_echo` HTTP echo on 8080 and the gRPC echo on 7070. DNS backends get addresses and
 //! endpoints but no listener yet; the cases that need them are in the skip list.
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::echo::{self, EchoIdentity, EchoMode, RequestLog};
 use crate::grpc_echo::{self, GrpcEchoIdentity};
 use crate::manifests::Manifests;
+use crate::mesh_echo::{self, MESH_GRPC_PORT, MESH_HTTP_PORT, MeshEchoIdentity};
 use crate::mounts::ServerTlsFiles;
 use crate::tcp_echo::{self, TcpEchoIdentity};
 use crate::tls::{ALPN_H2, ALPN_HTTP1, Keyring};
@@ -236,7 +238,8 @@ impl Backends {
                 }
                 BackendKind::TcpEcho => start_tcp_echo(pod, acceptor, &mut tasks).await?,
                 BackendKind::GrpcEcho => start_grpc_echo(pod, acceptor, &mut tasks).await?,
-                BackendKind::Dns | BackendKind::MeshEcho => {}
+                BackendKind::MeshEcho => start_mesh_echo(pod, &mut tasks).await?,
+                BackendKind::Dns => {}
             }
         }
         Ok(Self { pods, logs, tasks })
@@ -322,6 +325,21 @@ async fn start_grpc_echo(
         let listener = bind(pod, TLS_PORT).await?;
         tasks.spawn(grpc_echo::serve_tls(listener, acceptor, identity));
     }
+    Ok(())
+}
+
+/// The mesh `echo-advanced`: HTTP (and h2c) on 8080, gRPC on 7070.
+async fn start_mesh_echo(pod: &Pod, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+    let identity = Arc::new(MeshEchoIdentity {
+        pod: pod.name.clone(),
+        port: MESH_HTTP_PORT,
+    });
+    tasks.spawn(mesh_echo::serve(bind(pod, MESH_HTTP_PORT).await?, identity));
+    let identity = Arc::new(GrpcEchoIdentity {
+        namespace: pod.namespace.clone(),
+        pod: pod.name.clone(),
+    });
+    tasks.spawn(grpc_echo::serve(bind(pod, MESH_GRPC_PORT).await?, identity));
     Ok(())
 }
 

@@ -343,6 +343,9 @@ pub struct Case {
     /// The distribution block of the batch case types.
     #[serde(default)]
     pub distribution: Value,
+    /// Mesh cases: the client pod (`namespace`, `pod_selector`).
+    #[serde(default)]
+    pub client: Value,
 }
 
 /// `request` of `http` and the HTTP batch case types.

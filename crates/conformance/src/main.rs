@@ -18,10 +18,11 @@
 //!
 //! The work happens in the `conformance` library (a library only so that test targets can
 //! drive the echo backend and client): modules, in the order a case file flows through them,
-//! are `case` (format), `skip`, `manifests`, `certs`, `backends` (with `mounts`, `echo` and
-//! its `ws_echo`, `grpc_echo` and `tcp_echo`), `process`, `actions`, `status` and `checks`,
-//! `traffic`, `client`, `expect`, `batches`, `grpc_cases` (on the wire via `grpc`),
-//! `stream_cases` and `websocket_cases`, then `report`; `runner` ties one case file together.
+//! are `case` (format), `skip`, `manifests` (mesh files: ClusterIPs and names via `mesh`),
+//! `certs`, `backends` (with `mounts`, `echo` and its `ws_echo`, `grpc_echo`, `tcp_echo` and
+//! `mesh_echo`), `process`, `actions`, `status` and `checks`, `traffic`, `client`, `expect`,
+//! `batches`, `grpc_cases` (on the wire via `grpc`), `stream_cases`, `websocket_cases` and
+//! `mesh_cases`, then `report`; `runner` ties one case file together.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

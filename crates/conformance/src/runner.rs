@@ -17,6 +17,7 @@ use crate::backends::{AddressAllocator, Backends, Pod, endpoint_slices};
 use crate::case::{Action, BaseManifests, CaseFile};
 use crate::checks::{self, CheckContext};
 use crate::manifests::{AddressPools, Manifests, ObjectKey};
+use crate::mesh::MeshDirectory;
 use crate::process::Portcullis;
 use crate::report::{Outcome, TestResult};
 use crate::skip::SkipList;
@@ -76,7 +77,7 @@ async fn run_unskipped(case: &CaseFile, config: &RunnerConfig) -> Result<(), Str
 async fn run_in(case: &CaseFile, config: &RunnerConfig, dir: &Path) -> Result<(), String> {
     let pools = AddressPools::standard();
     let config_dir = dir.join("config");
-    let (mut manifests, backends) = prepare(case, config, &pools, &config_dir)
+    let (mut manifests, backends, mesh) = prepare(case, config, &pools, &config_dir)
         .await
         .map_err(|e| format!("runner: {e:#}"))?;
     let mut portcullis =
@@ -89,6 +90,7 @@ async fn run_in(case: &CaseFile, config: &RunnerConfig, dir: &Path) -> Result<()
                 backends: backends.clone(),
                 timeout_scale: config.timeout_scale,
                 keyring: Arc::new(Keyring::from_objects(&config.generated)),
+                mesh: Arc::new(mesh),
             });
             let scenario = Scenario {
                 case,
@@ -115,20 +117,25 @@ async fn run_in(case: &CaseFile, config: &RunnerConfig, dir: &Path) -> Result<()
     outcome
 }
 
-/// Loads and prepares the manifests, starts the backends and writes the config directory.
+/// Loads and prepares the manifests (mesh: with ClusterIPs), starts the backends and writes
+/// the config directory.
 async fn prepare(
     case: &CaseFile,
     config: &RunnerConfig,
     pools: &AddressPools,
     config_dir: &Path,
-) -> anyhow::Result<(Manifests, Arc<Backends>)> {
+) -> anyhow::Result<(Manifests, Arc<Backends>, MeshDirectory)> {
     let mut manifests =
         Manifests::load(&config.manifests_dir, case.base_manifests, &case.manifests)?;
     manifests.prepare(pools);
-    if case.base_manifests == BaseManifests::Gateway {
-        for object in &config.generated {
-            manifests.upsert(object.clone())?;
+    let mut mesh = MeshDirectory::default();
+    match case.base_manifests {
+        BaseManifests::Gateway => {
+            for object in &config.generated {
+                manifests.upsert(object.clone())?;
+            }
         }
+        BaseManifests::Mesh => mesh = MeshDirectory::assign(&mut manifests)?,
     }
     let pods = Pod::plan_all(&manifests, &mut AddressAllocator::new(), &mut rand::rng())?;
     // Backends read what their volumes mount: generated Secrets and ConfigMaps, or the test's.
@@ -145,7 +152,7 @@ async fn prepare(
     std::fs::create_dir_all(config_dir)
         .with_context(|| format!("creating {}", config_dir.display()))?;
     manifests.write_all(config_dir)?;
-    Ok((manifests, backends))
+    Ok((manifests, backends, mesh))
 }
 
 struct Scenario<'a> {

@@ -4,9 +4,9 @@
 //! connection-level ones of TLS routes (`tcp-echo`, `tls-connection-rejected`) in
 //! `stream_cases`.
 //!
-//! The gRPC case types live in `grpc_cases`, `websocket` in `websocket_cases`. Case types
-//! that need UDP or the mesh fail with "unsupported case type"; adding one means a new arm
-//! in [`run_case`] and a transport in `client`.
+//! The gRPC case types live in `grpc_cases`, `websocket` in `websocket_cases`, the mesh ones
+//! in `mesh_cases`. Case types that need UDP fail with "unsupported case type"; adding one
+//! means a new arm in [`run_case`] and a transport in `client`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,6 +18,8 @@ use crate::case::{Case, HttpExpect, HttpRequest};
 use crate::client::{self, Outgoing, Protocol, Reply};
 use crate::expect::{self, RequestUrl};
 use crate::grpc_cases;
+use crate::mesh::MeshDirectory;
+use crate::mesh_cases;
 use crate::status::StatusDocument;
 use crate::stream_cases;
 use crate::tls::{ALPN_H2, ALPN_HTTP1, Keyring, TlsClient, TrustRef};
@@ -42,6 +44,8 @@ pub struct TrafficContext {
     pub timeout_scale: f64,
     /// Certificates that `trust` and `client_cert` refer to.
     pub keyring: Arc<Keyring>,
+    /// Mesh case files: Services and their ClusterIPs (empty otherwise).
+    pub mesh: Arc<MeshDirectory>,
 }
 
 /// A prepared HTTP case: where to connect, what to send, what to expect.
@@ -185,6 +189,8 @@ pub async fn run_case(case: &Case, ctx: &TrafficContext) -> Result<(), String> {
         "tcp-echo" => stream_cases::tcp_echo(case, ctx).await,
         "tls-connection-rejected" => stream_cases::tls_connection_rejected(case, ctx).await,
         "websocket" => websocket_cases::websocket(case, ctx).await,
+        "mesh-request" => mesh_cases::mesh_request(case, ctx).await,
+        "mesh-weighted-distribution" => mesh_cases::weighted_distribution(case, ctx).await,
         other => Err(format!("unsupported case type {other:?}")),
     }
 }
