@@ -43,6 +43,13 @@ pub enum ProxyError {
         /// The SNI of the connection, if the client sent one.
         server_name: Option<String>,
     },
+    /// The TLS listener chosen for a connection has no certificate that can be served (it
+    /// did not load; the reason was logged when the config was applied).
+    #[error("the certificate of listener {listener} cannot be served")]
+    UnusableCertificate {
+        /// Gateway `namespace/name` and listener name.
+        listener: String,
+    },
     /// A listener was found but none of its routes matches.
     #[error("no route matches")]
     NoRoute,
@@ -140,7 +147,8 @@ impl ProxyError {
             Self::InvalidRule(_)
             | Self::NoBackends
             | Self::InvalidBackend { .. }
-            | Self::InvalidFilterResult { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            | Self::InvalidFilterResult { .. }
+            | Self::UnusableCertificate { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoEndpoints { .. } | Self::ConnectionRefused { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -163,6 +171,7 @@ impl ProxyError {
     /// | 421  | `MisdirectedRequest`                  | 14 `UNAVAILABLE`      | note 2         |
     /// | 500  | `NoBackends`, `InvalidBackend`        | 14 `UNAVAILABLE`      | GRPCRoute spec |
     /// | 500  | `InvalidRule`, `InvalidFilterResult`  | 13 `INTERNAL`         | note 3         |
+    /// | 500  | `UnusableCertificate`                 | 13 `INTERNAL`         | note 5         |
     /// | 502  | `UpstreamConnect`, `Upstream`         | 14 `UNAVAILABLE`      | mapping        |
     /// | 503  | `NoEndpoints`, `ConnectionRefused`    | 14 `UNAVAILABLE`      | mapping        |
     /// | 504  | `RequestTimeout`, `BackendTimeout`    | 4 `DEADLINE_EXCEEDED` | note 4         |
@@ -188,6 +197,9 @@ impl ProxyError {
     ///    change in envoyproxy/envoy#44479 (fixing #10184); linkerd/linkerd2-proxy#3302 proposes
     ///    it for linkerd.
     ///
+    /// 5. Only TLS connections routed by SNI meet it, and they are closed, never answered; the
+    ///    row exists so that the mapping stays total.
+    ///
     /// [HTTP to gRPC status mapping]:
     ///     https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
     pub(crate) fn grpc_code(&self) -> grpc::Code {
@@ -198,7 +210,9 @@ impl ProxyError {
             }
             Self::MisdirectedRequest { .. } => grpc::Code::Unavailable,
             Self::NoBackends | Self::InvalidBackend { .. } => grpc::Code::Unavailable,
-            Self::InvalidRule(_) | Self::InvalidFilterResult { .. } => grpc::Code::Internal,
+            Self::InvalidRule(_)
+            | Self::InvalidFilterResult { .. }
+            | Self::UnusableCertificate { .. } => grpc::Code::Internal,
             Self::UpstreamConnect { .. }
             | Self::Upstream { .. }
             | Self::NoEndpoints { .. }
@@ -220,6 +234,7 @@ impl ProxyError {
             | Self::NoBackends
             | Self::InvalidBackend { .. }
             | Self::InvalidFilterResult { .. }
+            | Self::UnusableCertificate { .. }
             | Self::NoEndpoints { .. } => Fault::Config,
             Self::ConnectionRefused { .. }
             | Self::UpstreamConnect { .. }

@@ -2,16 +2,16 @@
 //!
 //! Each bound socket has one accept loop task. Each accepted connection gets its own task,
 //! which decides from the current config how to serve it: relayed to a TCP backend, routed
-//! by the SNI of its ClientHello (passed through, see `stream.rs`, or terminated), terminated
-//! (the TLS handshake first, see `tls.rs`), or plain HTTP. A slow or broken client only
-//! ever holds up itself.
+//! by the SNI of its ClientHello (passed through, terminated and relayed, see `stream.rs`, or
+//! terminated as HTTPS), terminated as HTTPS (the TLS handshake first, see `tls.rs`), or
+//! plain HTTP. A slow or broken client only ever holds up itself.
 //!
 //! Stopping the accept loop closes the socket at once and hands back its open connections
 //! ([`Draining`]); draining asks them to finish their in-flight requests and close (HTTP/1.1
 //! `Connection: close`, HTTP/2 `GOAWAY`), so removing a socket from the config never cuts a
 //! request short. A connection still in its TLS handshake is asked to close as soon as the
-//! handshake ends. Connections relayed as a whole (TCP, TLS passthrough) cannot be asked to
-//! close; they keep going until they end or the drain limit cuts them off.
+//! handshake ends. Connections relayed as a whole (TCP, TLS passthrough and TLS terminated
+//! and relayed) cannot be asked to close; they keep going until they end or the drain limit cuts them off.
 
 use std::convert::Infallible;
 use std::io;
@@ -32,6 +32,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
+use crate::error::ProxyError;
 use crate::peek::{self, Rewind};
 use crate::proxy::{self, Connection};
 use crate::stream::{self, Accepted, TlsRoute};
@@ -247,8 +248,8 @@ async fn serve(
         // Connections routed as a whole cannot be asked to finish early; holding the watchers
         // until they end lets a drain wait for them, up to its limit.
         drop(watchers);
-    } else if !bind_config.tls_passthrough.is_empty() {
-        serve_by_server_name(servers, watchers, shared, accepted, bind_config, stream).await;
+    } else if !bind_config.tls_passthrough.is_empty() || !bind_config.tls_terminate.is_empty() {
+        serve_by_server_name(servers, watchers, shared, accepted, &certificates, stream).await;
     } else if certificates.terminates(bind) {
         let stream = Rewind::new(Bytes::new(), stream);
         serve_tls(servers, watchers, shared, accepted, stream).await;
@@ -257,17 +258,21 @@ async fn serve(
     }
 }
 
-/// On a socket with TLS passthrough listeners: reads the ClientHello, then passes the
-/// connection through, refuses it, or terminates TLS with the ClientHello replayed, as
-/// [`stream::route_tls`] decides for its SNI.
+/// On a socket with TLS listeners routed by SNI (passthrough, terminate-and-relay): reads
+/// the ClientHello, then passes the connection through, terminates it and relays the bytes,
+/// refuses it, or serves HTTPS with the ClientHello replayed, as [`stream::route_tls`]
+/// decides for its SNI.
 async fn serve_by_server_name(
     servers: Arc<Servers>,
     watchers: Watchers,
     shared: Arc<Shared>,
     accepted: Accepted,
-    bind_config: &ir::Bind,
+    certificates: &tls::Certificates,
     mut stream: TcpStream,
 ) {
+    let Some(bind_config) = certificates.config().binds.get(&accepted.bind) else {
+        return;
+    };
     let limit = shared.options.client_hello_timeout;
     let hello = match peek::read_client_hello(&mut stream, limit).await {
         Ok(hello) => hello,
@@ -284,8 +289,26 @@ async fn serve_by_server_name(
             // As for TCP: the drain waits for the connection, up to its limit.
             drop(watchers);
         }
+        TlsRoute::Terminate { listener, route } => {
+            match certificates.acceptor_for(accepted.bind, listener) {
+                Some(acceptor) => {
+                    let routed = (&**listener, &**route);
+                    stream::relay_terminated(&shared, accepted, stream, hello, acceptor, routed)
+                        .await;
+                }
+                // Logged when the certificate was loaded; like an HTTPS listener whose
+                // certificate did not load, this listener cannot complete a handshake.
+                None => {
+                    let error = ProxyError::UnusableCertificate {
+                        listener: format!("{}/{}", listener.gateway, listener.name),
+                    };
+                    stream::refuse(accepted, stream, hello, error).await;
+                }
+            }
+            drop(watchers);
+        }
         TlsRoute::Refuse(error) => stream::refuse(accepted, stream, hello, error).await,
-        TlsRoute::Terminate => {
+        TlsRoute::Https => {
             let stream = Rewind::new(hello.bytes, stream);
             serve_tls(servers, watchers, shared, accepted, stream).await;
         }

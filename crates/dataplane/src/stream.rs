@@ -1,4 +1,5 @@
-//! Connection-level routing: TLS passthrough (by the ClientHello's SNI) and TCP.
+//! Connection-level routing: TLS passthrough and TLS terminate-and-relay (by the
+//! ClientHello's SNI), and TCP.
 //!
 //! These listeners route whole connections. The accept loop takes one config snapshot per
 //! connection and hands it here; the connection then gets one route, one backend chosen by
@@ -13,21 +14,32 @@
 //! (`tls-connection-rejected`, as Go's client reports it) expects the refusal to be an EOF or
 //! a reset, which is also what Envoy does for an unmatched filter chain.
 //!
-//! Which connections on a mixed socket (HTTPS and TLS passthrough listeners on one port,
-//! TLSRouteModeMixed) are passed through is decided by [`route_tls`].
+//! A TLS listener with `tls.mode: Terminate` ([`relay_terminated`]) runs the handshake with
+//! its own certificate and relays the decrypted bytes to a plain TCP backend. Its route and
+//! backend are chosen before the handshake, so a name or route that cannot be served is
+//! refused in the same way, without a handshake.
+//!
+//! Which listener takes a connection on a socket with TLS listeners (HTTPS, passthrough and
+//! terminate-and-relay ones, possibly on one port: TLSRouteModeMixed) is decided by
+//! [`route_tls`].
+
+mod route;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use ir::{Hostname, HostnameMatch, StreamRoute, TcpListener, TlsPassthroughListener};
-use tokio::io::AsyncWriteExt;
+use ir::{Hostname, StreamRoute, TcpListener, TlsPassthroughListener, TlsTerminateListener};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
 use crate::error::{Fault, ProxyError};
 use crate::forward;
-use crate::peek::ClientHello;
+use crate::peek::{ClientHello, Rewind};
+use crate::tls::{self, HandshakeError};
+
+pub use route::{TlsRoute, route_tls};
 
 /// The addresses of an accepted connection.
 #[derive(Clone, Copy, Debug)]
@@ -36,65 +48,6 @@ pub struct Accepted {
     pub bind: SocketAddr,
     /// The client's address.
     pub client: SocketAddr,
-}
-
-/// Where a TLS connection goes on a socket with passthrough listeners.
-#[derive(Debug)]
-pub enum TlsRoute<'b> {
-    /// Pass the connection through to a backend of `route`.
-    PassThrough {
-        /// The listener the SNI selected.
-        listener: &'b Arc<TlsPassthroughListener>,
-        /// Its route for the SNI.
-        route: &'b Arc<StreamRoute>,
-    },
-    /// Terminate TLS with the bind's HTTPS listeners and serve HTTP.
-    Terminate,
-    /// Close the connection: no listener, or no route of the selected listener, takes it.
-    Refuse(ProxyError),
-}
-
-/// Decides where a TLS connection on `bind` goes by its SNI.
-///
-/// The most specific listener that matches the SNI serves the connection, whichever its
-/// protocol, just as the most specific HTTP listener serves a request (listener isolation,
-/// GEP-1713): an HTTPS listener for `a.example.com` is not shadowed by a passthrough
-/// listener without hostname on the same port. On a tie the passthrough listener wins.
-/// A passthrough listener that wins but has no route for the SNI refuses the connection
-/// rather than handing it to a less specific HTTPS listener, as a request that its listener
-/// cannot route gets 404. Without SNI, only listeners without hostname match.
-pub fn route_tls<'b>(bind: &'b ir::Bind, server_name: Option<&Hostname>) -> TlsRoute<'b> {
-    let sni = server_name.map(Hostname::as_str);
-    let terminating = bind.http.iter().any(|listener| listener.tls.is_some());
-    let https = bind
-        .http
-        .iter()
-        .filter(|listener| listener.tls.is_some())
-        .filter_map(|listener| match (&listener.hostname, sni) {
-            (None, _) => Some((0, 0)),
-            (Some(pattern), Some(sni)) if pattern.matches(sni) => Some(pattern.specificity()),
-            _ => None,
-        })
-        .max();
-    let passthrough = bind.passthrough_for(sni).filter(|listener| {
-        let specificity = listener
-            .hostname
-            .as_ref()
-            .map_or((0, 0), HostnameMatch::specificity);
-        https.is_none_or(|https| specificity >= https)
-    });
-    match passthrough {
-        Some(listener) => match listener.select(sni) {
-            Some(route) => TlsRoute::PassThrough { listener, route },
-            None => TlsRoute::Refuse(ProxyError::NoRoute),
-        },
-        // The HTTPS listeners decide, as on a socket without passthrough listeners: the
-        // certificate resolver fails the handshake of an SNI that none of them takes.
-        None if terminating => TlsRoute::Terminate,
-        None => TlsRoute::Refuse(ProxyError::NoListener {
-            host: sni.unwrap_or_default().to_string(),
-        }),
-    }
 }
 
 /// Serves a connection on a socket with a TCP listener: its first route (translate orders
@@ -148,6 +101,55 @@ pub async fn pass_through(
     log.record();
 }
 
+/// Serves a connection that [`route_tls`] gave to a terminate-and-relay listener: chooses a
+/// backend of `route` by weight and an endpoint, completes the TLS handshake with `acceptor`
+/// (the listener's certificate, replaying the ClientHello already read), connects to the
+/// endpoint in plain TCP, and relays the decrypted bytes both ways.
+///
+/// A route that cannot forward (no backend of non-zero weight, an invalid backend, no
+/// endpoints) refuses the connection before the handshake, like a name without a route. An
+/// endpoint that cannot be reached is only found out after it: the connection is then closed
+/// without `close_notify`, so the client sees it truncated rather than ended.
+pub async fn relay_terminated(
+    shared: &Shared,
+    accepted: Accepted,
+    mut client: TcpStream,
+    hello: ClientHello,
+    acceptor: &TlsAcceptor,
+    (listener, route): (&TlsTerminateListener, &StreamRoute),
+) {
+    let mut log = StreamLog::new(accepted, "TLS");
+    log.listener(&listener.gateway, &listener.name);
+    let ClientHello { bytes, server_name } = hello;
+    log.server_name = server_name;
+    log.route(route);
+    let endpoint = match choose_endpoint(shared, route, &mut log) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            close(&mut client).await;
+            log.fail(&error);
+            return log.record();
+        }
+    };
+    let limit = shared.options.tls_handshake_timeout;
+    let tls = match tls::handshake(acceptor, Rewind::new(bytes, client), limit).await {
+        Ok((tls, _)) => tls,
+        Err(error) => {
+            log.handshake_failed(&error);
+            return log.record();
+        }
+    };
+    let relayed = match forward::connect(endpoint, shared.options.connect_timeout).await {
+        // Dropping the TLS stream closes the socket without `close_notify`.
+        Ok(upstream) => splice(tls, upstream, endpoint, &[], &mut log).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = relayed {
+        log.fail(&error);
+    }
+    log.record();
+}
+
 /// Closes a TLS connection that [`route_tls`] refused.
 pub async fn refuse(
     accepted: Accepted,
@@ -171,24 +173,37 @@ async fn connect(
     route: &StreamRoute,
     log: &mut StreamLog,
 ) -> Result<(TcpStream, SocketAddr), ProxyError> {
+    let endpoint = choose_endpoint(shared, route, log)?;
+    let stream = forward::connect(endpoint, shared.options.connect_timeout).await?;
+    Ok((stream, endpoint))
+}
+
+/// Chooses a backend of `route` by weight, and an endpoint of it.
+fn choose_endpoint(
+    shared: &Shared,
+    route: &StreamRoute,
+    log: &mut StreamLog,
+) -> Result<SocketAddr, ProxyError> {
     let (_, backend) = forward::choose_backend(&route.backends)?;
     log.backend = Some(backend.name.clone());
     let endpoint = shared.upstreams.endpoint(backend)?;
     log.endpoint = Some(endpoint);
-    let stream = forward::connect(endpoint, shared.options.connect_timeout).await?;
-    Ok((stream, endpoint))
+    Ok(endpoint)
 }
 
 /// Writes `first` (bytes already read from the client) upstream, then copies both ways until
 /// both sides are closed. When one side closes its sending half, the other side's sending
 /// half is shut down too and the other direction goes on (`copy_bidirectional`).
-async fn splice(
-    mut client: TcpStream,
+async fn splice<C>(
+    mut client: C,
     mut upstream: TcpStream,
     endpoint: SocketAddr,
     first: &[u8],
     log: &mut StreamLog,
-) -> Result<(), ProxyError> {
+) -> Result<(), ProxyError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     if !first.is_empty() {
         upstream
             .write_all(first)
@@ -269,6 +284,17 @@ impl StreamLog {
         self.fault = Some(error.fault());
     }
 
+    /// A failed handshake is the client's doing (a scanner, a client that distrusts the
+    /// certificate, one that went away); it is not a [`ProxyError`], which is about routing.
+    fn handshake_failed(&mut self, error: &HandshakeError) {
+        let cause = std::error::Error::source(error).map(ToString::to_string);
+        self.error = Some(match cause {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        });
+        self.fault = Some(Fault::Client);
+    }
+
     fn record(&self) {
         tracing::info!(
             target: "portcullis::access",
@@ -286,143 +312,5 @@ impl StreamLog {
             fault = ?self.fault,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use ir::{HttpListener, RedirectScheme, RouteId, RouteKind, RouteTable, TlsCertificate};
-
-    use super::*;
-
-    fn https(hostname: Option<&str>) -> Arc<HttpListener> {
-        Arc::new(HttpListener {
-            gateway: "ns/gateway".into(),
-            name: hostname.unwrap_or("https").into(),
-            hostname: hostname.map(HostnameMatch::parse),
-            port: 443,
-            scheme: RedirectScheme::Https,
-            routes: RouteTable::new(Vec::new()),
-            tls: Some(Arc::new(TlsCertificate {
-                source: "ns/cert".into(),
-                chain_pem: Vec::new(),
-                key_pem: Vec::new(),
-            })),
-        })
-    }
-
-    fn passthrough(hostname: Option<&str>, routes: &[&[&str]]) -> Arc<TlsPassthroughListener> {
-        let routes = routes
-            .iter()
-            .enumerate()
-            .map(|(index, hostnames)| {
-                Arc::new(StreamRoute {
-                    id: RouteId {
-                        kind: RouteKind::Tls,
-                        namespace: "ns".into(),
-                        name: format!("route-{index}"),
-                        rule: 0,
-                        rule_name: None,
-                    },
-                    hostnames: hostnames.iter().map(|h| HostnameMatch::parse(h)).collect(),
-                    backends: Vec::new(),
-                })
-            })
-            .collect();
-        Arc::new(TlsPassthroughListener {
-            gateway: "ns/gateway".into(),
-            name: hostname.unwrap_or("passthrough").into(),
-            hostname: hostname.map(HostnameMatch::parse),
-            routes,
-        })
-    }
-
-    /// What `route_tls` decides, as text: `pass <listener> <route>`, `terminate`, or the
-    /// refusal.
-    fn decide(bind: &ir::Bind, sni: Option<&str>) -> String {
-        let sni = sni.and_then(Hostname::from_request_host);
-        match route_tls(bind, sni.as_ref()) {
-            TlsRoute::PassThrough { listener, route } => {
-                format!("pass {} {}", listener.name, route.id.name)
-            }
-            TlsRoute::Terminate => "terminate".into(),
-            TlsRoute::Refuse(error) => format!("refuse: {error}"),
-        }
-    }
-
-    #[test]
-    fn passthrough_only_sockets_route_or_refuse() {
-        let bind = ir::Bind {
-            tls_passthrough: vec![passthrough(
-                Some("*.example.com"),
-                &[&["a.example.com"], &["b.example.com"]],
-            )],
-            ..ir::Bind::default()
-        };
-        assert_eq!(
-            decide(&bind, Some("a.example.com")),
-            "pass *.example.com route-0"
-        );
-        assert_eq!(
-            decide(&bind, Some("B.example.com")),
-            "pass *.example.com route-1"
-        );
-        assert_eq!(
-            decide(&bind, Some("c.example.com")),
-            "refuse: no route matches"
-        );
-        assert_eq!(
-            decide(&bind, Some("other.test")),
-            "refuse: no listener for host \"other.test\""
-        );
-        assert_eq!(decide(&bind, None), "refuse: no listener for host \"\"");
-    }
-
-    #[test]
-    fn the_most_specific_listener_of_either_kind_wins() {
-        let bind = ir::Bind {
-            http: vec![
-                https(Some("term.example.com")),
-                https(Some("*.example.com")),
-            ],
-            tls_passthrough: vec![
-                passthrough(Some("pass.example.com"), &[&[]]),
-                passthrough(None, &[&["any.example.com", "other.test"]]),
-            ],
-            tcp: None,
-        };
-        assert_eq!(
-            decide(&bind, Some("pass.example.com")),
-            "pass pass.example.com route-0"
-        );
-        // An exact HTTPS listener beats the passthrough listener without hostname...
-        assert_eq!(decide(&bind, Some("term.example.com")), "terminate");
-        // ...and so does a wildcard one, even where the passthrough route would match.
-        assert_eq!(decide(&bind, Some("any.example.com")), "terminate");
-        assert_eq!(
-            decide(&bind, Some("other.test")),
-            "pass passthrough route-0"
-        );
-        // The passthrough listener without hostname takes every other SNI, and refuses those
-        // its routes do not.
-        assert_eq!(decide(&bind, Some("else.test")), "refuse: no route matches");
-        assert_eq!(decide(&bind, None), "refuse: no route matches");
-    }
-
-    #[test]
-    fn without_a_passthrough_match_https_listeners_decide() {
-        let bind = ir::Bind {
-            http: vec![https(Some("term.example.com"))],
-            tls_passthrough: vec![passthrough(Some("pass.example.com"), &[&[]])],
-            tcp: None,
-        };
-        assert_eq!(decide(&bind, Some("unknown.test")), "terminate");
-        assert_eq!(decide(&bind, None), "terminate");
-        let tie = ir::Bind {
-            http: vec![https(None)],
-            tls_passthrough: vec![passthrough(None, &[&[]])],
-            tcp: None,
-        };
-        assert_eq!(decide(&tie, Some("x.test")), "pass passthrough route-0");
     }
 }

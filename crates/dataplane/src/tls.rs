@@ -5,6 +5,12 @@
 //! decided per connection from the current config, so a socket whose kind changes between
 //! configs needs no re-bind: connections accepted after the reload get the new kind.
 //!
+//! TLS listeners with `tls.mode: Terminate` (`ir::Bind::tls_terminate`) are chosen before
+//! the handshake, from the peeked ClientHello (`stream::route_tls`). Their handshake then
+//! serves exactly the certificate of the chosen listener, with no ALPN, through an acceptor
+//! that [`Certificates::acceptor_for`] hands out from the same snapshot, so a reload between
+//! the peek and the handshake cannot pair one listener's routes with another's key.
+//!
 //! Certificates are parsed once per config, when it is applied ([`Certificates::load`]), and
 //! kept next to that config in one snapshot. Every TLS socket has one rustls `ServerConfig`
 //! whose [`ResolvesServerCert`] reads the *current* snapshot at each ClientHello, so a
@@ -23,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ir::{Hostname, HttpListener, TlsCertificate};
+use ir::{Hostname, HttpListener, TlsCertificate, TlsTerminateListener};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -45,12 +51,11 @@ const ALPN_HTTP1: &[u8] = b"http/1.1";
 pub struct Certificates {
     /// The config the keys were loaded for; SNI selection reads its binds.
     config: Arc<ir::Config>,
-    /// For each bind, the key of each HTTP listener in `ir::Bind::http` order: `None` for a
-    /// listener without TLS or whose certificate did not load.
-    keys: HashMap<SocketAddr, Vec<Option<Arc<CertifiedKey>>>>,
+    /// For each bind, what its listeners serve.
+    keys: HashMap<SocketAddr, BindKeys>,
     /// Every distinct certificate of the config and what loading it gave, so that the next
     /// config parses only the certificates that changed.
-    loaded: HashMap<ByContent, Option<Arc<CertifiedKey>>>,
+    loaded: HashMap<ByContent, Option<Loaded>>,
 }
 
 /// What a connection's handshake settled, as the request path needs it.
@@ -78,6 +83,10 @@ pub enum CertificateError {
     /// rustls rejected the key (unsupported algorithm, or it does not match the leaf).
     #[error("the private key cannot be used with the certificate")]
     Rejected(#[source] rustls::Error),
+    /// No server configuration could be built around the key (the crypto provider offers
+    /// none of the protocol versions asked for; not expected with ring).
+    #[error("no TLS server configuration can be built")]
+    ServerConfig(#[source] rustls::Error),
 }
 
 /// Why a TLS handshake did not complete. Either way only that connection ends.
@@ -158,22 +167,43 @@ impl Certificates {
     pub fn load(config: Arc<ir::Config>, previous: &Self) -> Self {
         let provider = provider();
         let mut loaded = HashMap::new();
+        let mut load = |certificate: &Arc<TlsCertificate>, owner: Owner<'_>| {
+            let content = ByContent(Arc::clone(certificate));
+            let entry = loaded.entry(content).or_insert_with_key(|content| {
+                previous
+                    .loaded
+                    .get(content)
+                    .cloned()
+                    .unwrap_or_else(|| load_certificate(&content.0, &provider, owner))
+            });
+            entry.clone()
+        };
         let mut keys = HashMap::new();
         for (&addr, bind) in &config.binds {
-            let mut bind_keys = Vec::with_capacity(bind.http.len());
-            for listener in &bind.http {
-                let key = listener.tls.as_ref().and_then(|certificate| {
-                    let content = ByContent(Arc::clone(certificate));
-                    let key = loaded.entry(content).or_insert_with_key(|content| {
-                        previous.loaded.get(content).cloned().unwrap_or_else(|| {
-                            load_certificate(&content.0, &provider, addr, listener)
-                        })
-                    });
-                    key.clone()
-                });
-                bind_keys.push(key);
-            }
-            keys.insert(addr, bind_keys);
+            let http = bind
+                .http
+                .iter()
+                .map(|listener| {
+                    let owner = Owner::new(addr, &listener.gateway, &listener.name);
+                    let certificate = listener.tls.as_ref()?;
+                    load(certificate, owner).map(|loaded| loaded.key)
+                })
+                .collect();
+            let tls_terminate = bind
+                .tls_terminate
+                .iter()
+                .map(|listener| {
+                    let owner = Owner::new(addr, &listener.gateway, &listener.name);
+                    load(&listener.tls, owner).map(|loaded| loaded.relay)
+                })
+                .collect();
+            keys.insert(
+                addr,
+                BindKeys {
+                    http,
+                    tls_terminate,
+                },
+            );
         }
         Self {
             config,
@@ -196,6 +226,26 @@ impl Certificates {
             .is_some_and(|bind| bind.http.iter().any(|listener| listener.tls.is_some()))
     }
 
+    /// The acceptor for a connection that [`crate::stream::route_tls`] gave to the terminate
+    /// listener `listener` of the socket of config key `bind`: it presents that listener's
+    /// certificate whatever the ClientHello asks for, and negotiates no ALPN (the decrypted
+    /// bytes are relayed, not parsed). `None` when the certificate did not load, or when
+    /// `listener` is not one of this config's.
+    pub fn acceptor_for(
+        &self,
+        bind: SocketAddr,
+        listener: &Arc<TlsTerminateListener>,
+    ) -> Option<&TlsAcceptor> {
+        let index = self
+            .config
+            .binds
+            .get(&bind)?
+            .tls_terminate
+            .iter()
+            .position(|candidate| Arc::ptr_eq(candidate, listener))?;
+        self.keys.get(&bind)?.tls_terminate.get(index)?.as_ref()
+    }
+
     /// The key to present on the socket of config key `bind` to a client that sent
     /// `server_name`; `None` aborts the handshake.
     fn resolve(&self, bind: SocketAddr, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
@@ -206,7 +256,7 @@ impl Certificates {
             .http
             .iter()
             .position(|candidate| Arc::ptr_eq(candidate, listener))?;
-        let key = self.keys.get(&bind)?.get(index)?.clone();
+        let key = self.keys.get(&bind)?.http.get(index)?.clone();
         if key.is_none() {
             tracing::debug!(
                 %bind,
@@ -257,6 +307,61 @@ impl std::fmt::Debug for Resolver {
     }
 }
 
+// === impl Fixed ===
+
+/// Serves one key to every ClientHello: the listener was chosen before the handshake.
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+impl std::fmt::Debug for Fixed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fixed").finish_non_exhaustive()
+    }
+}
+
+// === helper types ===
+
+/// What the listeners of one bind serve, in the order of their `ir::Bind` lists; `None` for
+/// an HTTP listener without TLS, or a listener whose certificate did not load.
+struct BindKeys {
+    /// One per `ir::Bind::http` listener.
+    http: Vec<Option<Arc<CertifiedKey>>>,
+    /// One per `ir::Bind::tls_terminate` listener.
+    tls_terminate: Vec<Option<TlsAcceptor>>,
+}
+
+/// A certificate that loaded: its key for HTTPS listeners, and an acceptor for terminate
+/// listeners. Kept across configs while the certificate is unchanged, which also keeps the
+/// acceptor's session cache, so clients can resume sessions across reloads.
+#[derive(Clone)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    relay: TlsAcceptor,
+}
+
+/// The listener a certificate was loaded for, as its log line names it.
+#[derive(Clone, Copy)]
+struct Owner<'a> {
+    bind: SocketAddr,
+    gateway: &'a str,
+    listener: &'a str,
+}
+
+impl<'a> Owner<'a> {
+    fn new(bind: SocketAddr, gateway: &'a str, listener: &'a str) -> Self {
+        Self {
+            bind,
+            gateway,
+            listener,
+        }
+    }
+}
+
 // === impl ByContent ===
 
 /// A certificate compared and hashed by its PEM bytes, so that equal Secrets share one
@@ -285,20 +390,25 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Loads one certificate, logging why it is unusable if it is.
+/// Loads one certificate, logging why it is unusable if it is. `owner` is the first listener
+/// found to use it, for the log line.
 fn load_certificate(
     certificate: &TlsCertificate,
-    provider: &CryptoProvider,
-    bind: SocketAddr,
-    listener: &HttpListener,
-) -> Option<Arc<CertifiedKey>> {
-    match certified_key(certificate, provider) {
-        Ok(key) => Some(Arc::new(key)),
+    provider: &Arc<CryptoProvider>,
+    owner: Owner<'_>,
+) -> Option<Loaded> {
+    let loaded = certified_key(certificate, provider).and_then(|key| {
+        let key = Arc::new(key);
+        let relay = relay_acceptor(Arc::clone(&key), provider)?;
+        Ok(Loaded { key, relay })
+    });
+    match loaded {
+        Ok(loaded) => Some(loaded),
         Err(error) => {
             tracing::warn!(
-                %bind,
-                gateway = %listener.gateway,
-                listener = %listener.name,
+                bind = %owner.bind,
+                gateway = %owner.gateway,
+                listener = %owner.listener,
                 secret = %certificate.source,
                 error = %error,
                 source = ?std::error::Error::source(&error),
@@ -307,6 +417,21 @@ fn load_certificate(
             None
         }
     }
+}
+
+/// The acceptor of terminate-and-relay listeners serving `key`: TLS 1.3 and 1.2, and no ALPN
+/// protocols, so whatever a client offers, none is selected (RFC 7301 §3.2 lets a server
+/// that supports none of them answer without the extension).
+fn relay_acceptor(
+    key: Arc<CertifiedKey>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<TlsAcceptor, CertificateError> {
+    let config = ServerConfig::builder_with_provider(Arc::clone(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(CertificateError::ServerConfig)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(key)));
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Parses a `kubernetes.io/tls` pair: the chain (leaf first) and one private key.
@@ -325,231 +450,4 @@ fn certified_key(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use ir::{HostnameMatch, RedirectScheme, RouteTable};
-
-    use super::*;
-
-    const BIND: SocketAddr =
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 443);
-
-    fn certificate(names: &[&str]) -> Arc<TlsCertificate> {
-        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
-        let key = rcgen::KeyPair::generate().expect("generate a key");
-        let params = rcgen::CertificateParams::new(names.clone()).expect("valid names");
-        let cert = params.self_signed(&key).expect("self-sign");
-        Arc::new(TlsCertificate {
-            source: format!("default/{}", names.join("+")),
-            chain_pem: cert.pem().into_bytes(),
-            key_pem: key.serialize_pem().into_bytes(),
-        })
-    }
-
-    fn listener(
-        name: &str,
-        hostname: Option<&str>,
-        tls: Option<Arc<TlsCertificate>>,
-    ) -> Arc<HttpListener> {
-        Arc::new(HttpListener {
-            gateway: "default/gateway".into(),
-            name: name.into(),
-            hostname: hostname.map(HostnameMatch::parse),
-            port: 443,
-            scheme: RedirectScheme::Https,
-            routes: RouteTable::new(Vec::new()),
-            tls,
-        })
-    }
-
-    fn bind(listeners: Vec<Arc<HttpListener>>) -> ir::Bind {
-        let mut bind = ir::Bind {
-            http: listeners,
-            ..ir::Bind::default()
-        };
-        bind.sort_listeners();
-        bind
-    }
-
-    fn config(listeners: Vec<Arc<HttpListener>>) -> Arc<ir::Config> {
-        Arc::new(ir::Config {
-            binds: BTreeMap::from([(BIND, bind(listeners))]),
-        })
-    }
-
-    fn name_of(selected: Option<&Arc<HttpListener>>) -> Option<&str> {
-        selected.map(|listener| listener.name.as_str())
-    }
-
-    fn served(key: Option<Arc<CertifiedKey>>) -> Option<CertificateDer<'static>> {
-        key.and_then(|key| {
-            key.end_entity_cert()
-                .ok()
-                .map(|cert| cert.clone().into_owned())
-        })
-    }
-
-    fn leaf(certificate: &TlsCertificate) -> Option<CertificateDer<'static>> {
-        CertificateDer::pem_slice_iter(&certificate.chain_pem)
-            .next()
-            .and_then(Result::ok)
-    }
-
-    #[test]
-    fn server_name_selects_like_the_host() {
-        let bind = bind(vec![
-            listener("any", None, None),
-            listener("wildcard", Some("*.example.com"), None),
-            listener("exact", Some("a.example.com"), None),
-        ]);
-        for (sni, expected) in [
-            ("a.example.com", "exact"),
-            ("b.example.com", "wildcard"),
-            ("other.test", "any"),
-        ] {
-            let sni = Hostname::from_request_host(sni);
-            let selected = listener_for_server_name(&bind, sni.as_ref());
-            assert_eq!(name_of(selected), Some(expected));
-        }
-        assert_eq!(name_of(listener_for_server_name(&bind, None)), Some("any"));
-    }
-
-    #[test]
-    fn without_server_name_the_most_specific_listener_is_the_fallback() {
-        let bind = bind(vec![
-            listener("wildcard", Some("*.example.com"), None),
-            listener("exact", Some("a.example.com"), None),
-        ]);
-        assert_eq!(
-            name_of(listener_for_server_name(&bind, None)),
-            Some("exact")
-        );
-        let unmatched = Hostname::from_request_host("other.test");
-        assert_eq!(
-            name_of(listener_for_server_name(&bind, unmatched.as_ref())),
-            None
-        );
-    }
-
-    #[test]
-    fn without_server_name_ties_break_as_listener_for_does() {
-        let bind = bind(vec![
-            listener("first", None, None),
-            listener("second", None, None),
-        ]);
-        let by_host = bind.listener_for("anything.test");
-        let by_default = listener_for_server_name(&bind, None);
-        assert_eq!(name_of(by_default), name_of(by_host));
-    }
-
-    #[test]
-    fn certificates_follow_the_server_name() {
-        let exact = certificate(&["a.example.com"]);
-        let wildcard = certificate(&["*.example.com"]);
-        let config = config(vec![
-            listener(
-                "wildcard",
-                Some("*.example.com"),
-                Some(Arc::clone(&wildcard)),
-            ),
-            listener("exact", Some("a.example.com"), Some(Arc::clone(&exact))),
-        ]);
-        let certificates = Certificates::load(config, &Certificates::empty());
-        assert!(certificates.terminates(BIND));
-        let resolve = |sni| served(certificates.resolve(BIND, sni));
-        assert_eq!(resolve(Some("A.Example.com")), leaf(&exact));
-        assert_eq!(resolve(Some("b.example.com")), leaf(&wildcard));
-        // Without SNI, the most specific listener (there is none without hostname).
-        assert_eq!(resolve(None), leaf(&exact));
-        assert_eq!(resolve(Some("other.test")), None);
-        let other_bind = SocketAddr::from(([127, 0, 0, 1], 8443));
-        assert!(
-            certificates
-                .resolve(other_bind, Some("a.example.com"))
-                .is_none()
-        );
-        assert!(!certificates.terminates(other_bind));
-    }
-
-    #[test]
-    fn unchanged_certificates_are_not_parsed_again() {
-        let kept = certificate(&["kept.example.com"]);
-        let first = Certificates::load(
-            config(vec![listener("kept", None, Some(Arc::clone(&kept)))]),
-            &Certificates::empty(),
-        );
-        // An equal certificate in a new `Arc`, as the next translation produces it.
-        let again = Arc::new(TlsCertificate::clone(&kept));
-        let second = Certificates::load(config(vec![listener("kept", None, Some(again))]), &first);
-        let before = first.resolve(BIND, None).expect("loaded");
-        let after = second.resolve(BIND, None).expect("reused");
-        assert!(Arc::ptr_eq(&before, &after));
-    }
-
-    #[test]
-    fn unusable_certificates_fail_only_their_listener() {
-        let good = certificate(&["good.example.com"]);
-        let other = certificate(&["other.example.com"]);
-        let mismatched = Arc::new(TlsCertificate {
-            source: "default/mismatched".into(),
-            chain_pem: good.chain_pem.clone(),
-            key_pem: other.key_pem.clone(),
-        });
-        let garbage = Arc::new(TlsCertificate {
-            source: "default/garbage".into(),
-            chain_pem: b"not pem".to_vec(),
-            key_pem: b"not pem either".to_vec(),
-        });
-        let config = config(vec![
-            listener("good", Some("good.example.com"), Some(Arc::clone(&good))),
-            listener("mismatched", Some("bad.example.com"), Some(mismatched)),
-            listener("garbage", Some("garbage.example.com"), Some(garbage)),
-        ]);
-        let certificates = Certificates::load(config, &Certificates::empty());
-        assert!(
-            certificates
-                .resolve(BIND, Some("bad.example.com"))
-                .is_none()
-        );
-        assert!(
-            certificates
-                .resolve(BIND, Some("garbage.example.com"))
-                .is_none()
-        );
-        assert_eq!(
-            served(certificates.resolve(BIND, Some("good.example.com"))),
-            leaf(&good)
-        );
-    }
-
-    #[test]
-    fn pem_errors_are_told_apart() {
-        let provider = provider();
-        let good = certificate(&["good.example.com"]);
-        let with = |chain: &[u8], key: &[u8]| {
-            certified_key(
-                &TlsCertificate {
-                    source: "default/test".into(),
-                    chain_pem: chain.to_vec(),
-                    key_pem: key.to_vec(),
-                },
-                &provider,
-            )
-        };
-        assert!(with(&good.chain_pem, &good.key_pem).is_ok());
-        assert!(matches!(
-            with(b"", &good.key_pem),
-            Err(CertificateError::NoCertificate)
-        ));
-        assert!(matches!(
-            with(&good.chain_pem, b""),
-            Err(CertificateError::Key(_))
-        ));
-        let other = certificate(&["other.example.com"]);
-        assert!(matches!(
-            with(&good.chain_pem, &other.key_pem),
-            Err(CertificateError::Rejected(_))
-        ));
-    }
-}
+mod tests;

@@ -286,7 +286,7 @@ async fn a_mixed_socket_passes_one_name_through_and_terminates_another() {
                 vec![weighted(1, passed.backend())],
             )],
         )],
-        tcp: None,
+        ..ir::Bind::default()
     };
     let gateway = Gateway::start(bind_config(bind)).await;
 
