@@ -12,10 +12,12 @@
 //! WebSocket handshakes go the same way too, on a fresh upstream connection; after the
 //! backend's 101 the connection's task relays bytes both ways (`upgrade.rs`).
 //!
-//! TLS passthrough and TCP listeners route whole connections instead (`stream.rs`): the SNI
-//! of the ClientHello (`sni.rs`, read without losing it by `peek.rs`) or the TCP listener's
-//! route picks a backend by weight, and bytes are relayed both ways. A socket may mix HTTPS
-//! and passthrough listeners; the SNI decides per connection.
+//! TLS passthrough, TLS terminate-and-relay and TCP listeners route whole connections instead
+//! (`stream.rs`): the SNI of the ClientHello (`sni.rs`, read without losing it by `peek.rs`)
+//! or the TCP listener's route picks a backend by weight, and bytes are relayed both ways;
+//! a terminate listener first completes the handshake with its own certificate and relays
+//! the decrypted bytes. A socket may mix HTTPS, passthrough and terminate listeners; the SNI
+//! picks the most specific one per connection (`stream/route.rs`).
 //!
 //! Each request and each connection takes one config snapshot and keeps it, so a reload
 //! never changes a request in flight or moves a relayed connection. Sockets are reconciled on

@@ -221,8 +221,8 @@ fn server_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one connection until it closes, as the config current when it was accepted makes
-/// its socket serve it: relayed to a TCP backend, routed by its SNI (passed through, or
-/// terminated), terminated, or plain HTTP. Errors end only this connection.
+/// its socket serve it: relayed to a TCP backend, routed by its SNI (passed through,
+/// terminated and relayed, or served as HTTPS), served as HTTPS, or plain HTTP. Errors end only this connection.
 async fn serve(
     servers: Arc<Servers>,
     watchers: Watchers,

@@ -10,4 +10,5 @@ mod passthrough;
 mod routing;
 mod support;
 mod tcp;
+mod terminate;
 mod websocket;

@@ -8,16 +8,16 @@ use std::time::Duration;
 use dataplane::Options;
 use http::StatusCode;
 use ir::{BackendProtocol, PathMatch, RouteKind};
-use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use crate::support::stream::{
     SEGMENT_GAP, StreamBackend, bind_config, client_hello, closed_after, echo, finish, greeting,
     passthrough_listener, stream_route,
 };
-use crate::support::tls::{Authority, H2, Hello, Leaf, https_listener};
+use crate::support::tls::{
+    Authority, H2, Hello, Leaf, closed_without_alert, https_listener, peer_leaf,
+};
 use crate::support::{Gateway, Upstream, backend, forward, route, unused_port, weighted};
 
 /// Two TLS backends with their own certificates, `a.example.com` and `b.example.com`, and
@@ -62,29 +62,6 @@ impl Site {
             gateway,
         }
     }
-}
-
-/// The leaf certificate the other end presented.
-fn peer_leaf<S>(stream: &TlsStream<S>) -> Option<CertificateDer<'static>> {
-    let (_, session) = stream.get_ref();
-    session
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| leaf.clone().into_owned())
-}
-
-/// Whether a failed client handshake ended the way the conformance suite's
-/// `tls-connection-rejected` expects: EOF or a reset, not an alert or another TLS error.
-fn closed_without_alert(error: &std::io::Error) -> bool {
-    let tls_error = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some();
-    !tls_error
-        && matches!(
-            error.kind(),
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-        )
 }
 
 /// A connection to `addr` through a relay that sends the client's first flight (its

@@ -1,6 +1,7 @@
 //! Connection-level backends and clients: TCP and TLS servers that greet every connection
 //! with their name, echo what they receive and say `bye` once the client has half-closed;
-//! builders for TLS passthrough and TCP listeners; and client steps for such conversations.
+//! builders for TLS passthrough, TLS terminate and TCP listeners; and client steps for such
+//! conversations.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use ir::{
     Backend, BackendProtocol, RouteId, RouteKind, StreamRoute, TcpListener, TlsPassthroughListener,
-    WeightedBackend,
+    TlsTerminateListener, WeightedBackend,
 };
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
@@ -232,6 +233,21 @@ pub fn passthrough_listener(
         gateway: "default/gateway".into(),
         name: hostname.unwrap_or("tls").into(),
         hostname: hostname.map(ir::HostnameMatch::parse),
+        routes,
+    })
+}
+
+/// A TLS listener with `hostname` that terminates with `leaf` and relays to its routes.
+pub fn terminate_listener(
+    hostname: Option<&str>,
+    leaf: &Leaf,
+    routes: Vec<Arc<StreamRoute>>,
+) -> Arc<TlsTerminateListener> {
+    Arc::new(TlsTerminateListener {
+        gateway: "default/gateway".into(),
+        name: hostname.unwrap_or("terminate").into(),
+        hostname: hostname.map(ir::HostnameMatch::parse),
+        tls: Arc::clone(&leaf.certificate),
         routes,
     })
 }

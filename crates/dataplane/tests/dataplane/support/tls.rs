@@ -233,3 +233,26 @@ pub fn https_listener(
         ..HttpListener::clone(&plain)
     })
 }
+
+/// The leaf certificate the other end presented.
+pub fn peer_leaf<S>(stream: &TlsStream<S>) -> Option<CertificateDer<'static>> {
+    let (_, session) = stream.get_ref();
+    session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| leaf.clone().into_owned())
+}
+
+/// Whether a failed client handshake ended the way the conformance suite's
+/// `tls-connection-rejected` expects: EOF or a reset, not an alert or another TLS error.
+pub fn closed_without_alert(error: &io::Error) -> bool {
+    let tls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some();
+    !tls_error
+        && matches!(
+            error.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        )
+}
