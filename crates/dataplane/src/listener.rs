@@ -11,7 +11,8 @@
 //! `Connection: close`, HTTP/2 `GOAWAY`), so removing a socket from the config never cuts a
 //! request short. A connection still in its TLS handshake is asked to close as soon as the
 //! handshake ends. Connections relayed as a whole (TCP, TLS passthrough and TLS terminated
-//! and relayed) cannot be asked to close; they keep going until they end or the drain limit cuts them off.
+//! and relayed) cannot be asked to close; they keep going until they end or the drain limit
+//! cuts them off.
 
 use std::convert::Infallible;
 use std::io;
@@ -222,7 +223,8 @@ fn server_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
 
 /// Serves one connection until it closes, as the config current when it was accepted makes
 /// its socket serve it: relayed to a TCP backend, routed by its SNI (passed through,
-/// terminated and relayed, or served as HTTPS), served as HTTPS, or plain HTTP. Errors end only this connection.
+/// terminated and relayed, or served as HTTPS), served as HTTPS, or plain HTTP. Errors end
+/// only this connection.
 async fn serve(
     servers: Arc<Servers>,
     watchers: Watchers,
@@ -249,7 +251,8 @@ async fn serve(
         // until they end lets a drain wait for them, up to its limit.
         drop(watchers);
     } else if !bind_config.tls_passthrough.is_empty() || !bind_config.tls_terminate.is_empty() {
-        serve_by_server_name(servers, watchers, shared, accepted, &certificates, stream).await;
+        let snapshot = (&*certificates, bind_config);
+        serve_by_server_name(servers, watchers, shared, accepted, snapshot, stream).await;
     } else if certificates.terminates(bind) {
         let stream = Rewind::new(Bytes::new(), stream);
         serve_tls(servers, watchers, shared, accepted, stream).await;
@@ -261,18 +264,16 @@ async fn serve(
 /// On a socket with TLS listeners routed by SNI (passthrough, terminate-and-relay): reads
 /// the ClientHello, then passes the connection through, terminates it and relays the bytes,
 /// refuses it, or serves HTTPS with the ClientHello replayed, as [`stream::route_tls`]
-/// decides for its SNI.
+/// decides for its SNI. `bind_config` is the bind's entry in the config of `certificates`,
+/// so the listener chosen and the acceptor of its certificate come from one snapshot.
 async fn serve_by_server_name(
     servers: Arc<Servers>,
     watchers: Watchers,
     shared: Arc<Shared>,
     accepted: Accepted,
-    certificates: &tls::Certificates,
+    (certificates, bind_config): (&tls::Certificates, &ir::Bind),
     mut stream: TcpStream,
 ) {
-    let Some(bind_config) = certificates.config().binds.get(&accepted.bind) else {
-        return;
-    };
     let limit = shared.options.client_hello_timeout;
     let hello = match peek::read_client_hello(&mut stream, limit).await {
         Ok(hello) => hello,
