@@ -140,8 +140,8 @@ pub async fn relay_terminated(
         }
     };
     let relayed = match forward::connect(endpoint, shared.options.connect_timeout).await {
-        // Dropping the TLS stream closes the socket without `close_notify`.
         Ok(upstream) => splice(tls, upstream, endpoint, &[], &mut log).await,
+        // `tls` is dropped here, which closes the socket without `close_notify`.
         Err(error) => Err(error),
     };
     if let Err(error) = relayed {
