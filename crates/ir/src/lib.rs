@@ -165,5 +165,7 @@ impl Bind {
         self.http.sort_by_key(|listener| key(&listener.hostname));
         self.tls_passthrough
             .sort_by_key(|listener| key(&listener.hostname));
+        self.tls_terminate
+            .sort_by_key(|listener| key(&listener.hostname));
     }
 }

@@ -48,8 +48,10 @@ pub(crate) struct ListenerState {
     conflicted: Option<(Reason, String)>,
     resolved_refs: Verdict,
     pub attached_routes: i32,
-    /// The certificate of an HTTPS listener.
+    /// The certificate of an HTTPS listener or a TLS listener in Terminate mode.
     pub tls: Option<Arc<ir::TlsCertificate>>,
+    /// A TLS listener in Passthrough mode.
+    pub passthrough: bool,
 }
 
 /// Which namespaces may attach routes to a listener.
@@ -142,12 +144,7 @@ fn listener(snapshot: &Snapshot, gateway: &ObjectName, spec: &GatewayListeners) 
         Some(GatewayListenersTlsMode::Passthrough)
     );
     let accepted = match protocol.as_str() {
-        "HTTP" | "HTTPS" | "TCP" => Ok(()),
-        "TLS" if passthrough => Ok(()),
-        "TLS" => Err((
-            Reason::UnsupportedValue,
-            "tls.mode Terminate on a TLS listener is not supported yet; use Passthrough".into(),
-        )),
+        "HTTP" | "HTTPS" | "TLS" | "TCP" => Ok(()),
         _ => Err((
             Reason::UnsupportedProtocol,
             format!("protocol {protocol} is not supported yet; supported: HTTP, HTTPS, TLS, TCP"),
@@ -183,7 +180,8 @@ fn listener(snapshot: &Snapshot, gateway: &ObjectName, spec: &GatewayListeners) 
         (Vec::new(), Ok(()))
     };
     let mut tls = None;
-    if protocol == "HTTPS" {
+    // HTTPS, and TLS in Terminate mode (its default), serve the listener's certificate.
+    if protocol == "HTTPS" || (protocol == "TLS" && !passthrough) {
         let certificate = crate::tls::resolve(snapshot, gateway, spec);
         if resolved_refs.is_ok() {
             resolved_refs = crate::tls::verdict(&certificate);
@@ -202,6 +200,7 @@ fn listener(snapshot: &Snapshot, gateway: &ObjectName, spec: &GatewayListeners) 
         resolved_refs,
         attached_routes: 0,
         tls,
+        passthrough,
     }
 }
 
@@ -482,7 +481,9 @@ impl ListenerState {
     /// Whether routes can attach (a listener with invalid route kinds still serves the
     /// valid ones).
     pub(crate) fn is_serving(&self) -> bool {
-        self.is_valid() && (self.protocol != "HTTPS" || self.tls.is_some())
+        let needs_certificate =
+            self.protocol == "HTTPS" || (self.protocol == "TLS" && !self.passthrough);
+        self.is_valid() && (!needs_certificate || self.tls.is_some())
     }
 
     pub(crate) fn scheme(&self) -> RedirectScheme {

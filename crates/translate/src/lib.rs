@@ -94,14 +94,25 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
             let bind = binds.entry(SocketAddr::new(ip, listener.port)).or_default();
             let gateway_name = gateway.name.to_string();
             match listener.protocol.as_str() {
-                "TLS" => bind
-                    .tls_passthrough
-                    .push(Arc::new(ir::TlsPassthroughListener {
-                        gateway: gateway_name,
-                        name: listener.name.clone(),
-                        hostname: listener.hostname.clone(),
-                        routes: stream_routes.for_listener(&gateway.name, &listener.name),
-                    })),
+                "TLS" => match &listener.tls {
+                    Some(certificate) if !listener.passthrough => {
+                        bind.tls_terminate.push(Arc::new(ir::TlsTerminateListener {
+                            gateway: gateway_name,
+                            name: listener.name.clone(),
+                            hostname: listener.hostname.clone(),
+                            tls: certificate.clone(),
+                            routes: stream_routes.for_listener(&gateway.name, &listener.name),
+                        }));
+                    }
+                    _ => bind
+                        .tls_passthrough
+                        .push(Arc::new(ir::TlsPassthroughListener {
+                            gateway: gateway_name,
+                            name: listener.name.clone(),
+                            hostname: listener.hostname.clone(),
+                            routes: stream_routes.for_listener(&gateway.name, &listener.name),
+                        })),
+                },
                 "TCP" => {
                     bind.tcp = Some(Arc::new(ir::TcpListener {
                         gateway: gateway_name,
