@@ -25,6 +25,9 @@ pub struct RequestFilters {
     /// `RequestMirror`, any number of them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<Mirror>,
+    /// `CORS`: preflights answered by the gateway, actual responses decorated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
 }
 
 /// Set, add and remove headers; applied in that order, as Envoy and the conformance tests do.
@@ -95,6 +98,175 @@ pub struct Mirror {
     pub denominator: u32,
 }
 
+/// `CORS`, compiled: origins parsed once, lists joined into the header values they produce.
+///
+/// The data plane answers a preflight from these fields and decorates actual responses; see
+/// `dataplane/src/cors.rs` for which header is sent when.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Cors {
+    /// `allowOrigins`; an origin matching none of them gets no CORS headers.
+    pub allow_origins: Vec<OriginPattern>,
+    /// `allowMethods`. The CORS-safelisted methods (`GET`, `HEAD`, `POST`) are always
+    /// allowed, whatever this says.
+    pub allow_methods: CorsList,
+    /// `allowHeaders`.
+    pub allow_headers: CorsList,
+    /// `exposeHeaders`.
+    pub expose_headers: CorsList,
+    /// `maxAge` in seconds, sent as `Access-Control-Max-Age` on preflight answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
+    /// `allowCredentials`: send `Access-Control-Allow-Credentials: true`, and never a `*`.
+    pub allow_credentials: bool,
+}
+
+/// One entry of `allowOrigins`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginPattern {
+    /// `*` alone: every origin.
+    Any,
+    /// An origin without wildcard, normalised to `scheme://host:port` (lowercase, with the
+    /// scheme's default port made explicit, since the spec says it "is assumed").
+    Exact(String),
+    /// A host starting with `*`: the same scheme and port, and a host that ends with
+    /// `suffix` and has at least one character before it. The spec's `*` "is a greedy match to
+    /// the _left_, including any number of DNS labels", so `https://*.bar.com` matches
+    /// `https://a.b.bar.com` but not `https://bar.com`; a host of `*` alone has an empty
+    /// suffix and matches every host.
+    Wildcard {
+        /// `http` or `https`.
+        scheme: String,
+        /// The host after the `*`, lowercase (`.bar.com`).
+        suffix: String,
+        /// Explicit or the scheme's default.
+        port: u16,
+    },
+}
+
+/// A list field of the CORS filter that may hold the wildcard `*`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorsList {
+    /// The field is unset or empty: the matching response header is not sent.
+    #[default]
+    Unset,
+    /// The list contains `*`.
+    Any,
+    /// Names as configured, and their `, `-joined header value, built once.
+    Names {
+        /// The configured names, in order.
+        names: Vec<String>,
+        /// `names` joined with `, `.
+        #[serde(skip)]
+        value: HeaderValue,
+    },
+}
+
+/// An `allowOrigins` entry or a list entry that cannot be compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidCorsValue(pub String);
+
+// === impl Cors ===
+
+impl Cors {
+    /// Whether `origin` (the request's `Origin` header) is one of `allowOrigins`.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        if self.allow_origins.contains(&OriginPattern::Any) {
+            return true;
+        }
+        let Ok(origin) = Origin::parse(origin) else {
+            return false;
+        };
+        self.allow_origins
+            .iter()
+            .any(|pattern| pattern.matches(&origin))
+    }
+
+    /// Whether a preflight may announce `method`: a CORS-safelisted method
+    /// (<https://fetch.spec.whatwg.org/#cors-safelisted-method>) or one of `allowMethods`,
+    /// compared case-sensitively as the field docs say.
+    pub fn allows_method(&self, method: &str) -> bool {
+        matches!(method, "GET" | "HEAD" | "POST")
+            || match &self.allow_methods {
+                CorsList::Unset => false,
+                CorsList::Any => true,
+                CorsList::Names { names, .. } => names.iter().any(|name| name == method),
+            }
+    }
+}
+
+// === impl OriginPattern ===
+
+impl OriginPattern {
+    /// Compiles one `allowOrigins` entry: `*`, or `<scheme>://<host>(:<port>)` whose host may
+    /// start with `*`.
+    pub fn parse(text: &str) -> Result<Self, InvalidCorsValue> {
+        if text == "*" {
+            return Ok(Self::Any);
+        }
+        let origin = Origin::parse(text)?;
+        match origin.host.strip_prefix('*') {
+            None => Ok(Self::Exact(origin.to_string())),
+            Some(suffix) if !suffix.contains('*') => Ok(Self::Wildcard {
+                scheme: origin.scheme,
+                suffix: suffix.to_string(),
+                port: origin.port,
+            }),
+            Some(_) => Err(InvalidCorsValue(format!(
+                "origin {text:?} has more than one wildcard"
+            ))),
+        }
+    }
+
+    fn matches(&self, origin: &Origin) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(exact) => *exact == origin.to_string(),
+            Self::Wildcard {
+                scheme,
+                suffix,
+                port,
+            } => {
+                *scheme == origin.scheme
+                    && *port == origin.port
+                    && origin.host.len() > suffix.len()
+                    && origin.host.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
+// === impl CorsList ===
+
+impl CorsList {
+    /// Compiles a list field: `*` anywhere makes it [`CorsList::Any`]; otherwise every name
+    /// must be usable in a header value.
+    pub fn new(names: &[String]) -> Result<Self, InvalidCorsValue> {
+        if names.is_empty() {
+            return Ok(Self::Unset);
+        }
+        if names.iter().any(|name| name == "*") {
+            return Ok(Self::Any);
+        }
+        let joined = names.join(", ");
+        let value = HeaderValue::from_str(&joined)
+            .map_err(|_| InvalidCorsValue(format!("list {joined:?} is not a header value")))?;
+        Ok(Self::Names {
+            names: names.to_vec(),
+            value,
+        })
+    }
+}
+
+impl std::fmt::Display for InvalidCorsValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidCorsValue {}
+
 // === impl RedirectScheme ===
 
 impl RedirectScheme {
@@ -146,6 +318,59 @@ impl PathModifier {
     }
 }
 
+/// A serialized origin split into its parts: scheme and host lowercase, port explicit.
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// `<scheme>://<host>(:<port>)`, scheme `http` or `https`. The host may be a bracketed
+    /// IPv6 address; a path, query or fragment is not part of an origin.
+    fn parse(text: &str) -> Result<Self, InvalidCorsValue> {
+        let invalid = || InvalidCorsValue(format!("{text:?} is not an origin"));
+        let (scheme, authority) = text.split_once("://").ok_or_else(invalid)?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(invalid()),
+        };
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(invalid());
+        }
+        // A colon after the last `]` (or anywhere, without brackets) starts the port.
+        let host_end = authority.rfind(']').map_or(0, |end| end + 1);
+        let (host, port) = match authority[host_end..].rfind(':') {
+            Some(colon) => {
+                let colon = host_end + colon;
+                let port = authority[colon + 1..]
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|port| *port != 0)
+                    .ok_or_else(invalid)?;
+                (&authority[..colon], port)
+            }
+            None => (authority, default_port),
+        };
+        if host.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Self {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
 fn serialize_pairs<S: Serializer>(
     pairs: &[(HeaderName, HeaderValue)],
     serializer: S,
@@ -163,7 +388,70 @@ fn serialize_names<S: Serializer>(names: &[HeaderName], serializer: S) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::PathModifier;
+    use super::{Cors, CorsList, OriginPattern, PathModifier};
+
+    fn cors(origins: &[&str], methods: &[&str]) -> Cors {
+        let methods: Vec<String> = methods.iter().map(ToString::to_string).collect();
+        Cors {
+            allow_origins: origins
+                .iter()
+                .map(|origin| OriginPattern::parse(origin).expect("valid origin"))
+                .collect(),
+            allow_methods: CorsList::new(&methods).expect("valid methods"),
+            ..Cors::default()
+        }
+    }
+
+    #[test]
+    fn origins_match_exactly_with_default_ports() {
+        let cors = cors(&["https://www.foo.com", "http://local:8080"], &[]);
+        assert!(cors.allows_origin("https://www.foo.com"));
+        assert!(cors.allows_origin("HTTPS://WWW.FOO.COM:443"));
+        assert!(cors.allows_origin("http://local:8080"));
+        assert!(!cors.allows_origin("http://www.foo.com"));
+        assert!(!cors.allows_origin("https://www.foo.com:8443"));
+        assert!(!cors.allows_origin("http://local"));
+        assert!(!cors.allows_origin("null"));
+    }
+
+    #[test]
+    fn wildcard_host_matches_any_labels_to_its_left() {
+        let cors = cors(&["https://*.bar.com"], &[]);
+        assert!(cors.allows_origin("https://www.bar.com"));
+        assert!(cors.allows_origin("https://xpto.www.bar.com"));
+        assert!(!cors.allows_origin("https://bar.com"));
+        assert!(!cors.allows_origin("https://foobar.com"));
+        assert!(!cors.allows_origin("http://www.bar.com"));
+        let any_host = super::Cors {
+            allow_origins: vec![OriginPattern::parse("http://*").expect("valid")],
+            ..Cors::default()
+        };
+        assert!(any_host.allows_origin("http://anything.example"));
+        assert!(!any_host.allows_origin("https://anything.example"));
+    }
+
+    #[test]
+    fn lone_star_allows_every_origin() {
+        let cors = cors(&["*"], &[]);
+        assert!(cors.allows_origin("https://foobar.com:12345"));
+        assert!(cors.allows_origin("null"));
+    }
+
+    #[test]
+    fn safelisted_methods_are_always_allowed() {
+        let listed = cors(&["*"], &["PUT"]);
+        assert!(listed.allows_method("GET") && listed.allows_method("POST"));
+        assert!(listed.allows_method("PUT"));
+        assert!(!listed.allows_method("put") && !listed.allows_method("DELETE"));
+        assert!(cors(&["*"], &["GET", "*"]).allows_method("DELETE"));
+    }
+
+    #[test]
+    fn invalid_origins_are_rejected() {
+        for text in ["ftp://x", "https://", "https://x/path", "https://x:0", "x", "https://*.*"] {
+            assert!(OriginPattern::parse(text).is_err(), "{text}");
+        }
+    }
 
     #[test]
     fn replace_prefix_match_keeps_the_rest_of_the_path() {

@@ -27,7 +27,8 @@ pub use backend::{
     Backend, BackendProtocol, BackendTarget, Endpoint, InvalidBackend, WeightedBackend,
 };
 pub use filter::{
-    HeaderModifier, Mirror, PathModifier, Redirect, RedirectScheme, RequestFilters, UrlRewrite,
+    Cors, CorsList, HeaderModifier, InvalidCorsValue, Mirror, OriginPattern, PathModifier,
+    Redirect, RedirectScheme, RequestFilters, UrlRewrite,
 };
 pub use hostname::{Hostname, HostnameMatch};
 pub use route::{
