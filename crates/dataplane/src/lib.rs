@@ -29,6 +29,7 @@
 //! Must not depend on: `model`, `translate`, `sources`, kube.
 
 mod body;
+mod cors;
 mod error;
 mod filters;
 mod forward;

@@ -1,11 +1,12 @@
 //! The HTTP request path, from a request on an accepted connection to its response.
 //!
 //! [`handle`] reads top to bottom: take the config snapshot, find the listener (and on TLS
-//! connections check that it is the one the SNI chose), select the route, then either redirect
-//! or forward (request filters, mirrors, backend by weight, endpoint pool, response filters),
-//! and log. Every step returns `Result<_, ProxyError>`; the error becomes a response in exactly
-//! one place: its HTTP status ([`ProxyError::status`]), or for a gRPC call a Trailers-Only
-//! answer with its gRPC code (`grpc.rs`). Redirects stay HTTP redirects for gRPC calls too.
+//! connections check that it is the one the SNI chose), select the route, answer a CORS
+//! preflight, then either redirect or forward (request filters, mirrors, backend by weight,
+//! endpoint pool, response filters, CORS headers), and log. Every step returns
+//! `Result<_, ProxyError>`; the error becomes a response in exactly one place: its HTTP status
+//! ([`ProxyError::status`]), or for a gRPC call a Trailers-Only answer with its gRPC code
+//! (`grpc.rs`). Redirects stay HTTP redirects for gRPC calls too.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use ir::{
 
 use crate::Shared;
 use crate::body::{self, ProxyBody};
+use crate::cors::{self, Inspection};
 use crate::error::ProxyError;
 use crate::filters;
 use crate::forward;
@@ -91,6 +93,10 @@ async fn proxy(
     let selected = select_route(listener, &host, &request)?;
     let rule = selected.rule;
     log.route = Some(Arc::clone(rule));
+    let cors = match cors::inspect(rule.filters.cors.as_ref(), &request) {
+        Inspection::Preflight(answer) => return Ok(answer),
+        Inspection::Forward(decoration) => decoration,
+    };
     let mut response = match &rule.action {
         Action::Invalid(reason) => return Err(ProxyError::InvalidRule(reason.clone())),
         Action::Redirect(redirect) => {
@@ -115,6 +121,9 @@ async fn proxy(
         rule.filters.response_headers.as_ref(),
         response.headers_mut(),
     );
+    if let Some(cors) = cors {
+        cors.apply(response.headers_mut());
+    }
     Ok(response)
 }
 

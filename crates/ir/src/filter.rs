@@ -113,9 +113,9 @@ pub struct Cors {
     pub allow_headers: CorsList,
     /// `exposeHeaders`.
     pub expose_headers: CorsList,
-    /// `maxAge` in seconds, sent as `Access-Control-Max-Age` on preflight answers.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_age: Option<u32>,
+    /// `maxAge` in seconds (5 when unset, as the field docs require), sent as
+    /// `Access-Control-Max-Age` on preflight answers.
+    pub max_age: u32,
     /// `allowCredentials`: send `Access-Control-Allow-Credentials: true`, and never a `*`.
     pub allow_credentials: bool,
 }
@@ -154,7 +154,7 @@ pub enum CorsList {
     /// The list contains `*`.
     Any,
     /// Names as configured, and their `, `-joined header value, built once.
-    Names {
+    Listed {
         /// The configured names, in order.
         names: Vec<String>,
         /// `names` joined with `, `.
@@ -191,7 +191,7 @@ impl Cors {
             || match &self.allow_methods {
                 CorsList::Unset => false,
                 CorsList::Any => true,
-                CorsList::Names { names, .. } => names.iter().any(|name| name == method),
+                CorsList::Listed { names, .. } => names.iter().any(|name| name == method),
             }
     }
 }
@@ -252,7 +252,7 @@ impl CorsList {
         let joined = names.join(", ");
         let value = HeaderValue::from_str(&joined)
             .map_err(|_| InvalidCorsValue(format!("list {joined:?} is not a header value")))?;
-        Ok(Self::Names {
+        Ok(Self::Listed {
             names: names.to_vec(),
             value,
         })
@@ -448,7 +448,14 @@ mod tests {
 
     #[test]
     fn invalid_origins_are_rejected() {
-        for text in ["ftp://x", "https://", "https://x/path", "https://x:0", "x", "https://*.*"] {
+        for text in [
+            "ftp://x",
+            "https://",
+            "https://x/path",
+            "https://x:0",
+            "x",
+            "https://*.*",
+        ] {
             assert!(OriginPattern::parse(text).is_err(), "{text}");
         }
     }

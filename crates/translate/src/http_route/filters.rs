@@ -6,8 +6,9 @@
 
 use http::{HeaderName, HeaderValue};
 use ir::{
-    BackendTarget, HeaderModifier, InvalidBackend, Mirror, PathModifier, Redirect, RedirectScheme,
-    RequestFilters, UrlRewrite, WeightedBackend,
+    BackendTarget, Cors, CorsList, HeaderModifier, InvalidBackend, InvalidCorsValue, Mirror,
+    OriginPattern, PathModifier, Redirect, RedirectScheme, RequestFilters, UrlRewrite,
+    WeightedBackend,
 };
 use model::Snapshot;
 use model::gw::httproutes::HttpRouteRulesBackendRefs;
@@ -69,6 +70,17 @@ pub(crate) fn rule_filters<F: Serialize>(
                         });
                     }
                     Err((reason, message)) => problems.unresolved(reason, message),
+                }
+            }
+            "CORS" => {
+                let Some(cors) = spec.cors else { continue };
+                match cors_filter(cors) {
+                    Ok(cors) => out.cors = Some(cors),
+                    Err(error) => {
+                        let message = format!("CORS filter: {error}");
+                        problems.unsupported(message.clone());
+                        return Err(message);
+                    }
                 }
             }
             other => {
@@ -163,6 +175,18 @@ struct FilterView {
     request_redirect: Option<RedirectView>,
     url_rewrite: Option<RewriteView>,
     request_mirror: Option<MirrorView>,
+    cors: Option<CorsView>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CorsView {
+    allow_origins: Option<Vec<String>>,
+    allow_methods: Option<Vec<String>>,
+    allow_headers: Option<Vec<String>>,
+    expose_headers: Option<Vec<String>>,
+    max_age: Option<i32>,
+    allow_credentials: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +294,31 @@ fn header_modifier(view: HeaderModifierView) -> Result<HeaderModifier, String> {
         set: pairs(view.set)?,
         add: pairs(view.add)?,
         remove,
+    })
+}
+
+/// `CORS`: origins and lists compiled once. "When the `MaxAge` field is unspecified, the
+/// gateway sets the response header `Access-Control-Max-Age: 5` by default"; a negative value
+/// cannot pass the CRD and gets the same default rather than wrapping.
+const DEFAULT_MAX_AGE: u32 = 5;
+
+fn cors_filter(view: CorsView) -> Result<Cors, InvalidCorsValue> {
+    let list = |names: Option<Vec<String>>| CorsList::new(&names.unwrap_or_default());
+    Ok(Cors {
+        allow_origins: view
+            .allow_origins
+            .iter()
+            .flatten()
+            .map(|origin| OriginPattern::parse(origin))
+            .collect::<Result<_, _>>()?,
+        allow_methods: list(view.allow_methods)?,
+        allow_headers: list(view.allow_headers)?,
+        expose_headers: list(view.expose_headers)?,
+        max_age: view
+            .max_age
+            .and_then(|seconds| u32::try_from(seconds).ok())
+            .unwrap_or(DEFAULT_MAX_AGE),
+        allow_credentials: view.allow_credentials.unwrap_or(false),
     })
 }
 
