@@ -122,6 +122,11 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
             object.metadata = metadata;
             Object::Gateway(Arc::new(object))
         }),
+        Kind::ListenerSet => custom(doc, fields, |metadata, spec| {
+            let mut object = gw::listenersets::ListenerSet::new("", spec);
+            object.metadata = metadata;
+            Object::ListenerSet(Arc::new(object))
+        }),
         Kind::HttpRoute => custom(doc, fields, |metadata, spec| {
             let mut object = gw::httproutes::HttpRoute::new("", spec);
             object.metadata = metadata;
@@ -181,6 +186,7 @@ fn known_kind(group: &str, version: &str, kind: &str) -> Option<Kind> {
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "GatewayClass") => Some(Kind::GatewayClass),
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => Some(Kind::Gateway),
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => Some(Kind::HttpRoute),
+        ("gateway.networking.k8s.io", "v1", "ListenerSet") => Some(Kind::ListenerSet),
         ("gateway.networking.k8s.io", "v1" | "v1alpha2", "GRPCRoute") => Some(Kind::GrpcRoute),
         ("gateway.networking.k8s.io", "v1" | "v1alpha2" | "v1alpha3", "TLSRoute") => {
             Some(Kind::TlsRoute)
@@ -297,6 +303,10 @@ fn with_default_namespace(object: Object) -> Object {
         Object::Gateway(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);
             Object::Gateway(o)
+        }
+        Object::ListenerSet(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::ListenerSet(o)
         }
         Object::HttpRoute(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);

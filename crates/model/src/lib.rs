@@ -46,6 +46,8 @@ pub enum Kind {
     GatewayClass,
     /// `gateway.networking.k8s.io` Gateway.
     Gateway,
+    /// `gateway.networking.k8s.io` ListenerSet.
+    ListenerSet,
     /// `gateway.networking.k8s.io` HTTPRoute.
     HttpRoute,
     /// `gateway.networking.k8s.io` GRPCRoute.
@@ -84,6 +86,8 @@ pub enum Object {
     GatewayClass(Arc<gw::gatewayclasses::GatewayClass>),
     /// A Gateway.
     Gateway(Arc<gw::gateways::Gateway>),
+    /// A ListenerSet.
+    ListenerSet(Arc<gw::listenersets::ListenerSet>),
     /// An HTTPRoute.
     HttpRoute(Arc<gw::httproutes::HttpRoute>),
     /// A GRPCRoute.
@@ -108,9 +112,10 @@ pub enum Object {
 
 impl Kind {
     /// Every kind, in the order `check` prints them.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::GatewayClass,
         Kind::Gateway,
+        Kind::ListenerSet,
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::TlsRoute,
@@ -127,6 +132,7 @@ impl Kind {
         match self {
             Self::GatewayClass => "GatewayClass",
             Self::Gateway => "Gateway",
+            Self::ListenerSet => "ListenerSet",
             Self::HttpRoute => "HTTPRoute",
             Self::GrpcRoute => "GRPCRoute",
             Self::TlsRoute => "TLSRoute",
@@ -144,6 +150,7 @@ impl Kind {
         match self {
             Self::GatewayClass
             | Self::Gateway
+            | Self::ListenerSet
             | Self::HttpRoute
             | Self::GrpcRoute
             | Self::TlsRoute
@@ -159,6 +166,7 @@ impl Kind {
         match self {
             Self::GatewayClass
             | Self::Gateway
+            | Self::ListenerSet
             | Self::HttpRoute
             | Self::GrpcRoute
             | Self::TlsRoute
@@ -212,6 +220,7 @@ impl Object {
         match self {
             Self::GatewayClass(o) => &o.metadata,
             Self::Gateway(o) => &o.metadata,
+            Self::ListenerSet(o) => &o.metadata,
             Self::HttpRoute(o) => &o.metadata,
             Self::GrpcRoute(o) => &o.metadata,
             Self::TlsRoute(o) => &o.metadata,
@@ -229,6 +238,7 @@ impl Object {
         match self {
             Self::GatewayClass(_) => Kind::GatewayClass,
             Self::Gateway(_) => Kind::Gateway,
+            Self::ListenerSet(_) => Kind::ListenerSet,
             Self::HttpRoute(_) => Kind::HttpRoute,
             Self::GrpcRoute(_) => Kind::GrpcRoute,
             Self::TlsRoute(_) => Kind::TlsRoute,

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub gateway_classes: BTreeMap<String, Arc<gw::gatewayclasses::GatewayClass>>,
     /// Gateways.
     pub gateways: BTreeMap<ObjectName, Arc<gw::gateways::Gateway>>,
+    /// ListenerSets.
+    pub listener_sets: BTreeMap<ObjectName, Arc<gw::listenersets::ListenerSet>>,
     /// HTTPRoutes.
     pub http_routes: BTreeMap<ObjectName, Arc<gw::httproutes::HttpRoute>>,
     /// GRPCRoutes.
@@ -91,6 +93,7 @@ impl Snapshot {
         match key.kind {
             Kind::GatewayClass => self.gateway_classes.contains_key(&key.name),
             Kind::Gateway => self.gateways.contains_key(&name),
+            Kind::ListenerSet => self.listener_sets.contains_key(&name),
             Kind::HttpRoute => self.http_routes.contains_key(&name),
             Kind::GrpcRoute => self.grpc_routes.contains_key(&name),
             Kind::TlsRoute => self.tls_routes.contains_key(&name),
@@ -112,6 +115,7 @@ impl Snapshot {
         match object {
             Object::GatewayClass(o) => drop(self.gateway_classes.insert(key.name, o)),
             Object::Gateway(o) => drop(self.gateways.insert(name, o)),
+            Object::ListenerSet(o) => drop(self.listener_sets.insert(name, o)),
             Object::HttpRoute(o) => drop(self.http_routes.insert(name, o)),
             Object::GrpcRoute(o) => drop(self.grpc_routes.insert(name, o)),
             Object::TlsRoute(o) => drop(self.tls_routes.insert(name, o)),
@@ -222,6 +226,7 @@ fn spec_of(object: &Object) -> Value {
     let value = match object {
         Object::GatewayClass(o) => serde_json::to_value(&o.spec),
         Object::Gateway(o) => serde_json::to_value(&o.spec),
+        Object::ListenerSet(o) => serde_json::to_value(&o.spec),
         Object::HttpRoute(o) => serde_json::to_value(&o.spec),
         Object::GrpcRoute(o) => serde_json::to_value(&o.spec),
         Object::TlsRoute(o) => serde_json::to_value(&o.spec),
@@ -251,6 +256,7 @@ fn with_generation(object: Object, generation: i64) -> Object {
     match object {
         Object::GatewayClass(o) => Object::GatewayClass(set(o, |o| &mut o.metadata, generation)),
         Object::Gateway(o) => Object::Gateway(set(o, |o| &mut o.metadata, generation)),
+        Object::ListenerSet(o) => Object::ListenerSet(set(o, |o| &mut o.metadata, generation)),
         Object::HttpRoute(o) => Object::HttpRoute(set(o, |o| &mut o.metadata, generation)),
         Object::GrpcRoute(o) => Object::GrpcRoute(set(o, |o| &mut o.metadata, generation)),
         Object::TlsRoute(o) => Object::TlsRoute(set(o, |o| &mut o.metadata, generation)),

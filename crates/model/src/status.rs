@@ -84,6 +84,8 @@ pub enum Reason {
     BackendNotFound,
     /// Waiting for the controller.
     Pending,
+    /// The parent Gateway does not allow this ListenerSet (`allowedListeners`).
+    NotAllowed,
 }
 
 /// `True`, `False` or `Unknown`.
@@ -202,6 +204,15 @@ pub enum ResourceStatus {
         conditions: Vec<Condition>,
         /// Per-listener status.
         listeners: Vec<ListenerStatus>,
+        /// Number of ListenerSets attached to the Gateway.
+        attached_listener_sets: i32,
+    },
+    /// ListenerSet status.
+    ListenerSet {
+        /// Conditions.
+        conditions: Vec<Condition>,
+        /// Per-listener status.
+        listeners: Vec<ListenerStatus>,
     },
     /// Route status.
     Route {
@@ -257,6 +268,10 @@ impl ResourceStatus {
                 conditions,
                 listeners,
                 ..
+            }
+            | Self::ListenerSet {
+                conditions,
+                listeners,
             } => conditions
                 .iter()
                 .chain(listeners.iter().flat_map(|l| l.conditions.iter()))
@@ -273,6 +288,10 @@ impl ResourceStatus {
                 conditions,
                 listeners,
                 ..
+            }
+            | Self::ListenerSet {
+                conditions,
+                listeners,
             } => conditions
                 .iter_mut()
                 .chain(listeners.iter_mut().flat_map(|l| l.conditions.iter_mut()))

@@ -96,6 +96,14 @@ pub(crate) fn object(object: &Object, errors: &mut FieldErrors) {
         Object::Gateway(gateway) => validate_gateway(&gateway.spec, errors),
         Object::HttpRoute(route) => validate_http_route(&route.spec, errors),
         Object::GrpcRoute(route) => validate_grpc_route(&route.spec, errors),
+        Object::ListenerSet(set) => {
+            // The listeners have the Gateway's listener shape; check them with the same rules.
+            let listeners: Vec<gw::gateways::GatewayListeners> =
+                serde_json::to_value(&set.spec.listeners)
+                    .and_then(serde_json::from_value)
+                    .unwrap_or_default();
+            validate_listeners(&listeners, errors);
+        }
         Object::TlsRoute(route) => {
             for (i, hostname) in route.spec.hostnames.iter().enumerate() {
                 check_hostname(hostname, &format!("spec.hostnames[{i}]"), errors);
@@ -141,12 +149,34 @@ fn validate_gateway(spec: &gw::gateways::GatewaySpec, errors: &mut FieldErrors) 
     if spec.gateway_class_name.is_empty() {
         errors.push("spec.gatewayClassName", "required field is missing");
     }
-    if spec.listeners.is_empty() || spec.listeners.len() > 64 {
+    validate_listeners(&spec.listeners, errors);
+    for (i, address) in spec.addresses.iter().flatten().enumerate() {
+        let path = format!("spec.addresses[{i}]");
+        let kind = address.r#type.as_deref().unwrap_or("IPAddress");
+        if let Some(value) = &address.value {
+            if kind == "IPAddress" && value.parse::<std::net::IpAddr>().is_err() {
+                errors.push(
+                    &format!("{path}.value"),
+                    "IPAddress values must be an IP address",
+                );
+            }
+            if kind == "Hostname" && !PRECISE_HOSTNAME.is_match(value) {
+                errors.push(
+                    &format!("{path}.value"),
+                    "Hostname values must be a hostname",
+                );
+            }
+        }
+    }
+}
+
+fn validate_listeners(listeners: &[gw::gateways::GatewayListeners], errors: &mut FieldErrors) {
+    if listeners.is_empty() || listeners.len() > 64 {
         errors.push("spec.listeners", "must have between 1 and 64 listeners");
     }
     let mut names = HashSet::new();
     let mut combinations = HashSet::new();
-    for (i, listener) in spec.listeners.iter().enumerate() {
+    for (i, listener) in listeners.iter().enumerate() {
         let path = format!("spec.listeners[{i}]");
         if !SECTION_NAME.is_match(&listener.name) || listener.name.len() > 253 {
             errors.push(
@@ -200,24 +230,6 @@ fn validate_gateway(spec: &gw::gateways::GatewaySpec, errors: &mut FieldErrors) 
                 &path,
                 "Combination of port, protocol and hostname must be unique for each listener",
             );
-        }
-    }
-    for (i, address) in spec.addresses.iter().flatten().enumerate() {
-        let path = format!("spec.addresses[{i}]");
-        let kind = address.r#type.as_deref().unwrap_or("IPAddress");
-        if let Some(value) = &address.value {
-            if kind == "IPAddress" && value.parse::<std::net::IpAddr>().is_err() {
-                errors.push(
-                    &format!("{path}.value"),
-                    "IPAddress values must be an IP address",
-                );
-            }
-            if kind == "Hostname" && !PRECISE_HOSTNAME.is_match(value) {
-                errors.push(
-                    &format!("{path}.value"),
-                    "Hostname values must be a hostname",
-                );
-            }
         }
     }
 }

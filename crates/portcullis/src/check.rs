@@ -74,13 +74,28 @@ fn print_resource(name: &str, resource: &ResourceStatus) {
             addresses,
             conditions,
             listeners,
+            attached_listener_sets,
         } => {
             let addresses: Vec<_> = addresses.iter().map(|a| a.value.as_str()).collect();
             println!(
-                "{name}  {}  addresses=[{}]",
+                "{name}  {}  addresses=[{}]  attachedListenerSets={attached_listener_sets}",
                 conditions_line(conditions),
                 addresses.join(",")
             );
+            for listener in listeners {
+                println!(
+                    "  listener {}  attachedRoutes={}  {}",
+                    listener.name,
+                    listener.attached_routes,
+                    conditions_line(&listener.conditions)
+                );
+            }
+        }
+        ResourceStatus::ListenerSet {
+            conditions,
+            listeners,
+        } => {
+            println!("{name}  {}", conditions_line(conditions));
             for listener in listeners {
                 println!(
                     "  listener {}  attachedRoutes={}  {}",

@@ -50,7 +50,11 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         if args.port.is_some_and(|p| p != addr.port()) {
             continue;
         }
-        if !bind.http.iter().any(|l| l.gateway == args.gateway) {
+        // ListenerSet listeners are labelled "GATEWAY (ListenerSet NS/NAME)".
+        let ours = |label: &str| {
+            label == args.gateway || label.starts_with(&format!("{} (", args.gateway))
+        };
+        if !bind.http.iter().any(|l| ours(&l.gateway)) {
             continue;
         }
         found_any = true;

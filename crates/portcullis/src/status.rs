@@ -103,6 +103,9 @@ pub fn document(
     for gateway in snapshot.gateways.values() {
         push(Kind::Gateway, &gateway.metadata);
     }
+    for set in snapshot.listener_sets.values() {
+        push(Kind::ListenerSet, &set.metadata);
+    }
     for route in snapshot.http_routes.values() {
         push(Kind::HttpRoute, &route.metadata);
     }

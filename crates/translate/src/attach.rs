@@ -191,15 +191,39 @@ fn attach(
     if matches!(parent.group.as_str(), "" | "core") && parent.kind == "Service" {
         return crate::mesh::attach(snapshot, route, parent);
     }
-    if parent.group != GATEWAY_GROUP || parent.kind != "Gateway" {
+    if parent.group != GATEWAY_GROUP || !matches!(parent.kind.as_str(), "Gateway" | "ListenerSet") {
         return ParentOutcome::NotOurs;
     }
     let namespace = parent.namespace.as_deref().unwrap_or(&route.name.namespace);
-    let Some(gateway) = gateways.get(&ObjectName::new(namespace, &parent.name)) else {
-        return ParentOutcome::NotOurs;
+    let name = ObjectName::new(namespace, &parent.name);
+    // The listeners this parent offers, the namespace their `Same` refers to, and the key
+    // prefix of their route maps.
+    let (listeners, owner_namespace, key) = if parent.kind == "ListenerSet" {
+        let found = gateways
+            .values()
+            .flat_map(|g| g.listener_sets.iter())
+            .find(|set| set.name == name);
+        match found {
+            None => return ParentOutcome::NotOurs,
+            Some(set) if !set.is_accepted() => {
+                return ParentOutcome::Rejected(
+                    Reason::NotAllowedByListeners,
+                    format!("ListenerSet {name} is not accepted by its Gateway"),
+                );
+            }
+            Some(set) => (
+                &set.listeners,
+                name.namespace.clone(),
+                crate::listener_sets::KEY_PREFIX,
+            ),
+        }
+    } else {
+        let Some(gateway) = gateways.get(&name) else {
+            return ParentOutcome::NotOurs;
+        };
+        (&gateway.listeners, gateway.name.namespace.clone(), "")
     };
-    let selected: Vec<_> = gateway
-        .listeners
+    let selected: Vec<_> = listeners
         .iter()
         .filter(|l| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
         .filter(|l| parent.port.is_none_or(|p| i32::from(l.port) == p))
@@ -220,7 +244,7 @@ fn attach(
             namespace_allowed(
                 snapshot,
                 &l.allowed,
-                &gateway.name.namespace,
+                &owner_namespace,
                 &route.name.namespace,
             )
         })
@@ -239,8 +263,8 @@ fn attach(
         .filter_map(|l| {
             let hostnames = intersect(l.hostname.as_ref(), route.hostnames);
             (!hostnames.is_empty()).then(|| Attachment {
-                gateway: gateway.name.clone(),
-                listener: l.name.clone(),
+                gateway: name.clone(),
+                listener: format!("{key}{}", l.name),
                 hostnames,
             })
         })
@@ -263,11 +287,19 @@ fn count_attachments(
         .iter()
         .map(|a| (&a.gateway, &a.listener))
         .collect();
-    for (gateway, listener) in unique {
-        if let Some(state) = gateways.get_mut(gateway)
-            && let Some(l) = state.listeners.iter_mut().find(|l| &l.name == listener)
-        {
-            l.attached_routes += 1;
+    for (owner, listener) in unique {
+        let listener_state = match listener.strip_prefix(crate::listener_sets::KEY_PREFIX) {
+            Some(listener) => gateways
+                .values_mut()
+                .flat_map(|g| g.listener_sets.iter_mut())
+                .find(|set| &set.name == owner)
+                .and_then(|set| set.listeners.iter_mut().find(|l| l.name == listener)),
+            None => gateways
+                .get_mut(owner)
+                .and_then(|g| g.listeners.iter_mut().find(|l| &l.name == listener)),
+        };
+        if let Some(state) = listener_state {
+            state.attached_routes += 1;
         }
     }
 }
@@ -311,18 +343,23 @@ fn namespace_allowed(
     match allowed {
         AllowedNamespaces::Same => gateway_namespace == route_namespace,
         AllowedNamespaces::All => true,
-        AllowedNamespaces::Selector(selector) => {
-            let mut labels = snapshot
-                .namespaces
-                .get(route_namespace)
-                .and_then(|ns| ns.metadata.labels.clone())
-                .unwrap_or_default();
-            // The API server sets this label on every namespace; standalone manifests may
-            // omit the Namespace object entirely.
-            labels
-                .entry("kubernetes.io/metadata.name".to_string())
-                .or_insert_with(|| route_namespace.to_string());
-            crate::backends::selector_matches(selector, &labels)
-        }
+        AllowedNamespaces::Selector(selector) => crate::backends::selector_matches(
+            selector,
+            &namespace_labels(snapshot, route_namespace),
+        ),
     }
+}
+
+/// A namespace's labels, with `kubernetes.io/metadata.name`, which the API server sets on
+/// every namespace (standalone manifests may omit the Namespace object entirely).
+pub(crate) fn namespace_labels(snapshot: &Snapshot, namespace: &str) -> BTreeMap<String, String> {
+    let mut labels = snapshot
+        .namespaces
+        .get(namespace)
+        .and_then(|ns| ns.metadata.labels.clone())
+        .unwrap_or_default();
+    labels
+        .entry("kubernetes.io/metadata.name".to_string())
+        .or_insert_with(|| namespace.to_string());
+    labels
 }

@@ -33,6 +33,8 @@ pub(crate) struct GatewayState {
     some_listeners_invalid: Option<String>,
     programmed: Verdict,
     pub listeners: Vec<ListenerState>,
+    /// ListenerSets whose parentRef is this Gateway, oldest first.
+    pub listener_sets: Vec<crate::listener_sets::ListenerSetState>,
 }
 
 /// One listener of a Gateway.
@@ -103,9 +105,10 @@ fn resolve_one(
         .spec
         .listeners
         .iter()
-        .map(|l| listener(snapshot, name, l))
+        .map(|l| listener(snapshot, name, "Gateway", l))
         .collect();
     mark_conflicts(&mut listeners);
+    let listener_sets = crate::listener_sets::resolve(snapshot, name, gateway, &listeners);
     let mut state = GatewayState {
         name: name.clone(),
         generation: gateway.metadata.generation.unwrap_or(1),
@@ -116,6 +119,7 @@ fn resolve_one(
         some_listeners_invalid: None,
         programmed: Ok(()),
         listeners,
+        listener_sets,
     };
     assign_addresses(&mut state, gateway, options, taken);
     let total = state.listeners.len();
@@ -136,7 +140,14 @@ fn resolve_one(
     state
 }
 
-fn listener(snapshot: &Snapshot, gateway: &ObjectName, spec: &GatewayListeners) -> ListenerState {
+/// Resolves one listener of a Gateway, or of a ListenerSet (`owner_kind`), whose
+/// certificate references are checked as coming from that owner.
+pub(crate) fn listener(
+    snapshot: &Snapshot,
+    gateway: &ObjectName,
+    owner_kind: &str,
+    spec: &GatewayListeners,
+) -> ListenerState {
     let port = u16::try_from(spec.port).unwrap_or_default();
     let protocol = spec.protocol.clone();
     let passthrough = matches!(
@@ -182,7 +193,7 @@ fn listener(snapshot: &Snapshot, gateway: &ObjectName, spec: &GatewayListeners) 
     let mut tls = None;
     // HTTPS, and TLS in Terminate mode (its default), serve the listener's certificate.
     if protocol == "HTTPS" || (protocol == "TLS" && !passthrough) {
-        let certificate = crate::tls::resolve(snapshot, gateway, spec);
+        let certificate = crate::tls::resolve(snapshot, gateway, owner_kind, spec);
         if resolved_refs.is_ok() {
             resolved_refs = crate::tls::verdict(&certificate);
         }
@@ -262,8 +273,7 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
             .iter()
             .map(|&i| listeners[i].protocol.clone())
             .collect();
-        let compatible =
-            protocols.len() == 1 || protocols.iter().all(|p| p == "HTTPS" || p == "TLS");
+        let compatible = protocols.len() == 1 || protocols.iter().all(|p| compatible(p, "TLS"));
         for &i in indexes {
             if !compatible {
                 listeners[i].conflicted = Some((
@@ -291,6 +301,12 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
             }
         }
     }
+}
+
+/// Whether two listener protocols can share a port: equal, or both TLS-based (HTTPS and TLS
+/// are told apart by SNI).
+pub(crate) fn compatible(a: &str, b: &str) -> bool {
+    a == b || (matches!(a, "HTTPS" | "TLS") && matches!(b, "HTTPS" | "TLS"))
 }
 
 /// Decides where the Gateway listens and what `status.addresses` says.
@@ -466,6 +482,13 @@ impl GatewayState {
                 .iter()
                 .map(|l| l.status(generation, self.programmed()))
                 .collect(),
+            attached_listener_sets: i32::try_from(
+                self.listener_sets
+                    .iter()
+                    .filter(|s| s.is_accepted())
+                    .count(),
+            )
+            .unwrap_or(i32::MAX),
         }
     }
 }
@@ -486,6 +509,11 @@ impl ListenerState {
         self.is_valid() && (!needs_certificate || self.tls.is_some())
     }
 
+    /// Marks the listener as losing a conflict to an earlier one.
+    pub(crate) fn set_conflict(&mut self, conflict: (Reason, String)) {
+        self.conflicted = Some(conflict);
+    }
+
     pub(crate) fn scheme(&self) -> RedirectScheme {
         if self.protocol == "HTTPS" {
             RedirectScheme::Https
@@ -494,7 +522,7 @@ impl ListenerState {
         }
     }
 
-    fn status(&self, generation: i64, gateway_programmed: bool) -> ListenerStatus {
+    pub(crate) fn status(&self, generation: i64, gateway_programmed: bool) -> ListenerStatus {
         let condition = |kind, verdict: &Verdict, ok_reason, ok_message: &str| match verdict {
             Ok(()) => Condition::new(kind, true, ok_reason, ok_message, generation),
             Err((reason, message)) => Condition::new(kind, false, *reason, message, generation),
@@ -515,7 +543,9 @@ impl ListenerState {
                 generation,
             ),
         };
-        let programmed: Verdict = if !self.is_valid() {
+        let programmed: Verdict = if let Some(conflict) = &self.conflicted {
+            Err(conflict.clone())
+        } else if !self.is_valid() {
             Err((Reason::Invalid, "listener is invalid".into()))
         } else if !self.is_serving() {
             Err((Reason::Invalid, "listener has no usable certificate".into()))

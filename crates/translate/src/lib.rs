@@ -22,6 +22,7 @@ mod classes;
 mod gateways;
 mod grants;
 mod http_route;
+mod listener_sets;
 mod mesh;
 mod stream_route;
 mod tls;
@@ -90,46 +91,34 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
             continue;
         }
         let ip = gateway.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let compiled = Compiled {
+            routes: &routes,
+            streams: &stream_routes,
+        };
         for listener in gateway.listeners.iter().filter(|l| l.is_serving()) {
             let bind = binds.entry(SocketAddr::new(ip, listener.port)).or_default();
-            let gateway_name = gateway.name.to_string();
-            match listener.protocol.as_str() {
-                "TLS" => match &listener.tls {
-                    Some(certificate) if !listener.passthrough => {
-                        bind.tls_terminate.push(Arc::new(ir::TlsTerminateListener {
-                            gateway: gateway_name,
-                            name: listener.name.clone(),
-                            hostname: listener.hostname.clone(),
-                            tls: certificate.clone(),
-                            routes: stream_routes.for_listener(&gateway.name, &listener.name),
-                        }));
-                    }
-                    _ => bind
-                        .tls_passthrough
-                        .push(Arc::new(ir::TlsPassthroughListener {
-                            gateway: gateway_name,
-                            name: listener.name.clone(),
-                            hostname: listener.hostname.clone(),
-                            routes: stream_routes.for_listener(&gateway.name, &listener.name),
-                        })),
-                },
-                "TCP" => {
-                    bind.tcp = Some(Arc::new(ir::TcpListener {
-                        gateway: gateway_name,
-                        name: listener.name.clone(),
-                        routes: stream_routes.for_listener(&gateway.name, &listener.name),
-                    }));
-                }
-                _ => bind.http.push(Arc::new(ir::HttpListener {
-                    gateway: gateway_name,
-                    name: listener.name.clone(),
-                    hostname: listener.hostname.clone(),
-                    port: listener.port,
-                    scheme: listener.scheme(),
-                    routes: ir::RouteTable::new(routes.for_listener(&gateway.name, &listener.name)),
-                    tls: listener.tls.clone(),
-                })),
+            compiled.add(
+                bind,
+                &gateway.name.to_string(),
+                &gateway.name,
+                &listener.name,
+                listener,
+            );
+        }
+        // ListenerSet listeners are served on the Gateway's address, after its own.
+        for set in gateway.listener_sets.iter().filter(|s| s.is_accepted()) {
+            for listener in set.listeners.iter().filter(|l| l.is_serving()) {
+                let bind = binds.entry(SocketAddr::new(ip, listener.port)).or_default();
+                let key = format!("{}{}", listener_sets::KEY_PREFIX, listener.name);
+                let label = format!("{} (ListenerSet {})", gateway.name, set.name);
+                compiled.add(bind, &label, &set.name, &key, listener);
             }
+        }
+    }
+    for gateway in gateways.values() {
+        for set in &gateway.listener_sets {
+            let (key, set_status) = set.status(gateway.programmed());
+            status.0.insert(key, set_status);
         }
     }
     // GAMMA: each Service port with a clusterIP is served there: its routes, or a relay to
@@ -174,5 +163,65 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
         config: ir::Config { binds },
         status,
         allocations,
+    }
+}
+
+/// Compiled routes of every kind, to be placed on listeners.
+struct Compiled<'a> {
+    routes: &'a http_route::Routes,
+    streams: &'a stream_route::StreamRoutes,
+}
+
+impl Compiled<'_> {
+    /// Adds one serving listener to its socket. `owner` and `key` identify the listener in
+    /// the route maps (a Gateway's listener name, or a prefixed ListenerSet one).
+    fn add(
+        &self,
+        bind: &mut ir::Bind,
+        label: &str,
+        owner: &ObjectName,
+        key: &str,
+        listener: &gateways::ListenerState,
+    ) {
+        let gateway = label.to_string();
+        let name = listener.name.clone();
+        let hostname = listener.hostname.clone();
+        match listener.protocol.as_str() {
+            "TLS" => match &listener.tls {
+                Some(certificate) if !listener.passthrough => {
+                    bind.tls_terminate.push(Arc::new(ir::TlsTerminateListener {
+                        gateway,
+                        name,
+                        hostname,
+                        tls: certificate.clone(),
+                        routes: self.streams.for_listener(owner, key),
+                    }));
+                }
+                _ => bind
+                    .tls_passthrough
+                    .push(Arc::new(ir::TlsPassthroughListener {
+                        gateway,
+                        name,
+                        hostname,
+                        routes: self.streams.for_listener(owner, key),
+                    })),
+            },
+            "TCP" => {
+                bind.tcp = Some(Arc::new(ir::TcpListener {
+                    gateway,
+                    name,
+                    routes: self.streams.for_listener(owner, key),
+                }));
+            }
+            _ => bind.http.push(Arc::new(ir::HttpListener {
+                gateway,
+                name,
+                hostname,
+                port: listener.port,
+                scheme: listener.scheme(),
+                routes: ir::RouteTable::new(self.routes.for_listener(owner, key)),
+                tls: listener.tls.clone(),
+            })),
+        }
     }
 }

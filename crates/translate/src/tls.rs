@@ -17,6 +17,7 @@ use crate::grants;
 pub(crate) fn resolve(
     snapshot: &Snapshot,
     gateway: &ObjectName,
+    owner_kind: &str,
     listener: &GatewayListeners,
 ) -> Result<Arc<TlsCertificate>, (Reason, String)> {
     let Some(tls) = &listener.tls else {
@@ -55,7 +56,7 @@ pub(crate) fn resolve(
             snapshot,
             &grants::From {
                 group: GATEWAY_GROUP,
-                kind: "Gateway",
+                kind: owner_kind,
                 namespace: &gateway.namespace,
             },
             &grants::To {
