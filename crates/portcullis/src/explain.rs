@@ -60,7 +60,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         found_any = true;
         let Some(listener) = bind
             .listener_for(host.as_str())
-            .filter(|l| l.gateway == args.gateway)
+            .filter(|l| ours(&l.gateway))
         else {
             println!(
                 "{addr}: no listener of {} accepts host {}",

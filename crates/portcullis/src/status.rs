@@ -133,9 +133,17 @@ pub fn document(
     }
 }
 
-/// Whether a resource's status says it is not accepted (used by `check`'s exit code).
+/// Whether a resource's status says it is not accepted (used by `check`'s exit code): its
+/// own `Accepted` condition, or for routes any parent's. A Gateway or ListenerSet with some
+/// invalid listeners is still accepted; those listeners show in the table.
 pub fn rejected(resource: &ResourceStatus) -> bool {
-    resource.conditions().iter().any(|c| {
+    let own: Vec<&model::status::Condition> = match resource {
+        ResourceStatus::GatewayClass { conditions }
+        | ResourceStatus::Gateway { conditions, .. }
+        | ResourceStatus::ListenerSet { conditions, .. } => conditions.iter().collect(),
+        ResourceStatus::Route { parents } => parents.iter().flat_map(|p| &p.conditions).collect(),
+    };
+    own.iter().any(|c| {
         c.kind == model::status::ConditionType::Accepted && c.status == ConditionStatus::False
     })
 }
