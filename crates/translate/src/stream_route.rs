@@ -11,6 +11,8 @@ use model::k8s::ObjectMeta;
 use model::status::{ResourceStatus, StatusSet};
 use model::{Kind, ObjectName, ResourceKey, Snapshot};
 
+use serde::{Deserialize, Serialize};
+
 use crate::Options;
 use crate::attach::{self, ParentRef, RouteInfo, RuleProblems};
 use crate::backends::{BackendRef, Referrer, Resolver};
@@ -41,15 +43,58 @@ struct RouteView<'a> {
     kind: RouteKind,
     name: &'a ObjectName,
     meta: &'a ObjectMeta,
-    hostnames: Vec<HostnameMatch>,
-    parents: Vec<ParentRef>,
-    rules: Vec<RuleView<'a>>,
+    spec: SpecView,
 }
 
-/// A rule's name and its backendRefs with their weights.
-struct RuleView<'a> {
-    name: Option<&'a str>,
-    backends: Vec<(BackendRef<'a>, Option<i32>)>,
+/// The parts of a TLSRoute or TCPRoute spec that routing reads. The two kinds' generated
+/// types differ but have these fields in the same shape, so both are read through their
+/// JSON form once, here, and compiled by one piece of code.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct SpecView {
+    #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
+    parent_refs: Vec<ParentRefView>,
+    #[serde(default)]
+    rules: Vec<RuleView>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ParentRefView {
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: String,
+    section_name: Option<String>,
+    port: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleView {
+    name: Option<String>,
+    #[serde(default)]
+    backend_refs: Vec<BackendRefView>,
+}
+
+#[derive(Deserialize)]
+struct BackendRefView {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<i32>,
+    weight: Option<i32>,
+}
+
+impl SpecView {
+    fn of<S: Serialize>(spec: &S) -> Self {
+        serde_json::to_value(spec)
+            .and_then(serde_json::from_value)
+            .unwrap_or_default()
+    }
 }
 
 /// Compiles every TLSRoute and TCPRoute, attaches them, and writes their status.
@@ -59,114 +104,19 @@ pub(crate) fn compile_all(
     options: &Options,
     status: &mut StatusSet,
 ) -> StreamRoutes {
-    let mut views: Vec<RouteView<'_>> = Vec::new();
-    for (name, route) in &snapshot.tls_routes {
-        views.push(RouteView {
-            kind: RouteKind::Tls,
-            name,
-            meta: &route.metadata,
-            hostnames: route
-                .spec
-                .hostnames
-                .iter()
-                .map(|h| HostnameMatch::parse(h))
-                .collect(),
-            parents: route
-                .spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .map(|p| {
-                    ParentRef::new(
-                        p.group.as_deref(),
-                        p.kind.as_deref(),
-                        p.namespace.as_deref(),
-                        &p.name,
-                        p.section_name.as_deref(),
-                        p.port,
-                    )
-                })
-                .collect(),
-            rules: route
-                .spec
-                .rules
-                .iter()
-                .map(|rule| {
-                    let refs = rule
-                        .backend_refs
-                        .iter()
-                        .map(|b| {
-                            (
-                                backend_ref(
-                                    b.group.as_deref(),
-                                    b.kind.as_deref(),
-                                    &b.name,
-                                    b.namespace.as_deref(),
-                                    b.port,
-                                ),
-                                b.weight,
-                            )
-                        })
-                        .collect();
-                    RuleView {
-                        name: rule.name.as_deref(),
-                        backends: refs,
-                    }
-                })
-                .collect(),
-        });
-    }
-    for (name, route) in &snapshot.tcp_routes {
-        views.push(RouteView {
-            kind: RouteKind::Tcp,
-            name,
-            meta: &route.metadata,
-            hostnames: Vec::new(),
-            parents: route
-                .spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .map(|p| {
-                    ParentRef::new(
-                        p.group.as_deref(),
-                        p.kind.as_deref(),
-                        p.namespace.as_deref(),
-                        &p.name,
-                        p.section_name.as_deref(),
-                        p.port,
-                    )
-                })
-                .collect(),
-            rules: route
-                .spec
-                .rules
-                .iter()
-                .map(|rule| {
-                    let refs = rule
-                        .backend_refs
-                        .iter()
-                        .map(|b| {
-                            (
-                                backend_ref(
-                                    b.group.as_deref(),
-                                    b.kind.as_deref(),
-                                    &b.name,
-                                    b.namespace.as_deref(),
-                                    b.port,
-                                ),
-                                b.weight,
-                            )
-                        })
-                        .collect();
-                    RuleView {
-                        name: rule.name.as_deref(),
-                        backends: refs,
-                    }
-                })
-                .collect(),
-        });
-    }
+    let tls = snapshot.tls_routes.iter().map(|(name, route)| RouteView {
+        kind: RouteKind::Tls,
+        name,
+        meta: &route.metadata,
+        spec: SpecView::of(&route.spec),
+    });
+    let tcp = snapshot.tcp_routes.iter().map(|(name, route)| RouteView {
+        kind: RouteKind::Tcp,
+        name,
+        meta: &route.metadata,
+        spec: SpecView::of(&route.spec),
+    });
+    let mut views: Vec<RouteView<'_>> = tls.chain(tcp).collect();
     // Oldest first, then namespace/name, as for HTTPRoutes.
     views.sort_by(|a, b| {
         let time = |v: &RouteView<'_>| v.meta.creation_timestamp.as_ref().map(|t| t.0);
@@ -186,22 +136,6 @@ pub(crate) fn compile_all(
         );
     }
     routes
-}
-
-fn backend_ref<'a>(
-    group: Option<&'a str>,
-    kind: Option<&'a str>,
-    name: &'a str,
-    namespace: Option<&'a str>,
-    port: Option<i32>,
-) -> BackendRef<'a> {
-    BackendRef {
-        group,
-        kind,
-        name,
-        namespace,
-        port,
-    }
 }
 
 fn compile_route(
@@ -226,15 +160,24 @@ fn compile_route(
     // connection; like other implementations we serve the first and compile the rest for
     // status (their references are still resolved and reported).
     let compiled: Vec<_> = view
+        .spec
         .rules
         .iter()
         .enumerate()
         .map(|(index, rule)| {
             let backends: Vec<WeightedBackend> = rule
-                .backends
+                .backend_refs
                 .iter()
-                .map(|(reference, weight)| {
-                    let target = match resolver.resolve(snapshot, referrer, reference) {
+                .map(|spec| {
+                    let reference = BackendRef {
+                        group: spec.group.as_deref(),
+                        kind: spec.kind.as_deref(),
+                        name: &spec.name,
+                        namespace: spec.namespace.as_deref(),
+                        port: spec.port,
+                    };
+                    let weight = spec.weight;
+                    let target = match resolver.resolve(snapshot, referrer, &reference) {
                         Ok(backend) => BackendTarget::Service(backend),
                         Err((reason, message)) => {
                             problems.unresolved(reason, message);
@@ -257,13 +200,34 @@ fn compile_route(
                     }
                 })
                 .collect();
-            (index, rule.name.map(str::to_string), backends)
+            (index, rule.name.clone(), backends)
+        })
+        .collect();
+    let hostnames: Vec<_> = view
+        .spec
+        .hostnames
+        .iter()
+        .map(|h| HostnameMatch::parse(h))
+        .collect();
+    let parents: Vec<_> = view
+        .spec
+        .parent_refs
+        .iter()
+        .map(|p| {
+            ParentRef::new(
+                p.group.as_deref(),
+                p.kind.as_deref(),
+                p.namespace.as_deref(),
+                &p.name,
+                p.section_name.as_deref(),
+                p.port,
+            )
         })
         .collect();
     let info = RouteInfo {
         kind: kind_name,
         name: view.name,
-        hostnames: &view.hostnames,
+        hostnames: &hostnames,
     };
     let generation = view.meta.generation.unwrap_or(1);
     let parents = attach::parent_statuses(
@@ -271,7 +235,7 @@ fn compile_route(
         gateways,
         options,
         &info,
-        &view.parents,
+        &parents,
         generation,
         &problems,
         |attachment| {
