@@ -17,6 +17,13 @@
 //! rotated certificate is served to new handshakes at once while established connections
 //! keep the session they negotiated.
 //!
+//! Frontend client certificate validation (`ir::HttpListener::client_validation`, one
+//! setting per port) works the same way: the socket's `ServerConfig` has a
+//! [`ClientVerifier`] that reads the current snapshot's verifier for its bind at each
+//! handshake. `AllowValidOnly` requires a certificate chaining to the CA;
+//! `AllowInsecureFallback` requests one and lets the connection go ahead whatever the client
+//! presents. Verifiers are built when a config is loaded ([`Certificates::load`]).
+//!
 //! Selection mirrors request routing: the SNI picks a listener with [`ir::Bind::listener_for`]
 //! (an exact hostname before the longest wildcard before a listener without hostname), and
 //! the request path later checks that the request's host picks the same listener
@@ -29,13 +36,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ir::{Hostname, HttpListener, TlsCertificate, TlsTerminateListener};
+use ir::{
+    ClientValidation, ClientValidationMode, Hostname, HttpListener, TlsCertificate,
+    TlsTerminateListener,
+};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, ServerConnection,
+    SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -56,6 +71,8 @@ pub struct Certificates {
     /// Every distinct certificate of the config and what loading it gave, so that the next
     /// config parses only the certificates that changed.
     loaded: HashMap<ByContent, Option<Loaded>>,
+    /// For each bind with frontend client validation, how client certificates are checked.
+    verifiers: HashMap<SocketAddr, BindVerifier>,
 }
 
 /// What a connection's handshake settled, as the request path needs it.
@@ -106,7 +123,11 @@ pub enum HandshakeError {
 pub fn acceptor(shared: Arc<Shared>, bind: SocketAddr) -> Result<TlsAcceptor, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(ClientVerifier {
+            shared: Arc::clone(&shared),
+            bind,
+            provider: provider(),
+        }))
         .with_cert_resolver(Arc::new(Resolver { shared, bind }));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
@@ -158,6 +179,7 @@ impl Certificates {
             config: Arc::default(),
             keys: HashMap::new(),
             loaded: HashMap::new(),
+            verifiers: HashMap::new(),
         }
     }
 
@@ -179,7 +201,17 @@ impl Certificates {
             entry.clone()
         };
         let mut keys = HashMap::new();
+        let mut verifiers = HashMap::new();
         for (&addr, bind) in &config.binds {
+            // One setting per port; should Gateways sharing the socket disagree, the first
+            // listener with a certificate and a setting decides.
+            if let Some((listener, validation)) = bind.http.iter().find_map(|listener| {
+                listener.tls.as_ref()?;
+                Some((listener, listener.client_validation.as_ref()?))
+            }) {
+                let owner = Owner::new(addr, &listener.gateway, &listener.name);
+                verifiers.insert(addr, BindVerifier::load(validation, &provider, owner));
+            }
             let http = bind
                 .http
                 .iter()
@@ -209,6 +241,7 @@ impl Certificates {
             config,
             keys,
             loaded,
+            verifiers,
         }
     }
 
@@ -305,6 +338,164 @@ impl std::fmt::Debug for Resolver {
             .field("bind", &self.bind)
             .finish_non_exhaustive()
     }
+}
+
+// === impl ClientVerifier ===
+
+/// Checks client certificates on one socket with the current config's setting for it.
+struct ClientVerifier {
+    shared: Arc<Shared>,
+    bind: SocketAddr,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientVerifier {
+    fn current(&self) -> Option<BindVerifier> {
+        self.shared
+            .certificates
+            .load()
+            .verifiers
+            .get(&self.bind)
+            .cloned()
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.current().is_some()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.current()
+            .is_some_and(|v| v.mode == ClientValidationMode::AllowValidOnly)
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints would borrow from a snapshot that a reload may drop; clients then offer
+        // whatever certificate they have, which the verification below judges.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let Some(current) = self.current() else {
+            return Ok(ClientCertVerified::assertion());
+        };
+        let verdict = match &current.inner {
+            Some(inner) => inner.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        };
+        match (verdict, current.mode) {
+            (Ok(verified), _) => Ok(verified),
+            (Err(_), ClientValidationMode::AllowInsecureFallback) => {
+                Ok(ClientCertVerified::assertion())
+            }
+            (Err(error), ClientValidationMode::AllowValidOnly) => {
+                tracing::debug!(bind = %self.bind, %error, "client certificate refused");
+                Err(error)
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl std::fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("bind", &self.bind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client validation of one bind, built from its CA bundle.
+#[derive(Clone)]
+struct BindVerifier {
+    /// `None` when the CA bundle did not load: every certificate is then refused.
+    inner: Option<Arc<dyn ClientCertVerifier>>,
+    mode: ClientValidationMode,
+}
+
+impl BindVerifier {
+    fn load(
+        validation: &ClientValidation,
+        provider: &Arc<CryptoProvider>,
+        owner: Owner<'_>,
+    ) -> Self {
+        let inner = client_verifier(validation, provider);
+        if let Err(error) = &inner {
+            tracing::warn!(
+                bind = %owner.bind,
+                gateway = %owner.gateway,
+                listener = %owner.listener,
+                ca = %validation.source,
+                %error,
+                "client validation CA cannot be used; client certificates will be refused"
+            );
+        }
+        Self {
+            inner: inner.ok(),
+            mode: validation.mode,
+        }
+    }
+}
+
+/// A WebPKI verifier trusting the CA certificates of `validation`. Clients without a
+/// certificate are let through here; [`ClientVerifier::client_auth_mandatory`] decides
+/// whether they may skip it.
+fn client_verifier(
+    validation: &ClientValidation,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&validation.ca_pem) {
+        let certificate = certificate.map_err(|e| format!("ca.crt is not valid PEM: {e}"))?;
+        roots
+            .add(certificate)
+            .map_err(|e| format!("ca.crt holds an unusable certificate: {e}"))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 // === impl Fixed ===

@@ -88,6 +88,41 @@ pub struct HttpListener {
     /// listener. `None` for plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Arc<TlsCertificate>>,
+    /// For `HTTPS` listeners with frontend client certificate validation (Gateway
+    /// `spec.tls.frontend`, resolved for the listener's port): the CA bundle client
+    /// certificates are verified against, and what to do with clients that fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_validation: Option<Arc<ClientValidation>>,
+}
+
+/// Frontend client certificate validation of an HTTPS listener.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct ClientValidation {
+    /// `namespace/name` of the CA ConfigMaps, for logs and `/config`.
+    pub source: String,
+    /// PEM-encoded CA certificates (the `ca.crt` keys of the referenced ConfigMaps).
+    #[serde(skip)]
+    pub ca_pem: Vec<u8>,
+    /// What happens to clients without a valid certificate.
+    pub mode: ClientValidationMode,
+}
+
+impl std::fmt::Debug for ClientValidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientValidation")
+            .field("source", &self.source)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Gateway `spec.tls.frontend...validation.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ClientValidationMode {
+    /// A client certificate is required and must chain to the CA.
+    AllowValidOnly,
+    /// A client certificate is requested; connections go ahead whatever the client presents.
+    AllowInsecureFallback,
 }
 
 /// A server certificate chain and its private key, PEM-encoded as in a `kubernetes.io/tls`

@@ -170,6 +170,9 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
             core::<k8s::EndpointSlice>(doc, fields).map(|o| Object::EndpointSlice(Arc::new(o)))
         }
         Kind::Secret => core::<k8s::Secret>(doc, fields).map(|o| Object::Secret(Arc::new(o))),
+        Kind::ConfigMap => {
+            core::<k8s::ConfigMap>(doc, fields).map(|o| Object::ConfigMap(Arc::new(o)))
+        }
     };
     let Some(object) = object else {
         return Ok(None);
@@ -198,6 +201,7 @@ fn known_kind(group: &str, version: &str, kind: &str) -> Option<Kind> {
         ("", "v1", "Namespace") => Some(Kind::Namespace),
         ("", "v1", "Service") => Some(Kind::Service),
         ("", "v1", "Secret") => Some(Kind::Secret),
+        ("", "v1", "ConfigMap") => Some(Kind::ConfigMap),
         ("discovery.k8s.io", "v1", "EndpointSlice") => Some(Kind::EndpointSlice),
         _ => None,
     }
@@ -339,6 +343,10 @@ fn with_default_namespace(object: Object) -> Object {
         Object::Secret(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);
             Object::Secret(o)
+        }
+        Object::ConfigMap(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::ConfigMap(o)
         }
         other @ (Object::GatewayClass(_) | Object::Namespace(_)) => other,
     }

@@ -28,7 +28,7 @@ pub use snapshot::{ObjectName, Snapshot, Store};
 
 /// Core Kubernetes kinds used by portcullis.
 pub mod k8s {
-    pub use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServicePort};
+    pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};
     pub use k8s_openapi::api::discovery::v1::EndpointSlice;
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
         LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -66,6 +66,8 @@ pub enum Kind {
     EndpointSlice,
     /// Core Secret.
     Secret,
+    /// Core ConfigMap.
+    ConfigMap,
 }
 
 /// Identifies one object: kind, namespace (empty for cluster-scoped kinds) and name.
@@ -106,13 +108,15 @@ pub enum Object {
     EndpointSlice(Arc<k8s::EndpointSlice>),
     /// A Secret.
     Secret(Arc<k8s::Secret>),
+    /// A ConfigMap.
+    ConfigMap(Arc<k8s::ConfigMap>),
 }
 
 // === impl Kind ===
 
 impl Kind {
     /// Every kind, in the order `check` prints them.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::ListenerSet,
@@ -125,6 +129,7 @@ impl Kind {
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Secret,
+        Kind::ConfigMap,
     ];
 
     /// The Kubernetes `kind` string.
@@ -142,6 +147,7 @@ impl Kind {
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
             Self::Secret => "Secret",
+            Self::ConfigMap => "ConfigMap",
         }
     }
 
@@ -157,7 +163,7 @@ impl Kind {
             | Self::TcpRoute
             | Self::ReferenceGrant => GATEWAY_GROUP,
             Self::EndpointSlice => "discovery.k8s.io",
-            Self::Namespace | Self::Service | Self::Secret => "",
+            Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "",
         }
     }
 
@@ -173,7 +179,7 @@ impl Kind {
             | Self::ReferenceGrant => "gateway.networking.k8s.io/v1",
             Self::TcpRoute => "gateway.networking.k8s.io/v1alpha2",
             Self::EndpointSlice => "discovery.k8s.io/v1",
-            Self::Namespace | Self::Service | Self::Secret => "v1",
+            Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "v1",
         }
     }
 
@@ -230,6 +236,7 @@ impl Object {
             Self::Service(o) => &o.metadata,
             Self::EndpointSlice(o) => &o.metadata,
             Self::Secret(o) => &o.metadata,
+            Self::ConfigMap(o) => &o.metadata,
         }
     }
 
@@ -248,6 +255,7 @@ impl Object {
             Self::Service(_) => Kind::Service,
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Secret(_) => Kind::Secret,
+            Self::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub endpoint_slices: BTreeMap<ObjectName, Arc<k8s::EndpointSlice>>,
     /// Secrets.
     pub secrets: BTreeMap<ObjectName, Arc<k8s::Secret>>,
+    /// ConfigMaps.
+    pub config_maps: BTreeMap<ObjectName, Arc<k8s::ConfigMap>>,
 }
 
 /// The decoded contents of a set of files, with the bookkeeping a standalone control plane
@@ -103,6 +105,7 @@ impl Snapshot {
             Kind::Service => self.services.contains_key(&name),
             Kind::EndpointSlice => self.endpoint_slices.contains_key(&name),
             Kind::Secret => self.secrets.contains_key(&name),
+            Kind::ConfigMap => self.config_maps.contains_key(&name),
         }
     }
 
@@ -125,6 +128,7 @@ impl Snapshot {
             Object::Service(o) => drop(self.services.insert(name, o)),
             Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(name, o)),
             Object::Secret(o) => drop(self.secrets.insert(name, o)),
+            Object::ConfigMap(o) => drop(self.config_maps.insert(name, o)),
         }
     }
 }
@@ -236,6 +240,7 @@ fn spec_of(object: &Object) -> Value {
         Object::Service(o) => serde_json::to_value(&o.spec),
         Object::EndpointSlice(o) => serde_json::to_value(&o.endpoints),
         Object::Secret(o) => serde_json::to_value(&o.data),
+        Object::ConfigMap(o) => serde_json::to_value(&o.data),
     };
     value.unwrap_or(Value::Null)
 }

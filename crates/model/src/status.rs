@@ -25,6 +25,8 @@ pub enum ConditionType {
     SupportedVersion,
     /// Some rules of a route were dropped.
     PartiallyInvalid,
+    /// A Gateway's frontend client validation lets clients without a valid certificate in.
+    InsecureFrontendValidationMode,
 }
 
 /// Condition reasons, as the Gateway API spells them.
@@ -86,6 +88,14 @@ pub enum Reason {
     Pending,
     /// The parent Gateway does not allow this ListenerSet (`allowedListeners`).
     NotAllowed,
+    /// A client-validation CA reference does not resolve to a usable CA certificate.
+    InvalidCACertificateRef,
+    /// A client-validation CA reference names an unsupported kind.
+    InvalidCACertificateKind,
+    /// A listener has no valid CA certificate for client validation.
+    NoValidCACertificate,
+    /// Positive reason of `InsecureFrontendValidationMode`.
+    ConfigurationChanged,
 }
 
 /// `True`, `False` or `Unknown`.

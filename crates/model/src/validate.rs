@@ -141,7 +141,8 @@ pub(crate) fn object(object: &Object, errors: &mut FieldErrors) {
         Object::Namespace(_)
         | Object::Service(_)
         | Object::EndpointSlice(_)
-        | Object::Secret(_) => {}
+        | Object::Secret(_)
+        | Object::ConfigMap(_) => {}
     }
 }
 

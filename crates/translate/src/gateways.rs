@@ -35,6 +35,8 @@ pub(crate) struct GatewayState {
     pub listeners: Vec<ListenerState>,
     /// ListenerSets whose parentRef is this Gateway, oldest first.
     pub listener_sets: Vec<crate::listener_sets::ListenerSetState>,
+    /// Some frontend validation setting uses `AllowInsecureFallback`.
+    insecure_frontend: bool,
 }
 
 /// One listener of a Gateway.
@@ -54,6 +56,8 @@ pub(crate) struct ListenerState {
     pub tls: Option<Arc<ir::TlsCertificate>>,
     /// A TLS listener in Passthrough mode.
     pub passthrough: bool,
+    /// Frontend client certificate validation of an HTTPS listener.
+    pub client_validation: Option<Arc<ir::ClientValidation>>,
 }
 
 /// Which namespaces may attach routes to a listener.
@@ -107,6 +111,18 @@ fn resolve_one(
         .iter()
         .map(|l| listener(snapshot, name, "Gateway", l))
         .collect();
+    for listener in listeners.iter_mut().filter(|l| l.protocol == "HTTPS") {
+        match crate::frontend_tls::resolve(snapshot, name, gateway, listener.port) {
+            Ok(validation) => listener.client_validation = validation,
+            Err(verdict) => {
+                let message = verdict.1.clone();
+                listener.resolved_refs = Err(verdict);
+                if listener.accepted.is_ok() {
+                    listener.accepted = Err((Reason::NoValidCACertificate, message));
+                }
+            }
+        }
+    }
     mark_conflicts(&mut listeners);
     let listener_sets = crate::listener_sets::resolve(snapshot, name, gateway, &listeners);
     let mut state = GatewayState {
@@ -120,6 +136,7 @@ fn resolve_one(
         programmed: Ok(()),
         listeners,
         listener_sets,
+        insecure_frontend: crate::frontend_tls::insecure(gateway),
     };
     assign_addresses(&mut state, gateway, options, taken);
     let total = state.listeners.len();
@@ -212,6 +229,7 @@ pub(crate) fn listener(
         attached_routes: 0,
         tls,
         passthrough,
+        client_validation: None,
     }
 }
 
@@ -474,9 +492,19 @@ impl GatewayState {
                 generation,
             ),
         };
+        let mut conditions = vec![accepted, programmed];
+        if self.insecure_frontend {
+            conditions.push(Condition::new(
+                ConditionType::InsecureFrontendValidationMode,
+                true,
+                Reason::ConfigurationChanged,
+                "frontend client validation allows clients without a valid certificate",
+                generation,
+            ));
+        }
         ResourceStatus::Gateway {
             addresses: self.addresses.clone(),
-            conditions: vec![accepted, programmed],
+            conditions,
             listeners: self
                 .listeners
                 .iter()

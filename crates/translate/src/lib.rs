@@ -19,6 +19,7 @@
 mod attach;
 mod backends;
 mod classes;
+mod frontend_tls;
 mod gateways;
 mod grants;
 mod http_route;
@@ -149,6 +150,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
                 scheme: ir::RedirectScheme::Http,
                 routes: ir::RouteTable::new(candidates),
                 tls: None,
+                client_validation: None,
             }));
         }
     }
@@ -221,6 +223,7 @@ impl Compiled<'_> {
                 scheme: listener.scheme(),
                 routes: ir::RouteTable::new(self.routes.for_listener(owner, key)),
                 tls: listener.tls.clone(),
+                client_validation: listener.client_validation.clone(),
             })),
         }
     }

@@ -132,6 +132,7 @@ mod tests {
             scheme: RedirectScheme::Https,
             routes: RouteTable::new(Vec::new()),
             tls: Some(certificate()),
+            client_validation: None,
         })
     }
 

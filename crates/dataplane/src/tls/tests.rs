@@ -34,6 +34,7 @@ fn listener(
         scheme: RedirectScheme::Https,
         routes: RouteTable::new(Vec::new()),
         tls,
+        client_validation: None,
     })
 }
 

@@ -2,6 +2,7 @@
 //! (HTTP, gRPC-shaped h2c, WebSocket, and TCP/TLS ones for connection-level routes),
 //! and hand-built `ir::Config`s. One test binary, so the support code is compiled once.
 
+mod client_validation;
 mod cors;
 mod filters;
 mod grpc;

@@ -350,6 +350,7 @@ pub fn listener(hostname: Option<&str>, routes: Vec<Candidate>) -> Arc<HttpListe
         scheme: RedirectScheme::Http,
         routes: RouteTable::new(routes),
         tls: None,
+        client_validation: None,
     })
 }
 

@@ -13,8 +13,13 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ir::{Candidate, HttpListener, RedirectScheme, TlsCertificate};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -31,6 +36,8 @@ pub const HTTP1: &[u8] = b"http/1.1";
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     roots: Arc<RootCertStore>,
+    /// The CA certificate, PEM-encoded (as a `ca.crt` ConfigMap key holds it).
+    pub ca_pem: Vec<u8>,
 }
 
 /// A leaf certificate as the gateway gets it (PEM) and as a client sees it (DER).
@@ -81,6 +88,7 @@ impl Authority {
             .add(cert.der().clone())
             .expect("CA is a valid trust anchor");
         Self {
+            ca_pem: cert.pem().into_bytes(),
             issuer: Issuer::new(params, key),
             roots: Arc::new(roots),
         }
@@ -143,12 +151,27 @@ impl Authority {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        self.handshake_as(stream, hello, Arc::new(Identity::none()))
+            .await
+    }
+
+    /// The TLS handshake, presenting `identity` if the gateway asks for a client
+    /// certificate.
+    pub async fn handshake_as<S>(
+        &self,
+        stream: S,
+        hello: Hello<'_>,
+        identity: Arc<Identity>,
+    ) -> io::Result<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(io::Error::other)?
             .with_root_certificates(Arc::clone(&self.roots))
-            .with_no_client_auth();
+            .with_client_cert_resolver(identity);
         config.enable_sni = hello.sni;
         config.alpn_protocols = hello.alpn.iter().map(|id| id.to_vec()).collect();
         let name = ServerName::try_from(hello.server_name.to_string()).map_err(io::Error::other)?;
@@ -156,6 +179,54 @@ impl Authority {
         tokio::time::timeout(PATIENCE, connecting)
             .await
             .map_err(|_| io::Error::other("handshake did not finish in time"))?
+    }
+}
+
+/// The client certificate a test client presents, and whether the gateway asked for one.
+#[derive(Debug)]
+pub struct Identity {
+    key: Option<Arc<CertifiedKey>>,
+    requested: AtomicBool,
+}
+
+impl Identity {
+    /// No certificate to present.
+    pub fn none() -> Self {
+        Self {
+            key: None,
+            requested: AtomicBool::new(false),
+        }
+    }
+
+    /// Presents `leaf` (issued by any [`Authority`]).
+    pub fn of(leaf: &Leaf) -> Self {
+        let provider = rustls::crypto::ring::default_provider();
+        let chain = CertificateDer::pem_slice_iter(&leaf.certificate.chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("leaf chain");
+        let key = PrivateKeyDer::from_pem_slice(&leaf.certificate.key_pem).expect("leaf key");
+        let key = CertifiedKey::from_der(chain, key, &provider).expect("usable leaf");
+        Self {
+            key: Some(Arc::new(key)),
+            requested: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the gateway sent a CertificateRequest.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+}
+
+impl ResolvesClientCert for Identity {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.requested.store(true, Ordering::SeqCst);
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        // Always consulted, so that `requested` records every CertificateRequest.
+        true
     }
 }
 
@@ -230,6 +301,7 @@ pub fn https_listener(
         port: 443,
         scheme: RedirectScheme::Https,
         tls: Some(Arc::clone(&leaf.certificate)),
+        client_validation: None,
         ..HttpListener::clone(&plain)
     })
 }
