@@ -6,6 +6,7 @@
 # the machine and on sharing its cores with wrk and the upstream.
 #
 # Usage: bench/load.sh [seconds per proxy (default 10)] [connections (default 64)]
+# PORTCULLIS_WORKERS=N sets portcullis's worker threads (nginx and HAProxy run one worker).
 # Needs: nginx, haproxy, wrk (Debian packages nginx-light, haproxy, wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,7 +106,9 @@ addressType: IPv4
 ports: [{port: ${UPSTREAM#*:}}]
 endpoints: [{addresses: ["${UPSTREAM%:*}"]}]
 CONF
-PORTCULLIS_LOG=warn "$target/release/portcullis" run --config "$work/portcullis" --admin 127.0.0.1:18090 & pids+=($!)
+workers=()
+[ -n "${PORTCULLIS_WORKERS:-}" ] && workers=(--workers "$PORTCULLIS_WORKERS")
+PORTCULLIS_LOG=warn "$target/release/portcullis" run --config "$work/portcullis" --admin 127.0.0.1:18090 "${workers[@]}" & pids+=($!)
 portcullis_pid=$!
 
 for addr in $UPSTREAM $PORTCULLIS $NGINX $HAPROXY; do

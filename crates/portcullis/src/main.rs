@@ -61,6 +61,9 @@ struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Worker threads serving traffic (default: one per CPU core).
+    #[arg(long, value_name = "N")]
+    workers: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(clap::Args, Debug)]
