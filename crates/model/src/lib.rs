@@ -115,23 +115,6 @@ pub enum Object {
 // === impl Kind ===
 
 impl Kind {
-    /// Every kind, in the order `check` prints them.
-    pub const ALL: [Kind; 13] = [
-        Kind::GatewayClass,
-        Kind::Gateway,
-        Kind::ListenerSet,
-        Kind::HttpRoute,
-        Kind::GrpcRoute,
-        Kind::TlsRoute,
-        Kind::TcpRoute,
-        Kind::ReferenceGrant,
-        Kind::Namespace,
-        Kind::Service,
-        Kind::EndpointSlice,
-        Kind::Secret,
-        Kind::ConfigMap,
-    ];
-
     /// The Kubernetes `kind` string.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -156,15 +156,6 @@ impl Store {
         self.errors.remove(path);
     }
 
-    /// Paths of all known files.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        self.files
-            .keys()
-            .chain(self.errors.keys())
-            .cloned()
-            .collect()
-    }
-
     /// Current errors of every file, plus objects defined twice.
     pub fn errors(&self) -> Vec<DecodeError> {
         let mut errors: Vec<_> = self.errors.values().flatten().cloned().collect();

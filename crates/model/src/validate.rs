@@ -454,35 +454,45 @@ fn validate_match(
             );
         }
     }
+    // The CRD keys both lists by name, case-sensitively; case-insensitive duplicates are
+    // allowed and translate keeps the first, as the spec says.
+    check_names(
+        matcher.headers.iter().flatten().map(|h| h.name.as_str()),
+        &format!("{path}.headers"),
+        "HTTP header name",
+        errors,
+    );
+    check_names(
+        matcher
+            .query_params
+            .iter()
+            .flatten()
+            .map(|q| q.name.as_str()),
+        &format!("{path}.queryParams"),
+        "query parameter name",
+        errors,
+    );
+}
+
+/// Names in a match list (headers, query parameters): each valid and unique.
+fn check_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    path: &str,
+    what: &str,
+    errors: &mut FieldErrors,
+) {
     let mut seen = HashSet::new();
-    for (h, header) in matcher.headers.iter().flatten().enumerate() {
-        if !HEADER_NAME.is_match(&header.name) {
+    for (i, name) in names.enumerate() {
+        if !HEADER_NAME.is_match(name) {
             errors.push(
-                &format!("{path}.headers[{h}].name"),
-                "must be a valid HTTP header name",
+                &format!("{path}[{i}].name"),
+                &format!("must be a valid {what}"),
             );
         }
-        // The CRD keys this list by name, case-sensitively; case-insensitive duplicates are
-        // allowed and translate keeps the first, as the spec says.
-        if !seen.insert(header.name.clone()) {
+        if !seen.insert(name) {
             errors.push(
-                &format!("{path}.headers[{h}].name"),
-                "header names must be unique within a match",
-            );
-        }
-    }
-    let mut seen = HashSet::new();
-    for (q, query) in matcher.query_params.iter().flatten().enumerate() {
-        if !HEADER_NAME.is_match(&query.name) {
-            errors.push(
-                &format!("{path}.queryParams[{q}].name"),
-                "must be a valid query parameter name",
-            );
-        }
-        if !seen.insert(query.name.as_str()) {
-            errors.push(
-                &format!("{path}.queryParams[{q}].name"),
-                "query parameter names must be unique within a match",
+                &format!("{path}[{i}].name"),
+                &format!("{what}s must be unique within a match"),
             );
         }
     }

@@ -70,9 +70,7 @@ pub(crate) fn compile_all(
         }
     }
     ordered.sort_by(|(_, a_name, a), (_, b_name, b)| {
-        let a_time = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let b_time = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        a_time.cmp(&b_time).then_with(|| a_name.cmp(b_name))
+        crate::oldest_first((&a.metadata, a_name), (&b.metadata, b_name))
     });
     let mut routes = Routes::default();
     let mut resolver = Resolver::default();

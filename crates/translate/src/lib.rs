@@ -28,6 +28,7 @@ mod mesh;
 mod stream_route;
 mod tls;
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -75,6 +76,18 @@ impl Default for Options {
             unusable_addresses: BTreeSet::new(),
         }
     }
+}
+
+/// The order the spec gives routes and ListenerSets when they compete: "the oldest ...
+/// based on creation timestamp", then "{namespace}/{name}" alphabetically.
+pub(crate) fn oldest_first(
+    (a_meta, a_name): (&model::k8s::ObjectMeta, &ObjectName),
+    (b_meta, b_name): (&model::k8s::ObjectMeta, &ObjectName),
+) -> Ordering {
+    let time = |meta: &model::k8s::ObjectMeta| meta.creation_timestamp.as_ref().map(|t| t.0);
+    time(a_meta)
+        .cmp(&time(b_meta))
+        .then_with(|| a_name.cmp(b_name))
 }
 
 /// Translates a snapshot.

@@ -47,8 +47,7 @@ pub(crate) fn resolve(
         .filter(|(name, set)| parent_of(name, set) == Some(gateway_name.clone()))
         .collect();
     sets.sort_by(|(a_name, a), (b_name, b)| {
-        let time = |s: &ListenerSet| s.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        time(a).cmp(&time(b)).then_with(|| a_name.cmp(b_name))
+        crate::oldest_first((&a.metadata, a_name), (&b.metadata, b_name))
     });
     let mut claimed: Vec<Claim> = own.iter().map(Claim::of).collect();
     sets.into_iter()

@@ -118,10 +118,7 @@ pub(crate) fn compile_all(
     });
     let mut views: Vec<RouteView<'_>> = tls.chain(tcp).collect();
     // Oldest first, then namespace/name, as for HTTPRoutes.
-    views.sort_by(|a, b| {
-        let time = |v: &RouteView<'_>| v.meta.creation_timestamp.as_ref().map(|t| t.0);
-        time(a).cmp(&time(b)).then_with(|| a.name.cmp(b.name))
-    });
+    views.sort_by(|a, b| crate::oldest_first((a.meta, a.name), (b.meta, b.name)));
     let mut routes = StreamRoutes::default();
     let mut resolver = Resolver::default();
     for view in &views {
