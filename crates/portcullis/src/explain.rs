@@ -116,6 +116,10 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
                                 .map(|e| e.addr.to_string())
                                 .collect::<Vec<_>>()
                         ),
+                        BackendTarget::OriginalDestination => println!(
+                            "  backend: the original destination (egress) weight {} ({share:.1}%)",
+                            backend.weight
+                        ),
                         BackendTarget::Invalid(invalid) => println!(
                             "  backend {} weight {} ({share:.1}%) invalid ({}), answered with 500",
                             invalid.reference, backend.weight, invalid.reason
