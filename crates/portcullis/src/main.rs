@@ -49,6 +49,18 @@ struct ConfigArgs {
     /// Give each Gateway without spec.addresses its own address from this range.
     #[arg(long, value_name = "CIDR")]
     address_pool: Option<IpNet>,
+    /// The cluster's networks: an EgressNetwork without `networks` covers everything else,
+    /// and one whose networks overlap them is not accepted.
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        default_value = translate::DEFAULT_CLUSTER_NETWORKS
+    )]
+    cluster_networks: Vec<IpNet>,
+    /// The namespace whose EgressNetworks apply to workloads of every namespace.
+    #[arg(long, value_name = "NS", default_value = translate::DEFAULT_GLOBAL_EGRESS_NAMESPACE)]
+    global_egress_namespace: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -64,6 +76,34 @@ struct RunArgs {
     /// Worker threads serving traffic (default: one per CPU core).
     #[arg(long, value_name = "N")]
     workers: Option<std::num::NonZeroUsize>,
+    /// Transparent outbound listener: connections redirected here by iptables are served for
+    /// their original destination (mesh routes of a Service address, or egress policy).
+    #[arg(long, value_name = "ADDR")]
+    outbound: Option<SocketAddr>,
+    /// Explicit egress proxy listener (HTTP CONNECT and absolute-form http:// requests).
+    #[arg(long, value_name = "ADDR")]
+    egress_proxy: Option<SocketAddr>,
+    /// The namespace of the workload whose outbound traffic this proxy carries: its
+    /// EgressNetworks apply first.
+    #[arg(long, value_name = "NS", default_value = "default")]
+    workload_namespace: String,
+    /// A fixed name resolution for the egress proxy, as HOST=IP; repeatable.
+    #[arg(long = "resolve", value_name = "HOST=IP", value_parser = parse_resolve)]
+    resolve: Vec<(String, std::net::IpAddr)>,
+}
+
+fn parse_resolve(value: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (host, ip) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not HOST=IP"))?;
+    let ip = ip
+        .parse()
+        .map_err(|error| format!("{ip:?} is not an IP address: {error}"))?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(format!("{value:?} has no host"));
+    }
+    Ok((host, ip))
 }
 
 #[derive(clap::Args, Debug)]
@@ -149,6 +189,8 @@ impl ConfigArgs {
         translate::Options {
             controller_name: self.controller_name.clone(),
             address_pool: self.address_pool,
+            cluster_networks: self.cluster_networks.clone(),
+            global_egress_namespace: self.global_egress_namespace.clone(),
             ..translate::Options::default()
         }
     }

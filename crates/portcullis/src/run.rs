@@ -51,6 +51,24 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on admin address {}", args.admin))?;
     tracing::info!(admin = %admin, config = %root.display(), "portcullis started");
+    let outbound = dataplane::OutboundSettings {
+        namespace: args.workload_namespace.clone(),
+        resolve: args.resolve.iter().cloned().collect(),
+    };
+    if let Some(addr) = args.outbound {
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on outbound address {addr}"))?;
+        tracing::info!(%addr, namespace = %outbound.namespace, "transparent outbound listener");
+        dataplane.serve_outbound(socket, outbound.clone());
+    }
+    if let Some(addr) = args.egress_proxy {
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on egress proxy address {addr}"))?;
+        tracing::info!(%addr, namespace = %outbound.namespace, "egress proxy listener");
+        dataplane.serve_egress_proxy(socket, outbound);
+    }
 
     let mut control = Control {
         options: args.config.translate_options(),

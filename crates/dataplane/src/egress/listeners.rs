@@ -236,12 +236,16 @@ fn proxy_target<B>(request: &Request<B>) -> Result<ProxyTarget, &'static str> {
         }
         authority.port_u16().unwrap_or(80)
     };
-    if request.method() != Method::CONNECT
-        && let Some(value) = request.headers().get(header::HOST)
-    {
-        let named = value.to_str().ok().and_then(Hostname::from_request_host);
-        if named.as_ref() != Some(&host) {
-            return Err("the Host header names another host than the request URI");
+    if request.method() != Method::CONNECT {
+        let mut hosts = request.headers().get_all(header::HOST).iter();
+        if let Some(value) = hosts.next() {
+            let named = value.to_str().ok().and_then(Hostname::from_request_host);
+            if named.as_ref() != Some(&host) {
+                return Err("the Host header names another host than the request URI");
+            }
+        }
+        if hosts.next().is_some() {
+            return Err("a request must have at most one Host header");
         }
     }
     Ok(ProxyTarget { host, port })

@@ -126,11 +126,17 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(config: &Path) -> Self {
+        Self::start_with(config, &[]).await
+    }
+
+    /// Starts `portcullis run` with extra arguments.
+    pub async fn start_with(config: &Path, args: &[&str]) -> Self {
         let admin = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "--config"])
             .arg(config)
             .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(args)
             .env("PORTCULLIS_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
