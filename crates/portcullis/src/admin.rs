@@ -80,7 +80,7 @@ fn handle(
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/config" => json(&state.config),
         "/status" => json(&state.status),
-        "/metrics" => text(StatusCode::OK, &metrics(&state, dataplane)),
+        "/metrics" => text(StatusCode::OK, &metrics(state, dataplane)),
         _ => text(
             StatusCode::NOT_FOUND,
             "endpoints: /live /ready /config /status /metrics\n",
