@@ -6,148 +6,15 @@
 
 mod support;
 
-use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio::net::TcpStream;
 
+use support::tls::{Llm, PATIENCE, connect_tunnel};
 use support::{Upstream, free_port};
-
-const PATIENCE: Duration = Duration::from_secs(5);
-
-/// A test CA and an HTTPS server presenting a certificate for `api.mistral.ai` (and, to
-/// prove that a refusal is the proxy's doing, for `example.com` too).
-struct Llm {
-    roots: Arc<rustls::RootCertStore>,
-    port: u16,
-    other_port: u16,
-}
-
-impl Llm {
-    async fn start() -> Self {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().expect("CA key");
-        let ca_cert = ca.self_signed(&ca_key).expect("CA");
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().expect("key");
-        let leaf = CertificateParams::new(vec!["api.mistral.ai".into(), "example.com".into()])
-            .expect("names")
-            .signed_by(&key, &issuer)
-            .expect("leaf");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca_cert.der().clone()).expect("root");
-        let chain = vec![leaf.der().clone()];
-        let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key");
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server config");
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let mut ports = Vec::new();
-        for _ in 0..2 {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            ports.push(listener.local_addr().expect("addr").port());
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut tls) = acceptor.accept(stream).await else {
-                            return;
-                        };
-                        let mut request = vec![0; 4096];
-                        let _ = tls.read(&mut request).await;
-                        let body = r#"{"choices":[{"message":{"content":"ok"}}]}"#;
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = tls.write_all(response.as_bytes()).await;
-                        let _ = tls.shutdown().await;
-                    });
-                }
-            });
-        }
-        Self {
-            roots: Arc::new(roots),
-            port: ports[0],
-            other_port: ports[1],
-        }
-    }
-
-    /// Opens a CONNECT tunnel to `target` through the proxy, then runs a TLS handshake with
-    /// `sni` (none when `None`) inside it and one request. Ok(body) when the LLM answered.
-    async fn call(&self, proxy: SocketAddr, target: &str, sni: Option<&str>) -> io::Result<String> {
-        let tunnel = connect_tunnel(proxy, target).await?;
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_root_certificates(Arc::clone(&self.roots))
-        .with_no_client_auth();
-        // Without SNI the client still verifies the certificate against api.mistral.ai.
-        config.enable_sni = sni.is_some();
-        let name = ServerName::try_from(sni.unwrap_or("api.mistral.ai").to_string())
-            .map_err(io::Error::other)?;
-        let connector = TlsConnector::from(Arc::new(config));
-        let mut tls = tokio::time::timeout(PATIENCE, connector.connect(name, tunnel))
-            .await
-            .map_err(|_| io::Error::other("handshake timed out"))??;
-        tls.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: api.mistral.ai\r\ncontent-length: 0\r\n\r\n")
-            .await?;
-        let mut response = Vec::new();
-        tokio::time::timeout(PATIENCE, tls.read_to_end(&mut response))
-            .await
-            .map_err(|_| io::Error::other("response timed out"))??;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        match text.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-            _ => Err(io::Error::other(format!("unexpected response {text:?}"))),
-        }
-    }
-}
-
-/// `CONNECT target` on a new connection to the proxy; the stream once the proxy said 200.
-async fn connect_tunnel(proxy: SocketAddr, target: &str) -> io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(proxy).await?;
-    stream
-        .write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
-        .await?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let read = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
-            .await
-            .map_err(|_| io::Error::other("CONNECT answer timed out"))??;
-        if read == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        head.push(byte[0]);
-    }
-    if head.starts_with(b"HTTP/1.1 200") {
-        Ok(stream)
-    } else {
-        Err(io::Error::other(
-            String::from_utf8_lossy(&head).into_owned(),
-        ))
-    }
-}
 
 /// An absolute-form request through the proxy: status, the egress error header, body.
 async fn proxied_get(
@@ -163,7 +30,10 @@ async fn proxied_get(
     let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
     let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
     let mut request = hyper::Request::get(uri);
-    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
         request = request.header("host", host);
     }
     for (name, value) in headers {
@@ -270,7 +140,7 @@ endpoints: [{{addresses: [127.0.0.1]}}]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn explicit_proxy_allows_only_named_hosts() {
-    let llm = Llm::start().await;
+    let llm = Llm::start([127, 0, 0, 1].into()).await;
     let docs = Upstream::start("docs").await;
     let egress_gateway = Upstream::start("egress-gateway").await;
     let dir = tempfile::tempdir().expect("tempdir");
