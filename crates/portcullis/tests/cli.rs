@@ -97,3 +97,99 @@ async fn run_keeps_the_last_good_config_when_a_file_breaks() {
         "the last good config still serves"
     );
 }
+
+/// The egress allowlist as the Cal-LLM seed wrote it: a TLSRoute with an HTTPRoute-style
+/// path match, no backendRefs and an empty hostname.
+const SEED_TLS_ROUTE: &str = "\
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: deny-all, namespace: apps}
+spec:
+  trafficPolicy: Deny
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata:
+  name: allow-mistral-ai-access
+  namespace: apps
+spec:
+  hostnames:
+  - \"\"
+  parentRefs:
+  - group: policy.linkerd.io
+    kind: EgressNetwork
+    name: deny-all
+    port: 443
+  rules:
+  - matches:
+    - path:
+        value: /v1/chat/completions
+";
+
+/// The same allowlist corrected: the hostname named, the EgressNetwork as the backend.
+const CORRECTED_TLS_ROUTE: &str = "\
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: deny-all, namespace: apps}
+spec:
+  trafficPolicy: Deny
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata:
+  name: allow-mistral-ai-access
+  namespace: apps
+spec:
+  hostnames:
+  - api.mistral.ai
+  parentRefs:
+  - group: policy.linkerd.io
+    kind: EgressNetwork
+    name: deny-all
+    port: 443
+  rules:
+  - backendRefs:
+    - group: policy.linkerd.io
+      kind: EgressNetwork
+      name: deny-all
+";
+
+fn check(contents: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("egress.yaml"), contents).expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(dir.path())
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (
+        output.status.code(),
+        stdout.replace(&dir.path().display().to_string(), "DIR"),
+    )
+}
+
+#[test]
+fn check_explains_the_seed_tls_route_and_accepts_the_corrected_one() {
+    let (code, stdout) = check(SEED_TLS_ROUTE);
+    assert_eq!(code, Some(1), "{stdout}");
+    for expected in [
+        "DIR/egress.yaml:14: spec.hostnames[0]: must be a lowercase DNS name",
+        "DIR/egress.yaml:21: spec.rules[0].matches: TLSRoute rules have no `matches`: a TLS connection is routed by the SNI of its ClientHello alone",
+        "use an HTTPRoute on plaintext or TLS-terminated traffic",
+        "DIR/egress.yaml:21: spec.rules[0]: a TLSRoute rule needs backendRefs",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+
+    let (code, stdout) = check(CORRECTED_TLS_ROUTE);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("EgressNetwork/apps/deny-all")
+            && stdout.contains("TLSRoute/apps/allow-mistral-ai-access"),
+        "{stdout}"
+    );
+}
