@@ -8,6 +8,7 @@
 mod admin;
 mod check;
 mod explain;
+mod init;
 mod run;
 mod status;
 
@@ -35,6 +36,31 @@ enum Command {
     Check(CheckArgs),
     /// Show which listener, route, rule and backends a request would get.
     Explain(ExplainArgs),
+    /// Install the iptables rules that redirect a workload's outbound TCP to
+    /// `run --outbound` (run inside the workload's network namespace).
+    Init(InitArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InitArgs {
+    /// The UID the proxy runs as; its own connections are not redirected.
+    #[arg(long, default_value_t = 2102)]
+    proxy_uid: u32,
+    /// The port of `run --outbound` on 127.0.0.1.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Destinations never redirected; repeatable.
+    #[arg(long, value_name = "CIDR")]
+    skip_cidr: Vec<IpNet>,
+    /// Destination ports never redirected; repeatable.
+    #[arg(long, value_name = "PORT")]
+    skip_port: Vec<u16>,
+    /// Remove the rules instead.
+    #[arg(long)]
+    remove: bool,
+    /// Print the iptables commands instead of running them.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Options shared by every command that reads manifests.
@@ -161,6 +187,7 @@ fn main() -> ExitCode {
         }
         Command::Check(args) => check::check(&args),
         Command::Explain(args) => explain::explain(&args),
+        Command::Init(args) => init::init(&args),
     };
     match result {
         Ok(code) => code,

@@ -5,8 +5,10 @@
 //! Istio's proxies are excluded by UID), so its connections to original destinations are not
 //! redirected back to itself.
 //!
-//! The same proxy also serves a mesh route at a Service's ClusterIP that exists nowhere: the
-//! connection is intercepted, and its original destination selects the Service's routes.
+//! The same proxy also serves mesh routes at a Service's ClusterIP that exists nowhere: the
+//! connection is intercepted and its original destination selects the Service's routes, a
+//! 40/60 split between endpoints in two server namespaces and a header-based rule, with no
+//! change to the client. The iptables rules are installed by `portcullis init`.
 //!
 //! Needs root (namespaces, iptables), which CI has. The namespaces are created here and
 //! deleted when the test ends.
@@ -34,6 +36,9 @@ const ADMIN_PORT: u16 = 9901;
 /// without `networks` covers the outside one.
 const POD_IP: &str = "198.18.0.1";
 const OUTSIDE_IP: &str = "198.18.0.2";
+/// The second server namespace (calendar-v2), on its own veth pair.
+const POD_IP_2: &str = "198.18.1.1";
+const SERVER_2_IP: &str = "198.18.1.2";
 /// The ClusterIP of the meshed Service; nothing has this address.
 const CLUSTER_IP: &str = "10.96.0.10";
 
@@ -51,10 +56,11 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// Two namespaces joined by a veth pair; deleted on drop.
+/// The pod namespace joined by veth pairs to two server namespaces; deleted on drop.
 struct Namespaces {
     pod: String,
     outside: String,
+    server_2: String,
 }
 
 impl Namespaces {
@@ -63,64 +69,71 @@ impl Namespaces {
         let namespaces = Self {
             pod: format!("pc-pod-{id}"),
             outside: format!("pc-out-{id}"),
+            server_2: format!("pc-srv-{id}"),
         };
-        let (pod, outside) = (namespaces.pod.as_str(), namespaces.outside.as_str());
-        let (pod_if, outside_if) = (format!("pcp{id}"), format!("pco{id}"));
+        let pod = namespaces.pod.as_str();
         run("ip", &["netns", "add", pod]);
-        run("ip", &["netns", "add", outside]);
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &pod_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &outside_if,
-            ],
-        );
-        run("ip", &["link", "set", &pod_if, "netns", pod]);
-        run("ip", &["link", "set", &outside_if, "netns", outside]);
-        for (ns, interface, ip) in [(pod, &pod_if, POD_IP), (outside, &outside_if, OUTSIDE_IP)] {
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        run("ip", &["-n", pod, "link", "set", "lo", "up"]);
+        let pairs = [
+            (namespaces.outside.as_str(), "a", POD_IP, OUTSIDE_IP),
+            (namespaces.server_2.as_str(), "b", POD_IP_2, SERVER_2_IP),
+        ];
+        for (other, tag, pod_ip, other_ip) in pairs {
+            let (pod_if, other_if) = (format!("pcp{tag}{id}"), format!("pco{tag}{id}"));
+            run("ip", &["netns", "add", other]);
             run(
                 "ip",
                 &[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{ip}/24"),
-                    "dev",
-                    interface,
+                    "link", "add", &pod_if, "type", "veth", "peer", "name", &other_if,
                 ],
             );
-            run("ip", &["-n", ns, "link", "set", interface, "up"]);
+            run("ip", &["link", "set", &pod_if, "netns", pod]);
+            run("ip", &["link", "set", &other_if, "netns", other]);
+            for (ns, interface, ip) in [(pod, &pod_if, pod_ip), (other, &other_if, other_ip)] {
+                run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+                run(
+                    "ip",
+                    &[
+                        "-n",
+                        ns,
+                        "addr",
+                        "add",
+                        &format!("{ip}/24"),
+                        "dev",
+                        interface,
+                    ],
+                );
+                run("ip", &["-n", ns, "link", "set", interface, "up"]);
+            }
+            if tag == "a" {
+                // The ClusterIP needs a route for connect() to get as far as iptables.
+                run(
+                    "ip",
+                    &["-n", pod, "route", "add", "10.96.0.0/12", "dev", &pod_if],
+                );
+            }
         }
-        // The ClusterIP needs a route for connect() to get as far as iptables.
         run(
             "ip",
-            &["-n", pod, "route", "add", "10.96.0.0/12", "dev", &pod_if],
+            &[
+                "netns",
+                "exec",
+                pod,
+                env!("CARGO_BIN_EXE_portcullis"),
+                "init",
+                "--proxy-uid",
+                PROXY_UID,
+                "--outbound-port",
+                &OUTBOUND_PORT.to_string(),
+            ],
         );
-        let nat = |rule: &[&str]| {
-            let mut args = vec![
-                "netns", "exec", pod, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
-            ];
-            args.extend_from_slice(rule);
-            run("ip", &args);
-        };
-        nat(&["-m", "owner", "--uid-owner", PROXY_UID, "-j", "RETURN"]);
-        nat(&["-o", "lo", "-j", "RETURN"]);
-        nat(&["-j", "REDIRECT", "--to-ports", &OUTBOUND_PORT.to_string()]);
         namespaces
     }
 }
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        for ns in [&self.pod, &self.outside] {
+        for ns in [&self.pod, &self.outside, &self.server_2] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -172,7 +185,7 @@ impl Drop for Proxy {
     }
 }
 
-fn manifests(llm_port: u16, http_port: u16, calendar_port: u16) -> String {
+fn manifests(llm_port: u16, http_port: u16, v1_port: u16, v2_port: u16) -> String {
     format!(
         "apiVersion: policy.linkerd.io/v1alpha1
 kind: EgressNetwork
@@ -196,29 +209,55 @@ spec:
   parentRefs: [{{group: policy.linkerd.io, kind: EgressNetwork, name: deny-all, port: {http_port}}}]
   rules:
   - matches: [{{path: {{type: PathPrefix, value: /docs}}}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: calendar, namespace: apps}}
-spec: {{clusterIP: {CLUSTER_IP}, ports: [{{port: 8080, targetPort: {calendar_port}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: calendar, namespace: apps, labels: {{kubernetes.io/service-name: calendar}}}}
-addressType: IPv4
-ports: [{{port: {calendar_port}}}]
-endpoints: [{{addresses: [{OUTSIDE_IP}]}}]
----
+{calendar}{calendar_v1}{calendar_v2}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: calendar, namespace: apps}}
 spec:
   parentRefs: [{{group: \"\", kind: Service, name: calendar, port: 8080}}]
   rules:
+  - matches:
+    - path: {{type: PathPrefix, value: /calendar}}
+      headers: [{{name: x-canary, value: always}}]
+    backendRefs: [{{name: calendar-v2, port: 8080}}]
   - matches: [{{path: {{type: PathPrefix, value: /calendar}}}}]
-    backendRefs: [{{name: calendar, port: 8080}}]
-"
+    backendRefs: [{{name: calendar-v1, port: 8080, weight: 40}}, {{name: calendar-v2, port: 8080, weight: 60}}]
+",
+        calendar = service("calendar", Some(CLUSTER_IP), None),
+        calendar_v1 = service("calendar-v1", None, Some((OUTSIDE_IP, v1_port))),
+        calendar_v2 = service("calendar-v2", None, Some((SERVER_2_IP, v2_port))),
     )
+}
+
+/// A Service in `apps` on port 8080, with a ClusterIP and/or one endpoint.
+fn service(name: &str, cluster_ip: Option<&str>, endpoint: Option<(&str, u16)>) -> String {
+    let cluster_ip = cluster_ip
+        .map(|ip| format!("clusterIP: {ip}, "))
+        .unwrap_or_default();
+    let target = endpoint
+        .map(|(_, port)| format!(", targetPort: {port}"))
+        .unwrap_or_default();
+    let mut yaml = format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: apps}}
+spec: {{{cluster_ip}ports: [{{port: 8080{target}}}]}}
+"
+    );
+    if let Some((ip, port)) = endpoint {
+        yaml.push_str(&format!(
+            "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}, namespace: apps, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: {port}}}]
+endpoints: [{{addresses: [{ip}]}}]
+"
+        ));
+    }
+    yaml
 }
 
 /// Plain HTTP/1.1 GET to `addr` with `host`; the status and the egress error header.
@@ -226,6 +265,16 @@ async fn get(
     addr: SocketAddr,
     host: &str,
     path: &str,
+) -> Result<(u16, Option<String>, String), String> {
+    get_with(addr, host, path, &[]).await
+}
+
+/// [`get`] with extra headers.
+async fn get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
 ) -> Result<(u16, Option<String>, String), String> {
     let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
@@ -236,8 +285,11 @@ async fn get(
             .await
             .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header("host", host)
+    let mut request = hyper::Request::get(path).header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
@@ -262,30 +314,44 @@ fn sidecar_intercepts_egress_and_mesh_traffic() {
     let namespaces = Namespaces::create();
     let outside_ip: IpAddr = OUTSIDE_IP.parse().expect("address");
 
-    // The outside world: the LLM stand-in, a docs server and the calendar's endpoint.
+    // The outside world: the LLM stand-in, a docs server and calendar v1; calendar v2 in
+    // the second server namespace.
     let (ready, servers) = mpsc::channel();
     let _outside = in_namespace(&namespaces.outside, move || {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime.block_on(async move {
             let llm = Llm::start(outside_ip).await;
             let docs = Upstream::start_on(outside_ip, "docs").await;
-            let calendar = Upstream::start_on(outside_ip, "calendar").await;
-            let ports = (docs.port, calendar.port);
-            let _ = ready.send((llm, ports));
+            let v1 = Upstream::start_on(outside_ip, "calendar-v1").await;
+            let _ = ready.send((llm, (docs.port, v1.port)));
             // Serve until the test process ends.
             std::future::pending::<()>().await;
-            drop((docs, calendar));
+            drop((docs, v1));
         });
     });
-    let (llm, (docs_port, calendar_port)) = servers
+    let (llm, (docs_port, v1_port)) = servers
         .recv_timeout(Duration::from_secs(10))
         .expect("servers started");
+    let (ready, server_2) = mpsc::channel();
+    let _server_2 = in_namespace(&namespaces.server_2, move || {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async move {
+            let ip: IpAddr = SERVER_2_IP.parse().expect("address");
+            let v2 = Upstream::start_on(ip, "calendar-v2").await;
+            let _ = ready.send(v2.port);
+            std::future::pending::<()>().await;
+            drop(v2);
+        });
+    });
+    let v2_port = server_2
+        .recv_timeout(Duration::from_secs(10))
+        .expect("calendar-v2 started");
 
     let dir = tempfile::tempdir().expect("tempdir");
     support::replace(
         dir.path(),
         "egress.yaml",
-        &manifests(llm.port, docs_port, calendar_port),
+        &manifests(llm.port, docs_port, v1_port, v2_port),
     );
     // The proxy runs as another user: let it read the manifests.
     run("chmod", &["-R", "a+rX", &dir.path().display().to_string()]);
@@ -333,10 +399,25 @@ fn sidecar_intercepts_egress_and_mesh_traffic() {
             assert_eq!((status, error.as_deref()), (403, Some("traffic not allowed")));
 
             // Mesh: the ClusterIP exists nowhere, yet the intercepted connection is served by
-            // the Service's routes; a path without a route gets their 404.
+            // the Service's routes: the 40/60 split, the header rule, and 404 off the routes.
             let service = SocketAddr::new(CLUSTER_IP.parse().expect("address"), 8080);
-            let (status, _, body) = get(service, "calendar", "/calendar/today").await.expect("answer");
-            assert_eq!((status, body.as_str()), (200, "calendar"));
+            const CALLS: u32 = 500;
+            let mut to_v1 = 0;
+            for _ in 0..CALLS {
+                let (status, _, body) = get(service, "calendar", "/calendar/today").await.expect("answer");
+                assert_eq!(status, 200);
+                if body == "calendar-v1" {
+                    to_v1 += 1;
+                }
+            }
+            // 40% expected (200 of 500); the bounds are about five standard deviations.
+            assert!((145..=255).contains(&to_v1), "{to_v1} of {CALLS} calls went to v1");
+            for _ in 0..20 {
+                let (status, _, body) = get_with(service, "calendar", "/calendar/today", &[("x-canary", "always")])
+                    .await
+                    .expect("answer");
+                assert_eq!((status, body.as_str()), (200, "calendar-v2"));
+            }
             let (status, _, _) = get(service, "calendar", "/elsewhere").await.expect("answer");
             assert_eq!(status, 404);
 
