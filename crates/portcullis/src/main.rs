@@ -146,20 +146,32 @@ struct ExplainArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// The Gateway, as NAMESPACE/NAME.
+    #[arg(
+        long,
+        value_name = "NS/NAME",
+        required_unless_present = "service",
+        conflicts_with = "service"
+    )]
+    gateway: Option<String>,
+    /// A Service whose mesh routes (parentRef kind Service) to explain, as NAMESPACE/NAME.
     #[arg(long, value_name = "NS/NAME")]
-    gateway: String,
-    /// Only consider listeners on this port.
+    service: Option<String>,
+    /// Only consider listeners (or, with --service, the Service port) on this port.
     #[arg(long)]
     port: Option<u16>,
-    /// The request's Host.
-    #[arg(long)]
-    host: String,
+    /// The request's Host (default with --service: the Service's name).
+    #[arg(long, required_unless_present = "service")]
+    host: Option<String>,
     /// The request path, optionally with ?query.
     #[arg(long, default_value = "/")]
     path: String,
     /// The request method.
     #[arg(long, default_value = "GET")]
     method: String,
+    /// Explain a gRPC call of this method (package.Service/Method): POST to /package.Service/Method
+    /// with content-type application/grpc.
+    #[arg(long, value_name = "SERVICE/METHOD", conflicts_with = "path")]
+    grpc_method: Option<String>,
     /// A request header as NAME=VALUE; repeatable.
     #[arg(long = "header", value_name = "NAME=VALUE")]
     headers: Vec<String>,
