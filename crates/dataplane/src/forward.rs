@@ -3,7 +3,10 @@
 //!
 //! hyper-util's legacy `Client` keeps its idle connections keyed by scheme and authority, and
 //! we always address an endpoint by its socket address, so each endpoint gets its own pool.
-//! There is one client per [`ir::BackendProtocol`], since the protocol is a client setting.
+//! There is one client per [`ir::BackendProtocol`], since the protocol is a client setting,
+//! and one more per BackendTLSPolicy setting that backends are reached with (`origination`).
+
+mod origination;
 
 use std::collections::HashMap;
 use std::io;
@@ -17,22 +20,34 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use ir::{Backend, BackendProtocol, BackendTarget, WeightedBackend};
+use ir::{Backend, BackendProtocol, BackendTarget, TlsCertificate, WeightedBackend};
 use tokio::net::TcpStream;
 
 use crate::Options;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
+use origination::{ClientKey, TlsConnector};
+pub use origination::{HandshakeError, SettingsError};
+
 /// How many round-robin cursors are kept before they are forgotten. Backends come and go with
 /// config reloads; forgetting a cursor only restarts its rotation.
 const MAX_CURSORS: usize = 10_000;
+
+/// How many TLS clients (distinct policy settings) are kept before they are all dropped.
+/// Settings change only with reloads; a dropped client only costs new connections.
+const MAX_TLS_CLIENTS: usize = 1_000;
 
 /// The upstream clients, shared by every request (cheap to clone).
 #[derive(Clone)]
 pub struct Upstreams {
     http1: Client<HttpConnector, ProxyBody>,
     h2c: Client<HttpConnector, ProxyBody>,
+    /// Clients that originate TLS, one per distinct settings.
+    tls: Arc<Mutex<HashMap<ClientKey, Client<TlsConnector, ProxyBody>>>>,
+    /// What TLS clients are built from.
+    connector: HttpConnector,
+    builder: hyper_util::client::legacy::Builder,
     /// Round-robin position per backend name.
     cursors: Arc<Mutex<HashMap<String, usize>>>,
 }
@@ -54,10 +69,14 @@ impl Upstreams {
             // We always send a Host header of our own; never derive one from the endpoint.
             .set_host(false);
         let http1 = builder.build(connector.clone());
-        let h2c = builder.http2_only(true).build(connector);
+        let tls_builder = builder.clone();
+        let h2c = builder.http2_only(true).build(connector.clone());
         Self {
             http1,
             h2c,
+            tls: Arc::default(),
+            connector,
+            builder: tls_builder,
             cursors: Arc::default(),
         }
     }
@@ -84,15 +103,35 @@ impl Upstreams {
         Ok(backend.endpoints[index].addr)
     }
 
-    /// Sends `request` to `endpoint` over the protocol `backend` speaks. The request target
-    /// (path and query) is sent exactly as it is in `request`.
+    /// Sends `request` to `endpoint` over the protocol `backend` speaks, over TLS when a
+    /// BackendTLSPolicy applies to it (presenting `client_certificate`, the Gateway's
+    /// `spec.tls.backend` one, when set). The request target (path and query) is sent
+    /// exactly as it is in `request`.
     pub async fn send(
         &self,
-        protocol: BackendProtocol,
+        backend: &Backend,
+        client_certificate: Option<&Arc<TlsCertificate>>,
         endpoint: SocketAddr,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         *request.uri_mut() = endpoint_uri(endpoint, request.uri())?;
+        let protocol = backend.protocol;
+        if let Some(tls) = &backend.tls {
+            let key = ClientKey {
+                tls: tls.clone(),
+                client_certificate: client_certificate.cloned(),
+                protocol,
+            };
+            let client = self.tls_client(key)?;
+            *request.version_mut() = match protocol {
+                BackendProtocol::Http1 => Version::HTTP_11,
+                BackendProtocol::H2c => Version::HTTP_2,
+            };
+            return client
+                .request(request)
+                .await
+                .map_err(|error| ProxyError::from_client(endpoint, error));
+        }
         let client = match protocol {
             BackendProtocol::Http1 => {
                 *request.version_mut() = Version::HTTP_11;
@@ -107,6 +146,32 @@ impl Upstreams {
             .request(request)
             .await
             .map_err(|error| ProxyError::from_client(endpoint, error))
+    }
+}
+
+impl Upstreams {
+    /// The TLS client for `key`, built on first use.
+    fn tls_client(&self, key: ClientKey) -> Result<Client<TlsConnector, ProxyBody>, ProxyError> {
+        {
+            // A poisoned map only holds clients; keep using it.
+            let clients = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(client) = clients.get(&key) {
+                return Ok(client.clone());
+            }
+        }
+        let connector = key
+            .connector(self.connector.clone())
+            .map_err(ProxyError::BackendTlsSettings)?;
+        let mut builder = self.builder.clone();
+        if key.protocol == BackendProtocol::H2c {
+            builder.http2_only(true);
+        }
+        let client = builder.build(connector);
+        let mut clients = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+        if clients.len() >= MAX_TLS_CLIENTS {
+            clients.clear();
+        }
+        Ok(clients.entry(key).or_insert(client).clone())
     }
 }
 
@@ -209,6 +274,7 @@ mod tests {
                     addr: ([127, 0, 0, 1], port).into(),
                 })
                 .collect(),
+            tls: None,
         }
     }
 

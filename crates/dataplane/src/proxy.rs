@@ -19,7 +19,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use ir::{
     Action, BackendProtocol, Hostname, HttpListener, RedirectScheme, Rule, Selected,
-    WeightedBackend,
+    TlsCertificate, WeightedBackend,
 };
 
 use crate::Shared;
@@ -110,7 +110,16 @@ async fn proxy(
             redirect::respond(redirect, listener, request)?
         }
         Action::Forward(backends) => {
-            let forwarding = forward(shared, connection, selected, backends, log, request);
+            let client_certificate = listener.backend_client_certificate.as_ref();
+            let forwarding = forward(
+                shared,
+                connection,
+                selected,
+                backends,
+                client_certificate,
+                log,
+                request,
+            );
             deadline(rule.timeouts.request, forwarding, || {
                 ProxyError::RequestTimeout
             })
@@ -135,6 +144,7 @@ async fn forward(
     connection: &Connection,
     selected: Selected<'_>,
     backends: &[WeightedBackend],
+    client_certificate: Option<&Arc<TlsCertificate>>,
     log: &mut AccessLog,
     request: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -148,15 +158,15 @@ async fn forward(
     let Some(websocket) = websocket else {
         let body = shared
             .mirrors
-            .send(&rule.filters.mirrors, &parts, body)
+            .send(&rule.filters.mirrors, client_certificate, &parts, body)
             .await?;
         apply_backend_filters(&mut parts, chosen, backend.protocol, te_trailers);
         let endpoint = shared.upstreams.endpoint(backend)?;
         log.endpoint = Some(endpoint);
-        let attempt =
-            shared
-                .upstreams
-                .send(backend.protocol, endpoint, Request::from_parts(parts, body));
+        let request = Request::from_parts(parts, body);
+        let attempt = shared
+            .upstreams
+            .send(backend, client_certificate, endpoint, request);
         let response = deadline(rule.timeouts.backend_request, attempt, || {
             ProxyError::BackendTimeout { endpoint }
         })

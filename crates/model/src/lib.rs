@@ -23,7 +23,12 @@ pub mod yaml;
 use std::fmt;
 use std::sync::Arc;
 
-pub use gateway_api::experimental as gw;
+/// Gateway API types: the experimental channel (a superset of the standard one), plus the
+/// standard channel's BackendTLSPolicy, which the crate only generates there.
+pub mod gw {
+    pub use gateway_api::apis::standard::backendtlspolicies;
+    pub use gateway_api::experimental::*;
+}
 pub use snapshot::{ObjectName, Snapshot, Store};
 
 /// Core Kubernetes kinds used by portcullis.
@@ -58,6 +63,8 @@ pub enum Kind {
     TcpRoute,
     /// `gateway.networking.k8s.io` ReferenceGrant.
     ReferenceGrant,
+    /// `gateway.networking.k8s.io` BackendTLSPolicy.
+    BackendTlsPolicy,
     /// Core Namespace (cluster-scoped).
     Namespace,
     /// Core Service.
@@ -100,6 +107,8 @@ pub enum Object {
     TcpRoute(Arc<gw::tcproutes::TcpRoute>),
     /// A ReferenceGrant.
     ReferenceGrant(Arc<gw::referencegrants::ReferenceGrant>),
+    /// A BackendTLSPolicy.
+    BackendTlsPolicy(Arc<gw::backendtlspolicies::BackendTlsPolicy>),
     /// A Namespace.
     Namespace(Arc<k8s::Namespace>),
     /// A Service.
@@ -126,6 +135,7 @@ impl Kind {
             Self::TlsRoute => "TLSRoute",
             Self::TcpRoute => "TCPRoute",
             Self::ReferenceGrant => "ReferenceGrant",
+            Self::BackendTlsPolicy => "BackendTLSPolicy",
             Self::Namespace => "Namespace",
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
@@ -144,7 +154,8 @@ impl Kind {
             | Self::GrpcRoute
             | Self::TlsRoute
             | Self::TcpRoute
-            | Self::ReferenceGrant => GATEWAY_GROUP,
+            | Self::ReferenceGrant
+            | Self::BackendTlsPolicy => GATEWAY_GROUP,
             Self::EndpointSlice => "discovery.k8s.io",
             Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "",
         }
@@ -159,7 +170,8 @@ impl Kind {
             | Self::HttpRoute
             | Self::GrpcRoute
             | Self::TlsRoute
-            | Self::ReferenceGrant => "gateway.networking.k8s.io/v1",
+            | Self::ReferenceGrant
+            | Self::BackendTlsPolicy => "gateway.networking.k8s.io/v1",
             Self::TcpRoute => "gateway.networking.k8s.io/v1alpha2",
             Self::EndpointSlice => "discovery.k8s.io/v1",
             Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "v1",
@@ -215,6 +227,7 @@ impl Object {
             Self::TlsRoute(o) => &o.metadata,
             Self::TcpRoute(o) => &o.metadata,
             Self::ReferenceGrant(o) => &o.metadata,
+            Self::BackendTlsPolicy(o) => &o.metadata,
             Self::Namespace(o) => &o.metadata,
             Self::Service(o) => &o.metadata,
             Self::EndpointSlice(o) => &o.metadata,
@@ -234,6 +247,7 @@ impl Object {
             Self::TlsRoute(_) => Kind::TlsRoute,
             Self::TcpRoute(_) => Kind::TcpRoute,
             Self::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Self::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
             Self::Namespace(_) => Kind::Namespace,
             Self::Service(_) => Kind::Service,
             Self::EndpointSlice(_) => Kind::EndpointSlice,

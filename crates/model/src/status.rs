@@ -96,6 +96,11 @@ pub enum Reason {
     NoValidCACertificate,
     /// Positive reason of `InsecureFrontendValidationMode`.
     ConfigurationChanged,
+    /// A policy lost conflict resolution to an older one with the same target.
+    Conflicted,
+    /// A Gateway's `spec.tls.backend.clientCertificateRef` does not resolve to a usable
+    /// certificate and key.
+    InvalidClientCertificateRef,
 }
 
 /// `True`, `False` or `Unknown`.
@@ -196,6 +201,19 @@ pub struct RouteParentStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// `status.ancestors[]` of a policy: how it applies on behalf of one ancestor (for a
+/// BackendTLSPolicy, a Gateway whose routes reach the targeted Service).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    /// The ancestor.
+    pub ancestor_ref: ParentReference,
+    /// Our controller name.
+    pub controller_name: String,
+    /// Conditions.
+    pub conditions: Vec<Condition>,
+}
+
 /// The status of one object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -228,6 +246,11 @@ pub enum ResourceStatus {
     Route {
         /// One entry per parentRef handled by this controller.
         parents: Vec<RouteParentStatus>,
+    },
+    /// Policy status.
+    Policy {
+        /// One entry per ancestor the policy is relevant to.
+        ancestors: Vec<PolicyAncestorStatus>,
     },
 }
 
@@ -287,6 +310,9 @@ impl ResourceStatus {
                 .chain(listeners.iter().flat_map(|l| l.conditions.iter()))
                 .collect(),
             Self::Route { parents } => parents.iter().flat_map(|p| p.conditions.iter()).collect(),
+            Self::Policy { ancestors } => {
+                ancestors.iter().flat_map(|a| a.conditions.iter()).collect()
+            }
         }
     }
 
@@ -309,6 +335,10 @@ impl ResourceStatus {
             Self::Route { parents } => parents
                 .iter_mut()
                 .flat_map(|p| p.conditions.iter_mut())
+                .collect(),
+            Self::Policy { ancestors } => ancestors
+                .iter_mut()
+                .flat_map(|a| a.conditions.iter_mut())
                 .collect(),
         }
     }

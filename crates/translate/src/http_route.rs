@@ -1,7 +1,7 @@
 //! HTTPRoute: attaching each route to its parents and compiling its rules into IR.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ir::{Action, Candidate, HostnameMatch, RouteId, RouteKind, Rule, Timeouts};
@@ -24,6 +24,8 @@ pub(crate) struct Routes {
     by_listener: BTreeMap<(ObjectName, String), Vec<Candidate>>,
     /// Which route kinds serve which hostnames on each listener.
     claims: BTreeMap<(ObjectName, String), Vec<Claim>>,
+    /// BackendTLSPolicy → the Gateways with a route whose backends it applies to.
+    pub(crate) policy_ancestors: BTreeMap<ObjectName, BTreeSet<ObjectName>>,
 }
 
 /// A route kind and the hostnames it serves on a listener (`None` = any host).
@@ -54,6 +56,7 @@ pub(crate) fn compile_all(
     snapshot: &Snapshot,
     gateways: &mut BTreeMap<ObjectName, GatewayState>,
     options: &Options,
+    policies: &crate::backend_tls::Policies,
     status: &mut StatusSet,
 ) -> Routes {
     let mut ordered: Vec<(RouteKind, &ObjectName, Cow<'_, HttpRoute>)> = snapshot
@@ -73,7 +76,7 @@ pub(crate) fn compile_all(
         crate::oldest_first((&a.metadata, a_name), (&b.metadata, b_name))
     });
     let mut routes = Routes::default();
-    let mut resolver = Resolver::default();
+    let mut resolver = Resolver::with_policies(policies);
     for (rank, (kind, name, route)) in ordered.iter().enumerate() {
         let flavor = Flavor {
             kind: *kind,
@@ -199,6 +202,8 @@ fn compile_route(
         .enumerate()
         .map(|(index, rule)| compile_rule(snapshot, resolver, flavor, index, rule, &mut problems))
         .collect();
+    let policies = resolver.take_used_policies();
+    let mut attached_gateways = BTreeSet::new();
     let info = RouteInfo {
         kind: flavor.kind_name(),
         name,
@@ -250,6 +255,9 @@ fn compile_route(
                 ));
             }
             claims.push((flavor.kind, attachment.hostnames.clone()));
+            if gateways_of_routes(&attachment.listener) {
+                attached_gateways.insert(attachment.gateway.clone());
+            }
             let bucket = routes.by_listener.entry(key).or_default();
             for hostname in &attachment.hostnames {
                 for compiled in &rules {
@@ -267,12 +275,25 @@ fn compile_route(
             Ok(())
         },
     );
+    for policy in policies {
+        routes
+            .policy_ancestors
+            .entry(policy)
+            .or_default()
+            .extend(attached_gateways.iter().cloned());
+    }
     if !parents.is_empty() {
         status.0.insert(
             ResourceKey::new(flavor.kind_model(), &name.namespace, &name.name),
             ResourceStatus::Route { parents },
         );
     }
+}
+
+/// Whether an attachment is to a Gateway listener (or a ListenerSet's, keyed under its
+/// Gateway), as opposed to a mesh Service port.
+fn gateways_of_routes(listener: &str) -> bool {
+    !listener.starts_with(crate::mesh::LISTENER_KEY_PREFIX)
 }
 
 fn compile_rule(

@@ -24,8 +24,11 @@ use crate::backends::{BackendRef, Referrer, Resolver};
 /// The listener key a Service port uses in the route maps.
 pub(crate) fn listener_key(port: u16) -> String {
     // A colon cannot appear in a listener name, so this never collides with a Gateway's.
-    format!("service:{port}")
+    format!("{LISTENER_KEY_PREFIX}{port}")
 }
+
+/// What every mesh listener key starts with.
+pub(crate) const LISTENER_KEY_PREFIX: &str = "service:";
 
 /// The ClusterIP of a Service, when it has one portcullis can listen on.
 pub(crate) fn cluster_ip(snapshot: &Snapshot, service: &ObjectName) -> Option<IpAddr> {

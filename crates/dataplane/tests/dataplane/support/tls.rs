@@ -302,6 +302,7 @@ pub fn https_listener(
         scheme: RedirectScheme::Https,
         tls: Some(Arc::clone(&leaf.certificate)),
         client_validation: None,
+        backend_client_certificate: None,
         ..HttpListener::clone(&plain)
     })
 }
