@@ -315,6 +315,26 @@ impl ProxyError {
         }
     }
 
+    /// Classifies a failed unpooled connect (TCP, then maybe TLS) to `endpoint`.
+    pub(crate) fn from_connect(endpoint: SocketAddr, error: BoxError) -> Self {
+        if has_source::<crate::forward::HandshakeError>(error.as_ref()) {
+            Self::BackendTls {
+                endpoint,
+                source: error,
+            }
+        } else if is_connection_refused(error.as_ref()) {
+            Self::ConnectionRefused {
+                endpoint,
+                source: error,
+            }
+        } else {
+            Self::UpstreamConnect {
+                endpoint,
+                source: error,
+            }
+        }
+    }
+
     /// The response sent to an HTTP client: the status and a one-line plain-text reason.
     pub(crate) fn into_response(self) -> Response<ProxyBody> {
         let mut response = Response::new(body::full(format!("{}\n", self.public_text())));

@@ -27,7 +27,7 @@ use crate::Options;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
-use origination::{ClientKey, TlsConnector};
+use origination::{ClientKey, TlsConnection, TlsConnector};
 pub use origination::{HandshakeError, SettingsError};
 
 /// How many round-robin cursors are kept before they are forgotten. Backends come and go with
@@ -150,6 +150,39 @@ impl Upstreams {
 }
 
 impl Upstreams {
+    /// Opens a new connection to `endpoint` for an upgraded request (which never shares a
+    /// pooled connection): TCP, then TLS when a BackendTLSPolicy applies to `backend`.
+    pub async fn connect_unpooled(
+        &self,
+        backend: &Backend,
+        client_certificate: Option<&Arc<TlsCertificate>>,
+        endpoint: SocketAddr,
+        limit: Duration,
+    ) -> Result<UpstreamIo, ProxyError> {
+        let Some(tls) = &backend.tls else {
+            return Ok(UpstreamIo::Plain(hyper_util::rt::TokioIo::new(
+                connect(endpoint, limit).await?,
+            )));
+        };
+        let key = ClientKey {
+            tls: tls.clone(),
+            client_certificate: client_certificate.cloned(),
+            protocol: BackendProtocol::Http1,
+        };
+        let mut connector = key
+            .connector(self.connector.clone())
+            .map_err(ProxyError::BackendTlsSettings)?;
+        let destination = endpoint_uri(endpoint, &Uri::from_static("/"))?;
+        match tokio::time::timeout(limit, TlsConnection::open(&mut connector, destination)).await {
+            Ok(Ok(connection)) => Ok(UpstreamIo::Tls(Box::new(connection))),
+            Ok(Err(error)) => Err(ProxyError::from_connect(endpoint, error)),
+            Err(_) => Err(ProxyError::UpstreamConnect {
+                endpoint,
+                source: io::Error::new(io::ErrorKind::TimedOut, "TLS connect timed out").into(),
+            }),
+        }
+    }
+
     /// The TLS client for `key`, built on first use.
     fn tls_client(&self, key: ClientKey) -> Result<Client<TlsConnector, ProxyBody>, ProxyError> {
         {
@@ -172,6 +205,60 @@ impl Upstreams {
             clients.clear();
         }
         Ok(clients.entry(key).or_insert(client).clone())
+    }
+}
+
+/// A connection opened by [`Upstreams::connect_unpooled`].
+pub enum UpstreamIo {
+    /// Cleartext.
+    Plain(hyper_util::rt::TokioIo<TcpStream>),
+    /// TLS under a BackendTLSPolicy.
+    Tls(Box<TlsConnection>),
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -184,7 +184,14 @@ async fn forward(
     let endpoint = shared.upstreams.endpoint(backend)?;
     log.endpoint = Some(endpoint);
     let connect_timeout = shared.options.connect_timeout;
-    let attempt = upgrade::send(endpoint, connect_timeout, Request::from_parts(parts, body));
+    let request = Request::from_parts(parts, body);
+    let attempt = async {
+        let stream = shared
+            .upstreams
+            .connect_unpooled(backend, client_certificate, endpoint, connect_timeout)
+            .await?;
+        upgrade::send(stream, endpoint, request).await
+    };
     let mut response = deadline(rule.timeouts.backend_request, attempt, || {
         ProxyError::BackendTimeout { endpoint }
     })

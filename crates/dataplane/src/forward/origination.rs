@@ -298,6 +298,17 @@ impl tower_service::Service<Uri> for TlsConnector {
 
 // === impl TlsConnection ===
 
+impl TlsConnection {
+    /// Opens one connection outside any pool (for upgraded requests, which keep theirs).
+    pub async fn open(
+        connector: &mut TlsConnector,
+        destination: Uri,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(connector, cx)).await?;
+        tower_service::Service::call(connector, destination).await
+    }
+}
+
 impl Connection for TlsConnection {
     fn connected(&self) -> Connected {
         let connected = Connected::new();
