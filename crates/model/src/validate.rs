@@ -156,19 +156,31 @@ fn validate_backend_tls_policy(
     if spec.target_refs.is_empty() || spec.target_refs.len() > 16 {
         errors.push("spec.targetRefs", "must have between 1 and 16 entries");
     }
-    let mut targets = HashSet::new();
+    // CEL rules: "sectionName must be specified when targetRefs includes 2 or more references
+    // to the same target" and "sectionName must be unique when targetRefs includes 2 or more
+    // references to the same target".
     for (i, target) in spec.target_refs.iter().enumerate() {
-        let key = (
-            &target.group,
-            &target.kind,
-            &target.name,
-            &target.section_name,
-        );
-        if !targets.insert(key) {
-            errors.push(
-                &format!("spec.targetRefs[{i}]"),
-                "sectionName must be specified when targetRefs includes 2 or more references to the same target, and must be unique per target",
-            );
+        let same: Vec<_> = spec
+            .target_refs
+            .iter()
+            .filter(|t| t.group == target.group && t.kind == target.kind && t.name == target.name)
+            .collect();
+        if same.len() < 2 {
+            continue;
+        }
+        let path = format!("spec.targetRefs[{i}].sectionName");
+        match &target.section_name {
+            None => errors.push(
+                &path,
+                "sectionName must be specified when targetRefs includes 2 or more references to the same target",
+            ),
+            Some(section) if same.iter().filter(|t| t.section_name.as_ref() == Some(section)).count() > 1 => {
+                errors.push(
+                    &path,
+                    "sectionName must be unique when targetRefs includes 2 or more references to the same target",
+                )
+            }
+            Some(_) => {}
         }
     }
     let validation = &spec.validation;
