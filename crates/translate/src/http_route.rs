@@ -202,7 +202,7 @@ fn compile_route(
         .enumerate()
         .map(|(index, rule)| compile_rule(snapshot, resolver, flavor, index, rule, &mut problems))
         .collect();
-    let policies = resolver.take_used_policies();
+    let used_policies = resolver.take_used_policies();
     let mut attached_gateways = BTreeSet::new();
     let info = RouteInfo {
         kind: flavor.kind_name(),
@@ -255,7 +255,7 @@ fn compile_route(
                 ));
             }
             claims.push((flavor.kind, attachment.hostnames.clone()));
-            if gateways_of_routes(&attachment.listener) {
+            if is_gateway_listener(&attachment.listener) {
                 attached_gateways.insert(attachment.gateway.clone());
             }
             let bucket = routes.by_listener.entry(key).or_default();
@@ -275,7 +275,7 @@ fn compile_route(
             Ok(())
         },
     );
-    for policy in policies {
+    for policy in used_policies {
         routes
             .policy_ancestors
             .entry(policy)
@@ -292,7 +292,7 @@ fn compile_route(
 
 /// Whether an attachment is to a Gateway listener (or a ListenerSet's, keyed under its
 /// Gateway), as opposed to a mesh Service port.
-fn gateways_of_routes(listener: &str) -> bool {
+fn is_gateway_listener(listener: &str) -> bool {
     !listener.starts_with(crate::mesh::LISTENER_KEY_PREFIX)
 }
 

@@ -36,30 +36,7 @@ struct TlsUpstream {
 impl TlsUpstream {
     /// Serves `leaf`; with `client_ca`, a client certificate signed by it is required.
     async fn start(leaf: &Leaf, client_ca: Option<&Authority>) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions");
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(&ca.ca_pem) {
-                    roots.add(cert.expect("CA PEM")).expect("CA anchor");
-                }
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()
-                    .expect("client verifier");
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let chain = CertificateDer::pem_slice_iter(&leaf.certificate.chain_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .expect("chain");
-        let key = PrivateKeyDer::from_pem_slice(&leaf.certificate.key_pem).expect("key");
-        let mut config = builder.with_single_cert(chain, key).expect("server config");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = acceptor(leaf, client_ca);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move {
@@ -77,6 +54,7 @@ impl TlsUpstream {
                             "sni": sni,
                             "clientCertificate": client_cert,
                             "path": request.uri().path(),
+                            "version": format!("{:?}", request.version()),
                         });
                         async move {
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
@@ -95,13 +73,47 @@ impl TlsUpstream {
 
     /// A backend for this upstream under `tls`.
     fn backend(&self, tls: BackendTls) -> Arc<Backend> {
-        Arc::new(Backend {
-            name: "default/secure:443".into(),
-            protocol: BackendProtocol::Http1,
-            endpoints: vec![Endpoint { addr: self.addr }],
-            tls: Some(Arc::new(tls)),
-        })
+        tls_backend(self.addr, BackendProtocol::Http1, tls)
     }
+}
+
+/// A backend at `addr` speaking `protocol` under `tls`.
+fn tls_backend(addr: SocketAddr, protocol: BackendProtocol, tls: BackendTls) -> Arc<Backend> {
+    Arc::new(Backend {
+        name: "default/secure:443".into(),
+        protocol,
+        endpoints: vec![Endpoint { addr }],
+        tls: Some(Arc::new(tls)),
+    })
+}
+
+/// A TLS acceptor serving `leaf` with ALPN h2 and http/1.1; with `client_ca`, a client
+/// certificate signed by it is required.
+fn acceptor(leaf: &Leaf, client_ca: Option<&Authority>) -> TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&ca.ca_pem) {
+                roots.add(cert.expect("CA PEM")).expect("CA anchor");
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let chain = CertificateDer::pem_slice_iter(&leaf.certificate.chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_slice(&leaf.certificate.key_pem).expect("key");
+    let mut config = builder.with_single_cert(chain, key).expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// A policy trusting `ca` with `hostname`.
@@ -260,4 +272,60 @@ async fn policy_without_trust_anchors_is_answered_500() {
 
     let answer = gateway.get("www.example.com", "/").await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn http2_backends_get_alpn_h2_over_tls() {
+    let ca = Authority::new();
+    let upstream = TlsUpstream::start(&ca.issue(&["api.internal"]), None).await;
+    let backend = tls_backend(
+        upstream.addr,
+        BackendProtocol::H2c,
+        policy(&ca, "api.internal", Vec::new()),
+    );
+    let gateway = Gateway::start(gateway_to(backend, None)).await;
+
+    let answer = gateway.get("www.example.com", "/grpc").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.echoed()["version"], "HTTP/2.0");
+    assert_eq!(answer.echoed()["sni"], "api.internal");
+}
+
+#[tokio::test]
+async fn websocket_handshakes_reach_tls_backends_over_tls() {
+    use tokio_tungstenite::tungstenite::Message;
+
+    use crate::support::websocket::{EchoUpstream, connect, round_trip};
+
+    let ca = Authority::new();
+    let leaf = ca.issue(&["ws.internal"]);
+    let mut upstream = EchoUpstream::start_tls(acceptor(&leaf, None)).await;
+    let backend = tls_backend(
+        upstream.addr,
+        BackendProtocol::Http1,
+        policy(&ca, "ws.internal", Vec::new()),
+    );
+    let gateway = Gateway::start(gateway_to(backend, None)).await;
+
+    let (mut ws, _) = connect(gateway.addr, "www.example.com", "/ws")
+        .await
+        .expect("the handshake passes through");
+    upstream.next_handshake().await;
+    let hello = Message::text("over tls");
+    assert_eq!(round_trip(&mut ws, hello.clone()).await, hello);
+
+    // A backend whose certificate the policy rejects gets no handshake: 502.
+    let backend = tls_backend(
+        upstream.addr,
+        BackendProtocol::Http1,
+        policy(&ca, "other.internal", Vec::new()),
+    );
+    let gateway = Gateway::start(gateway_to(backend, None)).await;
+    let refused = connect(gateway.addr, "www.example.com", "/ws").await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        }
+        other => panic!("expected a 502, got {other:?}"),
+    }
 }
