@@ -31,6 +31,9 @@ fn the_three_patterns_behave() {
         "[ok] example.com:8443 denied",
         "all three patterns behave",
     ] {
-        assert!(stdout.contains(expected), "{expected:?} missing in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing in:\n{stdout}"
+        );
     }
 }

@@ -454,6 +454,10 @@ pub struct BackendRequestExpect {
     /// TLS backends: the client certificate the gateway presented.
     #[serde(default)]
     pub client_cert: Option<Value>,
+    /// The DER of `client_cert`'s `tls.crt` leaf, filled in from the generated Secrets
+    /// before comparing (see [`crate::traffic`]).
+    #[serde(skip)]
+    pub client_cert_der: Option<Vec<u8>>,
 }
 
 /// `expect.redirect`.

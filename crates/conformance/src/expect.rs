@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use http::Uri;
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use crate::case::{BackendRequestExpect, HttpExpect, RedirectExpect};
@@ -44,6 +45,9 @@ pub struct EchoTls {
     /// SNI the backend saw.
     #[serde(default)]
     pub server_name: String,
+    /// Client certificates (PEM) the backend received.
+    #[serde(default)]
+    pub peer_certificates: Vec<String>,
 }
 
 /// Where the request went, to resolve a relative `Location`.
@@ -276,10 +280,26 @@ fn compare_backend_request(want: &BackendRequestExpect, echo: &EchoReply) -> Res
             return Err(format!("backend TLS server name {seen:?}, want {sni:?}"));
         }
     }
-    if want.client_cert.is_some() {
-        return Err(
-            "backend_request.client_cert needs TLS backends (not supported yet)".to_owned(),
-        );
+    if let Some(client_cert) = &want.client_cert {
+        let Some(der) = &want.client_cert_der else {
+            return Err(format!(
+                "backend_request.client_cert {client_cert} was not resolved to a certificate"
+            ));
+        };
+        let presented = echo
+            .tls
+            .iter()
+            .flat_map(|t| t.peer_certificates.iter())
+            .any(|pem| {
+                rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+                    .filter_map(Result::ok)
+                    .any(|cert| cert.as_ref() == der.as_slice())
+            });
+        if !presented {
+            return Err(format!(
+                "backend did not receive the client certificate of {client_cert}"
+            ));
+        }
     }
     Ok(())
 }

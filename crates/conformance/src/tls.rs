@@ -220,6 +220,18 @@ impl Keyring {
         }
     }
 
+    /// The certificates of a Secret's `tls.crt`.
+    pub fn certificate_chain(
+        &self,
+        secret: &str,
+    ) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+        certificates(
+            self.entry("Secret", &self.secrets, secret, "tls.crt")?,
+            secret,
+            "tls.crt",
+        )
+    }
+
     /// The `tls.crt` chain and `tls.key` of a Secret, ready to present.
     pub fn identity(
         &self,

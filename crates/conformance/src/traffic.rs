@@ -79,7 +79,23 @@ impl HttpTarget {
     /// Builds the target of an `http` (or HTTP batch) case.
     pub async fn prepare(case: &Case, ctx: &TrafficContext) -> Result<Self, String> {
         let request = HttpRequest::from_value(&case.request).map_err(|e| format!("{e:#}"))?;
-        let expect = HttpExpect::from_value(&case.expect).map_err(|e| format!("{e:#}"))?;
+        let mut expect = HttpExpect::from_value(&case.expect).map_err(|e| format!("{e:#}"))?;
+        if let Some(backend_request) = &mut expect.backend_request
+            && let Some(client_cert) = &backend_request.client_cert
+        {
+            let secret = client_cert
+                .get("secret")
+                .and_then(serde_json::Value::as_str)
+                .ok_or("backend_request.client_cert without `secret`")?;
+            let leaf = ctx
+                .keyring
+                .certificate_chain(secret)
+                .map_err(|e| format!("{e:#}"))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("Secret {secret} tls.crt holds no certificate"))?;
+            backend_request.client_cert_der = Some(leaf.as_ref().to_vec());
+        }
         let (protocol, default_port) = match (request.scheme.as_str(), request.protocol.as_deref())
         {
             ("http", None | Some("HTTP/1.1")) => (Protocol::Http1, 80),

@@ -128,6 +128,22 @@ pub enum ProxyError {
         /// The resolver's error.
         reason: String,
     },
+    /// The TLS handshake with a backend under a BackendTLSPolicy failed: its certificate is
+    /// not trusted, not valid for the policy's hostname or subjectAltNames, or expired.
+    #[error("TLS to endpoint {endpoint} failed")]
+    BackendTls {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// The client error, with the handshake error in its chain.
+        #[source]
+        source: BoxError,
+    },
+    /// No TLS client can be built for the backend: its BackendTLSPolicy has no usable CA
+    /// certificate ("Connections using an invalid CACertificateRef MUST fail, and the client
+    /// MUST receive an HTTP 5xx error response"), or the Gateway's client certificate is
+    /// unusable.
+    #[error(transparent)]
+    BackendTlsSettings(crate::forward::SettingsError),
     /// `timeouts.request` expired before the response headers arrived.
     #[error("request timeout expired")]
     RequestTimeout,
@@ -170,11 +186,15 @@ impl ProxyError {
             | Self::NoBackends
             | Self::InvalidBackend { .. }
             | Self::InvalidFilterResult { .. }
-            | Self::UnusableCertificate { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            | Self::UnusableCertificate { .. }
+            | Self::BackendTlsSettings(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoEndpoints { .. } | Self::ConnectionRefused { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::UpstreamConnect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            // A certificate the policy rejects is a bad answer from upstream, never a timeout.
+            Self::UpstreamConnect { .. } | Self::Upstream { .. } | Self::BackendTls { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::RequestTimeout | Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -195,8 +215,10 @@ impl ProxyError {
     /// | 500  | `NoBackends`, `InvalidBackend`        | 14 `UNAVAILABLE`      | GRPCRoute spec |
     /// | 500  | `InvalidRule`, `InvalidFilterResult`  | 13 `INTERNAL`         | note 3         |
     /// | 500  | `UnusableCertificate`                 | 13 `INTERNAL`         | note 5         |
+    /// | 500  | `BackendTlsSettings`                  | 14 `UNAVAILABLE`      | note 6         |
     /// | 502  | `UpstreamConnect`, `Upstream`,        | 14 `UNAVAILABLE`      | mapping        |
     /// |      | `Unresolvable`                        |                       |                |
+    /// | 502  | `BackendTls`                          | 14 `UNAVAILABLE`      | mapping        |
     /// | 503  | `NoEndpoints`, `ConnectionRefused`    | 14 `UNAVAILABLE`      | mapping        |
     /// | 504  | `RequestTimeout`, `BackendTimeout`    | 4 `DEADLINE_EXCEEDED` | note 4         |
     ///
@@ -223,6 +245,8 @@ impl ProxyError {
     ///
     /// 5. Only TLS connections routed by SNI meet it, and they are closed, never answered; the
     ///    row exists so that the mapping stays total.
+    /// 6. A backend whose BackendTLSPolicy cannot be used is an invalid backend, answered
+    ///    like one (GRPCRoute spec row).
     ///
     /// [HTTP to gRPC status mapping]:
     ///     https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
@@ -235,12 +259,15 @@ impl ProxyError {
                 grpc::Code::Unimplemented
             }
             Self::MisdirectedRequest { .. } => grpc::Code::Unavailable,
-            Self::NoBackends | Self::InvalidBackend { .. } => grpc::Code::Unavailable,
+            Self::NoBackends | Self::InvalidBackend { .. } | Self::BackendTlsSettings(_) => {
+                grpc::Code::Unavailable
+            }
             Self::InvalidRule(_)
             | Self::InvalidFilterResult { .. }
             | Self::UnusableCertificate { .. } => grpc::Code::Internal,
             Self::UpstreamConnect { .. }
             | Self::Upstream { .. }
+            | Self::BackendTls { .. }
             | Self::NoEndpoints { .. }
             | Self::ConnectionRefused { .. } => grpc::Code::Unavailable,
             Self::RequestTimeout | Self::BackendTimeout { .. } => grpc::Code::DeadlineExceeded,
@@ -262,8 +289,10 @@ impl ProxyError {
             | Self::InvalidBackend { .. }
             | Self::InvalidFilterResult { .. }
             | Self::UnusableCertificate { .. }
+            | Self::BackendTlsSettings(_)
             | Self::NoEndpoints { .. } => Fault::Config,
             Self::ConnectionRefused { .. }
+            | Self::BackendTls { .. }
             | Self::UpstreamConnect { .. }
             | Self::Upstream { .. }
             | Self::Unresolvable { .. }
@@ -295,6 +324,12 @@ impl ProxyError {
                 source: error.into(),
             };
         }
+        if has_source::<crate::forward::HandshakeError>(&error) {
+            return Self::BackendTls {
+                endpoint,
+                source: error.into(),
+            };
+        }
         if is_connection_refused(&error) {
             Self::ConnectionRefused {
                 endpoint,
@@ -304,6 +339,26 @@ impl ProxyError {
             Self::UpstreamConnect {
                 endpoint,
                 source: error.into(),
+            }
+        }
+    }
+
+    /// Classifies a failed unpooled connect (TCP, then maybe TLS) to `endpoint`.
+    pub(crate) fn from_connect(endpoint: SocketAddr, error: BoxError) -> Self {
+        if has_source::<crate::forward::HandshakeError>(error.as_ref()) {
+            Self::BackendTls {
+                endpoint,
+                source: error,
+            }
+        } else if is_connection_refused(error.as_ref()) {
+            Self::ConnectionRefused {
+                endpoint,
+                source: error,
+            }
+        } else {
+            Self::UpstreamConnect {
+                endpoint,
+                source: error,
             }
         }
     }
@@ -345,6 +400,18 @@ impl ProxyError {
             status.canonical_reason().unwrap_or("error")
         )
     }
+}
+
+/// Whether an error of type `E` is in the chain.
+fn has_source<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<E>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 fn is_connection_refused(error: &(dyn StdError + 'static)) -> bool {

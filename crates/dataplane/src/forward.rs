@@ -3,7 +3,10 @@
 //!
 //! hyper-util's legacy `Client` keeps its idle connections keyed by scheme and authority, and
 //! we always address an endpoint by its socket address, so each endpoint gets its own pool.
-//! There is one client per [`ir::BackendProtocol`], since the protocol is a client setting.
+//! There is one client per [`ir::BackendProtocol`], since the protocol is a client setting,
+//! and one more per BackendTLSPolicy setting that backends are reached with (`origination`).
+
+mod origination;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,22 +21,34 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use ir::{Backend, BackendProtocol, BackendTarget, WeightedBackend};
+use ir::{Backend, BackendProtocol, BackendTarget, TlsCertificate, WeightedBackend};
 use tokio::net::TcpStream;
 
 use crate::Options;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
+use origination::{ClientKey, TlsConnection, TlsConnector};
+pub use origination::{HandshakeError, SettingsError};
+
 /// How many round-robin cursors are kept before they are forgotten. Backends come and go with
 /// config reloads; forgetting a cursor only restarts its rotation.
 const MAX_CURSORS: usize = 10_000;
+
+/// How many TLS clients (distinct policy settings) are kept before they are all dropped.
+/// Settings change only with reloads; a dropped client only costs new connections.
+const MAX_TLS_CLIENTS: usize = 1_000;
 
 /// The upstream clients, shared by every request (cheap to clone).
 #[derive(Clone)]
 pub struct Upstreams {
     http1: Client<HttpConnector, ProxyBody>,
     h2c: Client<HttpConnector, ProxyBody>,
+    /// Clients that originate TLS, one per distinct settings.
+    tls: Arc<Mutex<HashMap<ClientKey, Client<TlsConnector, ProxyBody>>>>,
+    /// What TLS clients are built from.
+    connector: HttpConnector,
+    builder: hyper_util::client::legacy::Builder,
     /// Round-robin position per backend name.
     cursors: Arc<Mutex<HashMap<String, usize>>>,
 }
@@ -55,10 +70,14 @@ impl Upstreams {
             // We always send a Host header of our own; never derive one from the endpoint.
             .set_host(false);
         let http1 = builder.build(connector.clone());
-        let h2c = builder.http2_only(true).build(connector);
+        let tls_builder = builder.clone();
+        let h2c = builder.http2_only(true).build(connector.clone());
         Self {
             http1,
             h2c,
+            tls: Arc::default(),
+            connector,
+            builder: tls_builder,
             cursors: Arc::default(),
         }
     }
@@ -85,15 +104,35 @@ impl Upstreams {
         Ok(backend.endpoints[index].addr)
     }
 
-    /// Sends `request` to `endpoint` over the protocol `backend` speaks. The request target
-    /// (path and query) is sent exactly as it is in `request`.
+    /// Sends `request` to `endpoint` over the protocol `backend` speaks, over TLS when a
+    /// BackendTLSPolicy applies to it (presenting `client_certificate`, the Gateway's
+    /// `spec.tls.backend` one, when set). The request target (path and query) is sent
+    /// exactly as it is in `request`.
     pub async fn send(
         &self,
-        protocol: BackendProtocol,
+        backend: &Backend,
+        client_certificate: Option<&Arc<TlsCertificate>>,
         endpoint: SocketAddr,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         *request.uri_mut() = endpoint_uri(endpoint, request.uri())?;
+        let protocol = backend.protocol;
+        if let Some(tls) = &backend.tls {
+            let key = ClientKey {
+                tls: tls.clone(),
+                client_certificate: client_certificate.cloned(),
+                protocol,
+            };
+            let client = self.tls_client(key)?;
+            *request.version_mut() = match protocol {
+                BackendProtocol::Http1 => Version::HTTP_11,
+                BackendProtocol::H2c => Version::HTTP_2,
+            };
+            return client
+                .request(request)
+                .await
+                .map_err(|error| ProxyError::from_client(endpoint, error));
+        }
         let client = match protocol {
             BackendProtocol::Http1 => {
                 *request.version_mut() = Version::HTTP_11;
@@ -108,6 +147,119 @@ impl Upstreams {
             .request(request)
             .await
             .map_err(|error| ProxyError::from_client(endpoint, error))
+    }
+}
+
+impl Upstreams {
+    /// Opens a new connection to `endpoint` for an upgraded request (which never shares a
+    /// pooled connection): TCP, then TLS when a BackendTLSPolicy applies to `backend`.
+    pub async fn connect_unpooled(
+        &self,
+        backend: &Backend,
+        client_certificate: Option<&Arc<TlsCertificate>>,
+        endpoint: SocketAddr,
+        limit: Duration,
+    ) -> Result<UpstreamIo, ProxyError> {
+        let Some(tls) = &backend.tls else {
+            return Ok(UpstreamIo::Plain(hyper_util::rt::TokioIo::new(
+                connect(endpoint, limit).await?,
+            )));
+        };
+        let key = ClientKey {
+            tls: tls.clone(),
+            client_certificate: client_certificate.cloned(),
+            protocol: BackendProtocol::Http1,
+        };
+        let mut connector = key
+            .connector(self.connector.clone())
+            .map_err(ProxyError::BackendTlsSettings)?;
+        let destination = endpoint_uri(endpoint, &Uri::from_static("/"))?;
+        match tokio::time::timeout(limit, TlsConnection::open(&mut connector, destination)).await {
+            Ok(Ok(connection)) => Ok(UpstreamIo::Tls(Box::new(connection))),
+            Ok(Err(error)) => Err(ProxyError::from_connect(endpoint, error)),
+            Err(_) => Err(ProxyError::UpstreamConnect {
+                endpoint,
+                source: io::Error::new(io::ErrorKind::TimedOut, "TLS connect timed out").into(),
+            }),
+        }
+    }
+
+    /// The TLS client for `key`, built on first use.
+    fn tls_client(&self, key: ClientKey) -> Result<Client<TlsConnector, ProxyBody>, ProxyError> {
+        {
+            // A poisoned map only holds clients; keep using it.
+            let clients = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(client) = clients.get(&key) {
+                return Ok(client.clone());
+            }
+        }
+        let connector = key
+            .connector(self.connector.clone())
+            .map_err(ProxyError::BackendTlsSettings)?;
+        let mut builder = self.builder.clone();
+        if key.protocol == BackendProtocol::H2c {
+            builder.http2_only(true);
+        }
+        let client = builder.build(connector);
+        let mut clients = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+        if clients.len() >= MAX_TLS_CLIENTS {
+            clients.clear();
+        }
+        Ok(clients.entry(key).or_insert(client).clone())
+    }
+}
+
+/// A connection opened by [`Upstreams::connect_unpooled`].
+pub enum UpstreamIo {
+    /// Cleartext.
+    Plain(hyper_util::rt::TokioIo<TcpStream>),
+    /// TLS under a BackendTLSPolicy.
+    Tls(Box<TlsConnection>),
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -172,6 +324,7 @@ pub fn original_destination(destination: SocketAddr) -> Backend {
         name: format!("original-destination {destination}"),
         protocol: BackendProtocol::Http1,
         endpoints: vec![ir::Endpoint { addr: destination }],
+        tls: None,
     }
 }
 
@@ -227,6 +380,7 @@ mod tests {
                     addr: ([127, 0, 0, 1], port).into(),
                 })
                 .collect(),
+            tls: None,
         }
     }
 

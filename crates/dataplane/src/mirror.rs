@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::Request;
 use http::request::Parts;
 use http_body_util::BodyExt;
-use ir::{Backend, Mirror};
+use ir::{Backend, Mirror, TlsCertificate};
 use tokio::sync::Semaphore;
 
 use crate::Options;
@@ -56,6 +56,7 @@ impl Mirrors {
     pub async fn send(
         &self,
         mirrors: &[Mirror],
+        client_certificate: Option<&Arc<TlsCertificate>>,
         parts: &Parts,
         body: ProxyBody,
     ) -> Result<ProxyBody, ProxyError> {
@@ -79,12 +80,17 @@ impl Mirrors {
         };
         for backend in chosen {
             let copy = copy_request(parts, body::replay(data.clone(), trailers.clone()));
-            self.spawn_copy(backend, copy);
+            self.spawn_copy(backend, client_certificate, copy);
         }
         Ok(body::replay(data, trailers))
     }
 
-    fn spawn_copy(&self, backend: &Backend, request: Request<ProxyBody>) {
+    fn spawn_copy(
+        &self,
+        backend: &Arc<Backend>,
+        client_certificate: Option<&Arc<TlsCertificate>>,
+        request: Request<ProxyBody>,
+    ) {
         let Ok(endpoint) = self.upstreams.endpoint(backend) else {
             self.drop_copies(1, "mirror backend has no endpoints");
             return;
@@ -94,11 +100,14 @@ impl Mirrors {
             return;
         };
         let upstreams = self.upstreams.clone();
-        let protocol = backend.protocol;
+        let backend = Arc::clone(backend);
+        let client_certificate = client_certificate.cloned();
         let timeout = self.timeout;
         tokio::spawn(async move {
             let exchange = async {
-                let response = upstreams.send(protocol, endpoint, request).await?;
+                let response = upstreams
+                    .send(&backend, client_certificate.as_ref(), endpoint, request)
+                    .await?;
                 // Read the answer to the end so the connection can go back to its pool.
                 let _ = response.into_body().collect().await;
                 Ok::<_, ProxyError>(())
@@ -165,6 +174,7 @@ mod tests {
             name: "ns/mirror:80".into(),
             protocol: ir::BackendProtocol::Http1,
             endpoints: Vec::new(),
+            tls: None,
         });
         let mirror = Mirror {
             backend,
@@ -172,7 +182,7 @@ mod tests {
             denominator: 1,
         };
         let (parts, body) = Request::new(body::full("more than four")).into_parts();
-        let forwarded = mirrors.send(&[mirror], &parts, body).await;
+        let forwarded = mirrors.send(&[mirror], None, &parts, body).await;
         let bytes = match forwarded {
             Ok(body) => body.collect().await.map(|c| c.to_bytes()).ok(),
             Err(_) => None,

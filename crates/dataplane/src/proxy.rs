@@ -19,7 +19,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use ir::{
     Action, BackendProtocol, Hostname, HttpListener, RedirectScheme, Rule, Selected,
-    WeightedBackend,
+    TlsCertificate, WeightedBackend,
 };
 
 use crate::Shared;
@@ -128,7 +128,16 @@ async fn proxy(
             redirect::respond(redirect, listener, request)?
         }
         Action::Forward(backends) => {
-            let forwarding = forward(shared, connection, selected, backends, log, request);
+            let client_certificate = listener.backend_client_certificate.as_ref();
+            let forwarding = forward(
+                shared,
+                connection,
+                selected,
+                backends,
+                client_certificate,
+                log,
+                request,
+            );
             deadline(rule.timeouts.request, forwarding, || {
                 ProxyError::RequestTimeout
             })
@@ -153,6 +162,7 @@ async fn forward(
     connection: &Connection,
     selected: Selected<'_>,
     backends: &[WeightedBackend],
+    client_certificate: Option<&Arc<TlsCertificate>>,
     log: &mut AccessLog,
     request: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -171,15 +181,15 @@ async fn forward(
     let Some(websocket) = websocket else {
         let body = shared
             .mirrors
-            .send(&rule.filters.mirrors, &parts, body)
+            .send(&rule.filters.mirrors, client_certificate, &parts, body)
             .await?;
         apply_backend_filters(&mut parts, chosen, backend.protocol, te_trailers);
         let endpoint = shared.upstreams.endpoint(&backend)?;
         log.endpoint = Some(endpoint);
-        let attempt =
-            shared
-                .upstreams
-                .send(backend.protocol, endpoint, Request::from_parts(parts, body));
+        let request = Request::from_parts(parts, body);
+        let attempt = shared
+            .upstreams
+            .send(&backend, client_certificate, endpoint, request);
         let response = deadline(rule.timeouts.backend_request, attempt, || {
             ProxyError::BackendTimeout { endpoint }
         })
@@ -197,7 +207,14 @@ async fn forward(
     let endpoint = shared.upstreams.endpoint(&backend)?;
     log.endpoint = Some(endpoint);
     let connect_timeout = shared.options.connect_timeout;
-    let attempt = upgrade::send(endpoint, connect_timeout, Request::from_parts(parts, body));
+    let request = Request::from_parts(parts, body);
+    let attempt = async {
+        let stream = shared
+            .upstreams
+            .connect_unpooled(&backend, client_certificate, endpoint, connect_timeout)
+            .await?;
+        upgrade::send(stream, endpoint, request).await
+    };
     let mut response = deadline(rule.timeouts.backend_request, attempt, || {
         ProxyError::BackendTimeout { endpoint }
     })
@@ -231,11 +248,13 @@ async fn forward_original(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let endpoint = context.destination;
-    log.backend = Some(forward::original_destination(endpoint).name);
+    let mut backend = forward::original_destination(endpoint);
+    backend.protocol = protocol;
+    log.backend = Some(backend.name.clone());
     log.endpoint = Some(endpoint);
     let response = shared
         .upstreams
-        .send(protocol, endpoint, Request::from_parts(parts, body))
+        .send(&backend, None, endpoint, Request::from_parts(parts, body))
         .await?;
     let (mut parts, body) = response.into_parts();
     filters::remove_hop_by_hop(&mut parts.headers);

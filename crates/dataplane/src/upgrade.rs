@@ -20,7 +20,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
@@ -160,20 +159,19 @@ pub fn keep_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// Sends a WebSocket handshake to `endpoint` over HTTP/1.1 on a new connection, opened within
-/// `connect_timeout`. Returns once the response headers arrived; after a 101 the connection
+/// Sends a WebSocket handshake to `endpoint` over HTTP/1.1 on `stream`, a new connection
+/// ([`forward::Upstreams::connect_unpooled`]). Returns once the response headers arrived; after a 101 the connection
 /// is handed over through the response's [`OnUpgrade`].
 pub async fn send(
+    stream: forward::UpstreamIo,
     endpoint: SocketAddr,
-    connect_timeout: Duration,
     mut request: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let upstream_failed = |error: hyper::Error| ProxyError::Upstream {
         endpoint,
         source: error.into(),
     };
-    let stream = forward::connect(endpoint, connect_timeout).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(stream)
         .await
         .map_err(upstream_failed)?;
     tokio::spawn(async move {

@@ -56,6 +56,69 @@ pub struct Backend {
     pub protocol: BackendProtocol,
     /// Ready endpoints; empty means the Service exists but nothing serves it (503).
     pub endpoints: Vec<Endpoint>,
+    /// TLS towards the endpoints, when a BackendTLSPolicy targets this Service port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Arc<BackendTls>>,
+}
+
+/// TLS origination to a backend, from the BackendTLSPolicy that won for its Service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTls {
+    /// `namespace/name` of the policy, for logs and `/config`.
+    pub policy: String,
+    /// `validation.hostname`: the SNI sent, and the name the certificate must be valid for
+    /// unless `subject_alt_names` is set.
+    pub server_name: String,
+    /// What the backend's certificate chain must lead to.
+    pub trust: BackendTrust,
+    /// `validation.subjectAltNames`: when not empty, the certificate must carry one of these
+    /// instead of being valid for `server_name`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+/// The trust anchors of a [`BackendTls`].
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BackendTrust {
+    /// PEM CA certificates from the policy's `caCertificateRefs` (their `ca.crt` keys).
+    Certificates {
+        /// `namespace/name` of the ConfigMaps.
+        source: String,
+        /// The certificates; translate has checked that at least one parses.
+        #[serde(skip)]
+        ca_pem: Vec<u8>,
+    },
+    /// `wellKnownCACertificates: System`: the system's trust store.
+    System,
+    /// The policy names no usable CA: "Connections using an invalid CACertificateRef MUST
+    /// fail" (BackendTLSPolicyValidation docs), so requests get a 5xx. Holds the reason.
+    Invalid(String),
+}
+
+/// One `subjectAltNames` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SubjectAltName {
+    /// `type: Hostname`: a DNS name the certificate must be valid for (wildcards in the
+    /// certificate apply as usual).
+    Hostname(String),
+    /// `type: URI`: a URI SAN the certificate must carry exactly.
+    Uri(String),
+}
+
+impl std::fmt::Debug for BackendTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Certificates { source, .. } => f
+                .debug_struct("Certificates")
+                .field("source", source)
+                .finish_non_exhaustive(),
+            Self::System => f.write_str("System"),
+            Self::Invalid(reason) => f.debug_tuple("Invalid").field(reason).finish(),
+        }
+    }
 }
 
 /// The application protocol spoken to a backend, from the Service port's `appProtocol`.

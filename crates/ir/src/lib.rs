@@ -25,7 +25,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use backend::{
-    Backend, BackendProtocol, BackendTarget, Endpoint, InvalidBackend, WeightedBackend,
+    Backend, BackendProtocol, BackendTarget, BackendTls, BackendTrust, Endpoint, InvalidBackend,
+    SubjectAltName, WeightedBackend,
 };
 pub use egress::{Egress, EgressNetwork, EgressPort, NetworkRange, Protocol, TrafficPolicy};
 pub use filter::{
@@ -103,6 +104,10 @@ pub struct HttpListener {
     /// certificates are verified against, and what to do with clients that fail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_validation: Option<Arc<ClientValidation>>,
+    /// The Gateway's `spec.tls.backend.clientCertificateRef`: presented to backends that this
+    /// listener's routes reach over TLS (BackendTLSPolicy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_client_certificate: Option<Arc<TlsCertificate>>,
 }
 
 /// Frontend client certificate validation of an HTTPS listener.
@@ -137,7 +142,7 @@ pub enum ClientValidationMode {
 
 /// A server certificate chain and its private key, PEM-encoded as in a `kubernetes.io/tls`
 /// Secret. `translate` has checked that both parse (at least one certificate, one key).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TlsCertificate {
     /// `namespace/name` of the Secret, for logs and `/config`.
     pub source: String,

@@ -179,6 +179,11 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
             object.metadata = metadata;
             Object::ReferenceGrant(Arc::new(object))
         }),
+        Kind::BackendTlsPolicy => custom(doc, fields, |metadata, spec| {
+            let mut object = gw::backendtlspolicies::BackendTlsPolicy::new("", spec);
+            object.metadata = metadata;
+            Object::BackendTlsPolicy(Arc::new(object))
+        }),
         Kind::Namespace => {
             core::<k8s::Namespace>(doc, fields).map(|o| Object::Namespace(Arc::new(o)))
         }
@@ -236,6 +241,9 @@ fn known_kind(group: &str, version: &str, kind: &str) -> Option<Kind> {
         ("gateway.networking.k8s.io", "v1alpha2", "TCPRoute") => Some(Kind::TcpRoute),
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "ReferenceGrant") => {
             Some(Kind::ReferenceGrant)
+        }
+        ("gateway.networking.k8s.io", "v1" | "v1alpha3", "BackendTLSPolicy") => {
+            Some(Kind::BackendTlsPolicy)
         }
         ("", "v1", "Namespace") => Some(Kind::Namespace),
         ("", "v1", "Service") => Some(Kind::Service),
@@ -371,6 +379,10 @@ fn with_default_namespace(object: Object) -> Object {
         Object::ReferenceGrant(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);
             Object::ReferenceGrant(o)
+        }
+        Object::BackendTlsPolicy(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::BackendTlsPolicy(o)
         }
         Object::Service(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);

@@ -24,7 +24,12 @@ pub mod yaml;
 use std::fmt;
 use std::sync::Arc;
 
-pub use gateway_api::experimental as gw;
+/// Gateway API types: the experimental channel (a superset of the standard one), plus the
+/// standard channel's BackendTLSPolicy, which the crate only generates there.
+pub mod gw {
+    pub use gateway_api::apis::standard::backendtlspolicies;
+    pub use gateway_api::experimental::*;
+}
 pub use snapshot::{ObjectName, Snapshot, Store};
 
 /// Core Kubernetes kinds used by portcullis.
@@ -59,6 +64,8 @@ pub enum Kind {
     TcpRoute,
     /// `gateway.networking.k8s.io` ReferenceGrant.
     ReferenceGrant,
+    /// `gateway.networking.k8s.io` BackendTLSPolicy.
+    BackendTlsPolicy,
     /// Core Namespace (cluster-scoped).
     Namespace,
     /// Core Service.
@@ -103,6 +110,8 @@ pub enum Object {
     TcpRoute(Arc<gw::tcproutes::TcpRoute>),
     /// A ReferenceGrant.
     ReferenceGrant(Arc<gw::referencegrants::ReferenceGrant>),
+    /// A BackendTLSPolicy.
+    BackendTlsPolicy(Arc<gw::backendtlspolicies::BackendTlsPolicy>),
     /// A Namespace.
     Namespace(Arc<k8s::Namespace>),
     /// A Service.
@@ -131,6 +140,7 @@ impl Kind {
             Self::TlsRoute => "TLSRoute",
             Self::TcpRoute => "TCPRoute",
             Self::ReferenceGrant => "ReferenceGrant",
+            Self::BackendTlsPolicy => "BackendTLSPolicy",
             Self::Namespace => "Namespace",
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
@@ -150,7 +160,8 @@ impl Kind {
             | Self::GrpcRoute
             | Self::TlsRoute
             | Self::TcpRoute
-            | Self::ReferenceGrant => GATEWAY_GROUP,
+            | Self::ReferenceGrant
+            | Self::BackendTlsPolicy => GATEWAY_GROUP,
             Self::EndpointSlice => "discovery.k8s.io",
             Self::EgressNetwork => egress::POLICY_GROUP,
             Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "",
@@ -166,7 +177,8 @@ impl Kind {
             | Self::HttpRoute
             | Self::GrpcRoute
             | Self::TlsRoute
-            | Self::ReferenceGrant => "gateway.networking.k8s.io/v1",
+            | Self::ReferenceGrant
+            | Self::BackendTlsPolicy => "gateway.networking.k8s.io/v1",
             Self::TcpRoute => "gateway.networking.k8s.io/v1alpha2",
             Self::EndpointSlice => "discovery.k8s.io/v1",
             Self::EgressNetwork => "policy.linkerd.io/v1alpha1",
@@ -223,6 +235,7 @@ impl Object {
             Self::TlsRoute(o) => &o.metadata,
             Self::TcpRoute(o) => &o.metadata,
             Self::ReferenceGrant(o) => &o.metadata,
+            Self::BackendTlsPolicy(o) => &o.metadata,
             Self::Namespace(o) => &o.metadata,
             Self::Service(o) => &o.metadata,
             Self::EndpointSlice(o) => &o.metadata,
@@ -243,6 +256,7 @@ impl Object {
             Self::TlsRoute(_) => Kind::TlsRoute,
             Self::TcpRoute(_) => Kind::TcpRoute,
             Self::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Self::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
             Self::Namespace(_) => Kind::Namespace,
             Self::Service(_) => Kind::Service,
             Self::EndpointSlice(_) => Kind::EndpointSlice,

@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub tcp_routes: BTreeMap<ObjectName, Arc<gw::tcproutes::TcpRoute>>,
     /// ReferenceGrants.
     pub reference_grants: BTreeMap<ObjectName, Arc<gw::referencegrants::ReferenceGrant>>,
+    /// BackendTLSPolicies.
+    pub backend_tls_policies: BTreeMap<ObjectName, Arc<gw::backendtlspolicies::BackendTlsPolicy>>,
     /// Namespaces by name.
     pub namespaces: BTreeMap<String, Arc<k8s::Namespace>>,
     /// Services.
@@ -103,6 +105,7 @@ impl Snapshot {
             Kind::TlsRoute => self.tls_routes.contains_key(&name),
             Kind::TcpRoute => self.tcp_routes.contains_key(&name),
             Kind::ReferenceGrant => self.reference_grants.contains_key(&name),
+            Kind::BackendTlsPolicy => self.backend_tls_policies.contains_key(&name),
             Kind::Namespace => self.namespaces.contains_key(&key.name),
             Kind::Service => self.services.contains_key(&name),
             Kind::EndpointSlice => self.endpoint_slices.contains_key(&name),
@@ -127,6 +130,7 @@ impl Snapshot {
             Object::TlsRoute(o) => drop(self.tls_routes.insert(name, o)),
             Object::TcpRoute(o) => drop(self.tcp_routes.insert(name, o)),
             Object::ReferenceGrant(o) => drop(self.reference_grants.insert(name, o)),
+            Object::BackendTlsPolicy(o) => drop(self.backend_tls_policies.insert(name, o)),
             Object::Namespace(o) => drop(self.namespaces.insert(key.name, o)),
             Object::Service(o) => drop(self.services.insert(name, o)),
             Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(name, o)),
@@ -231,6 +235,7 @@ fn spec_of(object: &Object) -> Value {
         Object::TlsRoute(o) => serde_json::to_value(&o.spec),
         Object::TcpRoute(o) => serde_json::to_value(&o.spec),
         Object::ReferenceGrant(o) => serde_json::to_value(&o.spec),
+        Object::BackendTlsPolicy(o) => serde_json::to_value(&o.spec),
         Object::Namespace(o) => serde_json::to_value(&o.spec),
         Object::Service(o) => serde_json::to_value(&o.spec),
         Object::EndpointSlice(o) => serde_json::to_value(&o.endpoints),
@@ -266,6 +271,9 @@ fn with_generation(object: Object, generation: i64) -> Object {
             Object::ReferenceGrant(set(o, |o| &mut o.metadata, generation))
         }
         Object::EgressNetwork(o) => Object::EgressNetwork(set(o, |o| &mut o.metadata, generation)),
+        Object::BackendTlsPolicy(o) => {
+            Object::BackendTlsPolicy(set(o, |o| &mut o.metadata, generation))
+        }
         other => other,
     }
 }

@@ -101,6 +101,11 @@ pub enum Reason {
     /// A route lost to a route of another kind on the same EgressNetwork port (Linkerd's
     /// reason).
     RouteReasonConflicted,
+    /// A policy lost conflict resolution to an older one with the same target.
+    Conflicted,
+    /// A Gateway's `spec.tls.backend.clientCertificateRef` does not resolve to a usable
+    /// certificate and key.
+    InvalidClientCertificateRef,
 }
 
 /// `True`, `False` or `Unknown`.
@@ -201,6 +206,19 @@ pub struct RouteParentStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// `status.ancestors[]` of a policy: how it applies on behalf of one ancestor (for a
+/// BackendTLSPolicy, a Gateway whose routes reach the targeted Service).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    /// The ancestor.
+    pub ancestor_ref: ParentReference,
+    /// Our controller name.
+    pub controller_name: String,
+    /// Conditions.
+    pub conditions: Vec<Condition>,
+}
+
 /// The status of one object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -238,6 +256,11 @@ pub enum ResourceStatus {
     Route {
         /// One entry per parentRef handled by this controller.
         parents: Vec<RouteParentStatus>,
+    },
+    /// Policy status.
+    Policy {
+        /// One entry per ancestor the policy is relevant to.
+        ancestors: Vec<PolicyAncestorStatus>,
     },
 }
 
@@ -299,6 +322,9 @@ impl ResourceStatus {
                 .chain(listeners.iter().flat_map(|l| l.conditions.iter()))
                 .collect(),
             Self::Route { parents } => parents.iter().flat_map(|p| p.conditions.iter()).collect(),
+            Self::Policy { ancestors } => {
+                ancestors.iter().flat_map(|a| a.conditions.iter()).collect()
+            }
         }
     }
 
@@ -323,6 +349,10 @@ impl ResourceStatus {
             Self::Route { parents } => parents
                 .iter_mut()
                 .flat_map(|p| p.conditions.iter_mut())
+                .collect(),
+            Self::Policy { ancestors } => ancestors
+                .iter_mut()
+                .flat_map(|a| a.conditions.iter_mut())
                 .collect(),
         }
     }

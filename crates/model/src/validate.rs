@@ -149,6 +149,7 @@ pub(crate) fn object(object: &Object, errors: &mut FieldErrors) {
             }
         }
         Object::EgressNetwork(network) => validate_egress_network(&network.spec, errors),
+        Object::BackendTlsPolicy(policy) => validate_backend_tls_policy(&policy.spec, errors),
         Object::Namespace(_)
         | Object::Service(_)
         | Object::EndpointSlice(_)
@@ -189,6 +190,114 @@ fn validate_egress_network(spec: &crate::egress::EgressNetworkSpec, errors: &mut
                 ),
                 Some(_) => {}
             }
+        }
+    }
+}
+
+/// The BackendTLSPolicy CRD's schema limits and CEL rules (Gateway API v1.5.1).
+fn validate_backend_tls_policy(
+    spec: &gw::backendtlspolicies::BackendTlsPolicySpec,
+    errors: &mut FieldErrors,
+) {
+    use gw::backendtlspolicies::BackendTlsPolicyValidationSubjectAltNamesType as SanType;
+    if spec.target_refs.is_empty() || spec.target_refs.len() > 16 {
+        errors.push("spec.targetRefs", "must have between 1 and 16 entries");
+    }
+    // CEL rules: "sectionName must be specified when targetRefs includes 2 or more references
+    // to the same target" and "sectionName must be unique when targetRefs includes 2 or more
+    // references to the same target".
+    for (i, target) in spec.target_refs.iter().enumerate() {
+        let same: Vec<_> = spec
+            .target_refs
+            .iter()
+            .filter(|t| t.group == target.group && t.kind == target.kind && t.name == target.name)
+            .collect();
+        if same.len() < 2 {
+            continue;
+        }
+        let path = format!("spec.targetRefs[{i}].sectionName");
+        match &target.section_name {
+            None => errors.push(
+                &path,
+                "sectionName must be specified when targetRefs includes 2 or more references to the same target",
+            ),
+            Some(section) if same.iter().filter(|t| t.section_name.as_ref() == Some(section)).count() > 1 => {
+                errors.push(
+                    &path,
+                    "sectionName must be unique when targetRefs includes 2 or more references to the same target",
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    let validation = &spec.validation;
+    let hostname = &validation.hostname;
+    if hostname.is_empty() || hostname.len() > 253 || !PRECISE_HOSTNAME.is_match(hostname) {
+        errors.push(
+            "spec.validation.hostname",
+            "must be a lowercase DNS name without wildcard (e.g. backend.example.com)",
+        );
+    }
+    let refs = validation
+        .ca_certificate_refs
+        .as_deref()
+        .unwrap_or_default();
+    let well_known = validation
+        .well_known_ca_certificates
+        .as_deref()
+        .is_some_and(|w| !w.is_empty());
+    if refs.len() > 8 {
+        errors.push(
+            "spec.validation.caCertificateRefs",
+            "must have at most 8 entries",
+        );
+    }
+    match (refs.is_empty(), well_known) {
+        (false, true) => errors.push(
+            "spec.validation",
+            "must not contain both CACertificateRefs and WellKnownCACertificates",
+        ),
+        (true, false) => errors.push(
+            "spec.validation",
+            "must specify either CACertificateRefs or WellKnownCACertificates",
+        ),
+        _ => {}
+    }
+    let names = validation.subject_alt_names.as_deref().unwrap_or_default();
+    if names.len() > 5 {
+        errors.push(
+            "spec.validation.subjectAltNames",
+            "must have at most 5 entries",
+        );
+    }
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("spec.validation.subjectAltNames[{i}]");
+        let has_hostname = name.hostname.as_deref().is_some_and(|h| !h.is_empty());
+        let has_uri = name.uri.as_deref().is_some_and(|u| !u.is_empty());
+        match name.r#type {
+            SanType::Hostname if !has_hostname || has_uri => errors.push(
+                &path,
+                "SubjectAltName element must contain Hostname, and not URI, if Type is set to Hostname",
+            ),
+            SanType::Uri if !has_uri || has_hostname => errors.push(
+                &path,
+                "SubjectAltName element must contain URI, and not Hostname, if Type is set to URI",
+            ),
+            _ => {}
+        }
+        if let Some(uri) = name.uri.as_deref().filter(|_| has_uri)
+            && !uri.split_once(':').is_some_and(|(scheme, rest)| {
+                !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                    && !rest.is_empty()
+            })
+        {
+            errors.push(
+                &format!("{path}.uri"),
+                "must be an absolute URI with a scheme and a scheme-specific part",
+            );
         }
     }
 }

@@ -129,6 +129,23 @@ fn print_resource(name: &str, resource: &ResourceStatus) {
                 );
             }
         }
+        ResourceStatus::Policy { ancestors } => {
+            println!("{name}");
+            for ancestor in ancestors {
+                let a = &ancestor.ancestor_ref;
+                let namespace = a
+                    .namespace
+                    .as_deref()
+                    .map(|n| format!("{n}/"))
+                    .unwrap_or_default();
+                println!(
+                    "  ancestor {} {namespace}{}  {}",
+                    a.kind,
+                    a.name,
+                    conditions_line(&ancestor.conditions)
+                );
+            }
+        }
     }
 }
 

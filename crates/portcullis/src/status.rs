@@ -84,6 +84,7 @@ pub fn document(
             {
                 json!({"parents": []})
             }
+            None if kind == Kind::BackendTlsPolicy => json!({"ancestors": []}),
             None => json!({}),
         };
         let mut metadata = json!({"name": key.name, "generation": meta.generation.unwrap_or(1)});
@@ -118,6 +119,9 @@ pub fn document(
     for route in snapshot.tcp_routes.values() {
         push(Kind::TcpRoute, &route.metadata);
     }
+    for policy in snapshot.backend_tls_policies.values() {
+        push(Kind::BackendTlsPolicy, &policy.metadata);
+    }
     StatusDocument {
         objects,
         errors: errors
@@ -143,6 +147,9 @@ pub fn rejected(resource: &ResourceStatus) -> bool {
         | ResourceStatus::Gateway { conditions, .. }
         | ResourceStatus::ListenerSet { conditions, .. } => conditions.iter().collect(),
         ResourceStatus::Route { parents } => parents.iter().flat_map(|p| &p.conditions).collect(),
+        ResourceStatus::Policy { ancestors } => {
+            ancestors.iter().flat_map(|a| &a.conditions).collect()
+        }
     };
     own.iter().any(|c| {
         c.kind == model::status::ConditionType::Accepted && c.status == ConditionStatus::False

@@ -1,6 +1,6 @@
 //! Resolving backendRefs to Services and their endpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use model::k8s::{IntOrString, LabelSelector};
 use model::status::Reason;
 use model::{GATEWAY_GROUP, ObjectName, Snapshot};
 
+use crate::backend_tls::Policies;
 use crate::grants;
 
 /// A backendRef in kind-independent form.
@@ -32,15 +33,35 @@ pub(crate) struct Referrer<'a> {
     pub mesh_parents: &'a [ObjectName],
 }
 
+/// A resolved backend and the BackendTLSPolicy applied to it.
+type Cached = (Arc<Backend>, Option<ObjectName>);
+
 /// Resolves backendRefs, sharing one `Arc<Backend>` per Service port.
 #[derive(Default)]
-pub(crate) struct Resolver {
-    cache: BTreeMap<(ObjectName, i32, bool), Arc<Backend>>,
+pub(crate) struct Resolver<'p> {
+    cache: BTreeMap<(ObjectName, i32, bool), Cached>,
+    /// BackendTLSPolicies; without them no backend speaks TLS.
+    policies: Option<&'p Policies>,
+    /// The BackendTLSPolicies applied since the last [`Resolver::take_used_policies`].
+    used: BTreeSet<ObjectName>,
 }
 
 // === impl Resolver ===
 
-impl Resolver {
+impl<'p> Resolver<'p> {
+    /// A resolver whose backends speak TLS where a BackendTLSPolicy says so.
+    pub(crate) fn with_policies(policies: &'p Policies) -> Self {
+        Self {
+            policies: Some(policies),
+            ..Self::default()
+        }
+    }
+
+    /// The BackendTLSPolicies applied to the backends resolved since the last call.
+    pub(crate) fn take_used_policies(&mut self) -> BTreeSet<ObjectName> {
+        std::mem::take(&mut self.used)
+    }
+
     /// Resolves a route rule's backendRef: a Service, or for egress routes an EgressNetwork,
     /// which stands for the original destination of the traffic.
     pub(crate) fn target(
@@ -127,7 +148,8 @@ impl Resolver {
             ));
         };
         let grpc = referrer.kind == "GRPCRoute";
-        if let Some(backend) = self.cache.get(&(name.clone(), port, grpc)) {
+        if let Some((backend, policy)) = self.cache.get(&(name.clone(), port, grpc)) {
+            self.used.extend(policy.clone());
             return Ok(backend.clone());
         }
         let Some(service) = snapshot.services.get(&name) else {
@@ -154,12 +176,22 @@ impl Resolver {
             ("GRPCRoute", _) | (_, Some("kubernetes.io/h2c")) => BackendProtocol::H2c,
             _ => BackendProtocol::Http1,
         };
+        let policy = self
+            .policies
+            .and_then(|p| p.for_port(&name, service_port.name.as_deref()));
+        let (policy, tls) = match policy {
+            Some((policy, tls)) => (Some(policy.clone()), Some(tls)),
+            None => (None, None),
+        };
         let backend = Arc::new(Backend {
             name: format!("{name}:{port}"),
             protocol,
             endpoints: endpoints(snapshot, &name, service_port),
+            tls,
         });
-        self.cache.insert((name, port, grpc), backend.clone());
+        self.used.extend(policy.clone());
+        self.cache
+            .insert((name, port, grpc), (backend.clone(), policy));
         Ok(backend)
     }
 }

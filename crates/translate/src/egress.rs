@@ -323,6 +323,7 @@ pub(crate) fn compile(
                         routes: ir::RouteTable::new(candidates),
                         tls: None,
                         client_validation: None,
+                        backend_client_certificate: None,
                     }))
                 };
                 compiled.insert(*port, port_routes);

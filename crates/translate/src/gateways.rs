@@ -37,6 +37,9 @@ pub(crate) struct GatewayState {
     pub listener_sets: Vec<crate::listener_sets::ListenerSetState>,
     /// Some frontend validation setting uses `AllowInsecureFallback`.
     insecure_frontend: bool,
+    /// `spec.tls.backend.clientCertificateRef`, when set: the certificate, or why it does not
+    /// resolve.
+    backend_client_certificate: Option<Result<Arc<ir::TlsCertificate>, (Reason, String)>>,
 }
 
 /// One listener of a Gateway.
@@ -137,6 +140,7 @@ fn resolve_one(
         listeners,
         listener_sets,
         insecure_frontend: crate::frontend_tls::insecure(gateway),
+        backend_client_certificate: crate::backend_tls::client_certificate(snapshot, name, gateway),
     };
     assign_addresses(&mut state, gateway, options, taken);
     let total = state.listeners.len();
@@ -493,6 +497,26 @@ impl GatewayState {
             ),
         };
         let mut conditions = vec![accepted, programmed];
+        // Gateway-level ResolvedRefs is about the references the Gateway holds outside its
+        // listeners; only `spec.tls.backend.clientCertificateRef` is one, so the condition
+        // appears when that is set.
+        match &self.backend_client_certificate {
+            None => {}
+            Some(Ok(_)) => conditions.push(Condition::new(
+                ConditionType::ResolvedRefs,
+                true,
+                Reason::ResolvedRefs,
+                "resolved",
+                generation,
+            )),
+            Some(Err((reason, message))) => conditions.push(Condition::new(
+                ConditionType::ResolvedRefs,
+                false,
+                *reason,
+                message,
+                generation,
+            )),
+        }
         if self.insecure_frontend {
             conditions.push(Condition::new(
                 ConditionType::InsecureFrontendValidationMode,
@@ -522,6 +546,16 @@ impl GatewayState {
 }
 
 // === impl ListenerState ===
+
+impl GatewayState {
+    /// The client certificate presented to TLS backends, when one is set and resolves.
+    pub(crate) fn backend_client_certificate(&self) -> Option<Arc<ir::TlsCertificate>> {
+        self.backend_client_certificate
+            .as_ref()
+            .and_then(|c| c.as_ref().ok())
+            .cloned()
+    }
+}
 
 impl ListenerState {
     /// Valid listeners are accepted and conflict-free.

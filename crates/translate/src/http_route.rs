@@ -1,7 +1,7 @@
 //! HTTPRoute: attaching each route to its parents and compiling its rules into IR.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ir::{Action, Candidate, HostnameMatch, RouteId, RouteKind, Rule, Timeouts};
@@ -24,6 +24,8 @@ pub(crate) struct Routes {
     by_listener: BTreeMap<(ObjectName, String), Vec<Candidate>>,
     /// Which route kinds serve which hostnames on each listener.
     claims: BTreeMap<(ObjectName, String), Vec<Claim>>,
+    /// BackendTLSPolicy → the Gateways with a route whose backends it applies to.
+    pub(crate) policy_ancestors: BTreeMap<ObjectName, BTreeSet<ObjectName>>,
 }
 
 /// A route kind and the hostnames it serves on a listener (`None` = any host).
@@ -63,6 +65,7 @@ pub(crate) fn compile_all(
     snapshot: &Snapshot,
     gateways: &mut BTreeMap<ObjectName, GatewayState>,
     options: &Options,
+    policies: &crate::backend_tls::Policies,
     status: &mut StatusSet,
 ) -> Routes {
     let mut ordered: Vec<(RouteKind, &ObjectName, Cow<'_, HttpRoute>)> = snapshot
@@ -82,7 +85,7 @@ pub(crate) fn compile_all(
         crate::oldest_first((&a.metadata, a_name), (&b.metadata, b_name))
     });
     let mut routes = Routes::default();
-    let mut resolver = Resolver::default();
+    let mut resolver = Resolver::with_policies(policies);
     for (rank, (kind, name, route)) in ordered.iter().enumerate() {
         let parents = mesh_parents(name, route);
         let flavor = Flavor {
@@ -239,6 +242,8 @@ fn compile_route(
         .enumerate()
         .map(|(index, rule)| compile_rule(snapshot, resolver, flavor, index, rule, &mut problems))
         .collect();
+    let used_policies = resolver.take_used_policies();
+    let mut attached_gateways = BTreeSet::new();
     let info = RouteInfo {
         kind: flavor.kind_name(),
         name,
@@ -292,6 +297,9 @@ fn compile_route(
                 ));
             }
             claims.push((flavor.kind, attachment.hostnames.clone()));
+            if is_gateway_listener(&attachment.listener) {
+                attached_gateways.insert(attachment.gateway.clone());
+            }
             let bucket = routes.by_listener.entry(key).or_default();
             for hostname in &attachment.hostnames {
                 for compiled in &rules {
@@ -309,12 +317,25 @@ fn compile_route(
             Ok(())
         },
     );
+    for policy in used_policies {
+        routes
+            .policy_ancestors
+            .entry(policy)
+            .or_default()
+            .extend(attached_gateways.iter().cloned());
+    }
     if !parents.is_empty() {
         status.0.insert(
             ResourceKey::new(flavor.kind_model(), &name.namespace, &name.name),
             ResourceStatus::Route { parents },
         );
     }
+}
+
+/// Whether an attachment is to a Gateway listener (or a ListenerSet's, keyed under its
+/// Gateway), as opposed to a mesh Service port.
+fn is_gateway_listener(listener: &str) -> bool {
+    !listener.starts_with(crate::mesh::LISTENER_KEY_PREFIX)
 }
 
 fn compile_rule(

@@ -17,6 +17,7 @@
 //! Must not depend on: tokio, hyper, the kube client, files, network, clock, randomness.
 
 mod attach;
+mod backend_tls;
 mod backends;
 mod classes;
 mod egress;
@@ -114,7 +115,9 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     let classes = classes::accepted(snapshot, options, &mut status);
     let mut gateways = gateways::resolve(snapshot, &classes, options);
     let egress_networks = egress::resolve(snapshot, options, &mut status);
-    let routes = http_route::compile_all(snapshot, &mut gateways, options, &mut status);
+    let policies = backend_tls::Policies::resolve(snapshot);
+    let routes = http_route::compile_all(snapshot, &mut gateways, options, &policies, &mut status);
+    policies.write_status(snapshot, &routes.policy_ancestors, options, &mut status);
     let stream_routes = stream_route::compile_all(snapshot, &mut gateways, options, &mut status);
 
     let mut binds: BTreeMap<SocketAddr, ir::Bind> = BTreeMap::new();
@@ -127,6 +130,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
         let compiled = Compiled {
             routes: &routes,
             streams: &stream_routes,
+            backend_client_certificate: gateway.backend_client_certificate(),
         };
         for listener in gateway.listeners.iter().filter(|l| l.is_serving()) {
             let bind = binds.entry(SocketAddr::new(ip, listener.port)).or_default();
@@ -176,6 +180,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
                     routes: ir::RouteTable::new(candidates),
                     tls: None,
                     client_validation: None,
+                    backend_client_certificate: None,
                 })
             };
             for key in routes.listeners_of(name) {
@@ -216,6 +221,8 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
 struct Compiled<'a> {
     routes: &'a http_route::Routes,
     streams: &'a stream_route::StreamRoutes,
+    /// The Gateway's `spec.tls.backend` client certificate.
+    backend_client_certificate: Option<Arc<ir::TlsCertificate>>,
 }
 
 impl Compiled<'_> {
@@ -268,6 +275,7 @@ impl Compiled<'_> {
                 routes: ir::RouteTable::new(self.routes.for_listener(owner, key)),
                 tls: listener.tls.clone(),
                 client_validation: listener.client_validation.clone(),
+                backend_client_certificate: self.backend_client_certificate.clone(),
             })),
         }
     }

@@ -26,13 +26,15 @@ use crate::backends::{BackendRef, Referrer, Resolver};
 /// The listener key a Service port uses in the route maps.
 pub(crate) fn listener_key(port: u16) -> String {
     // A colon cannot appear in a listener name, so this never collides with a Gateway's.
-    format!("service:{port}")
+    format!("{LISTENER_KEY_PREFIX}{port}")
 }
 
 /// The listener key of the consumer routes from `namespace` on a Service port.
 pub(crate) fn consumer_key(port: u16, namespace: &str) -> String {
     format!("service:{port}:consumer:{namespace}")
 }
+/// What every mesh listener key starts with.
+pub(crate) const LISTENER_KEY_PREFIX: &str = "service:";
 
 /// The ClusterIP of a Service, when it has one portcullis can listen on.
 pub(crate) fn cluster_ip(snapshot: &Snapshot, service: &ObjectName) -> Option<IpAddr> {

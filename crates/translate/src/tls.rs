@@ -80,7 +80,10 @@ pub(crate) fn resolve(
 }
 
 /// Reads and checks a `kubernetes.io/tls` Secret.
-fn load(snapshot: &Snapshot, name: &ObjectName) -> Result<Arc<TlsCertificate>, (Reason, String)> {
+pub(crate) fn load(
+    snapshot: &Snapshot,
+    name: &ObjectName,
+) -> Result<Arc<TlsCertificate>, (Reason, String)> {
     let invalid = |message: String| (Reason::InvalidCertificateRef, message);
     let secret = snapshot
         .secrets

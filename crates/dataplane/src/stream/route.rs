@@ -133,6 +133,7 @@ mod tests {
             routes: RouteTable::new(Vec::new()),
             tls: Some(certificate()),
             client_validation: None,
+            backend_client_certificate: None,
         })
     }
 

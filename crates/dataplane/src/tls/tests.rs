@@ -35,6 +35,7 @@ fn listener(
         routes: RouteTable::new(Vec::new()),
         tls,
         client_validation: None,
+        backend_client_certificate: None,
     })
 }
 

@@ -292,6 +292,7 @@ pub fn backend(name: &str, protocol: BackendProtocol, endpoints: &[SocketAddr]) 
         name: name.to_string(),
         protocol,
         endpoints: endpoints.iter().map(|&addr| Endpoint { addr }).collect(),
+        tls: None,
     })
 }
 
@@ -351,6 +352,7 @@ pub fn listener(hostname: Option<&str>, routes: Vec<Candidate>) -> Arc<HttpListe
         routes: RouteTable::new(routes),
         tls: None,
         client_validation: None,
+        backend_client_certificate: None,
     })
 }
 

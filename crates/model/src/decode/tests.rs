@@ -276,3 +276,47 @@ spec:
         );
     }
 }
+
+#[test]
+fn backend_tls_policy_rules_are_enforced() {
+    let valid = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: p, namespace: apps}
+spec:
+  targetRefs: [{group: '', kind: Service, name: api, sectionName: https}]
+  validation:
+    caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}]
+    hostname: api.internal
+    subjectAltNames: [{type: URI, uri: 'spiffe://cluster.local/api'}]
+";
+    assert_eq!(errors(valid), Vec::<String>::new());
+    let text = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: p}
+spec:
+  targetRefs:
+  - {group: '', kind: Service, name: api}
+  - {group: '', kind: Service, name: api, sectionName: https}
+  validation:
+    caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}]
+    wellKnownCACertificates: System
+    hostname: '*.internal'
+    subjectAltNames: [{type: Hostname, uri: 'spiffe://x/y'}]
+";
+    let errors = errors(text);
+    let messages = errors.join("\n");
+    for expected in [
+        "spec.targetRefs[0].sectionName: sectionName must be specified",
+        "spec.validation: must not contain both CACertificateRefs and WellKnownCACertificates",
+        "spec.validation.hostname: must be a lowercase DNS name without wildcard",
+        "spec.validation.subjectAltNames[0]: SubjectAltName element must contain Hostname",
+    ] {
+        assert!(
+            messages.contains(expected),
+            "{expected} missing from:\n{messages}"
+        );
+    }
+    assert_eq!(errors.len(), 4, "{messages}");
+}

@@ -97,12 +97,18 @@ impl Authority {
     /// A leaf for `names` (DNS SANs), signed by this CA.
     pub fn issue(&self, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(ToString::to_string).collect();
-        let key = KeyPair::generate().expect("leaf key");
         let params = CertificateParams::new(names.clone()).expect("leaf names");
+        self.issue_with(&names.join("+"), params)
+    }
+
+    /// A leaf made from `params` (for SANs of other types, validity periods), signed by this
+    /// CA; `label` names it in `source`.
+    pub fn issue_with(&self, label: &str, params: CertificateParams) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
         Leaf {
             certificate: Arc::new(TlsCertificate {
-                source: format!("default/{}", names.join("+")),
+                source: format!("default/{label}"),
                 chain_pem: cert.pem().into_bytes(),
                 key_pem: key.serialize_pem().into_bytes(),
             }),
@@ -302,6 +308,7 @@ pub fn https_listener(
         scheme: RedirectScheme::Https,
         tls: Some(Arc::clone(&leaf.certificate)),
         client_validation: None,
+        backend_client_certificate: None,
         ..HttpListener::clone(&plain)
     })
 }

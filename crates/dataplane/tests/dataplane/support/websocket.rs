@@ -52,6 +52,26 @@ impl EchoUpstream {
         Self { addr, handshakes }
     }
 
+    /// Starts it behind TLS: every connection is accepted by `acceptor` first.
+    pub async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let (tx, handshakes) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        echo(stream, tx).await;
+                    }
+                });
+            }
+        });
+        Self { addr, handshakes }
+    }
+
     /// The headers of the next handshake this upstream accepted.
     pub async fn next_handshake(&mut self) -> HeaderMap {
         tokio::time::timeout(PATIENCE, self.handshakes.recv())
@@ -61,7 +81,10 @@ impl EchoUpstream {
     }
 }
 
-async fn echo(stream: TcpStream, handshakes: mpsc::UnboundedSender<HeaderMap>) {
+async fn echo<S>(stream: S, handshakes: mpsc::UnboundedSender<HeaderMap>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     #[expect(
         clippy::result_large_err,
         reason = "tungstenite's handshake callback trait fixes this signature"
