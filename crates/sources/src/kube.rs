@@ -27,6 +27,7 @@ use model::decode::{DecodeError, Warning};
 use model::{Kind, Snapshot};
 use tokio::sync::{mpsc, watch};
 
+pub use ::kube::Client;
 pub use leader::{LeaderOptions, elect};
 pub use status::{StatusMetrics, StatusWriter, patch_body};
 use store::ClusterStore;
@@ -117,6 +118,11 @@ impl Watched {
     pub fn of(kind: Kind) -> Option<&'static Watched> {
         WATCHED.iter().find(|w| w.kind == kind)
     }
+}
+
+/// A client with in-cluster credentials, or the local kubeconfig's.
+pub async fn connect() -> Result<Client, ::kube::Error> {
+    Client::try_default().await
 }
 
 /// Starts one watcher per kind in `kinds` and returns the published state: `None` until
