@@ -114,6 +114,21 @@ impl Watched {
         }
     }
 
+    /// Whether the controller writes this kind's status subresource (the kinds translate
+    /// reports status for).
+    pub fn writes_status(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::GatewayClass
+                | Kind::Gateway
+                | Kind::ListenerSet
+                | Kind::HttpRoute
+                | Kind::GrpcRoute
+                | Kind::TlsRoute
+                | Kind::TcpRoute
+        )
+    }
+
     /// The watched entry of a kind, if it is watched.
     pub fn of(kind: Kind) -> Option<&'static Watched> {
         WATCHED.iter().find(|w| w.kind == kind)

@@ -60,7 +60,7 @@ pub struct StatusWriter {
 enum WriteError {
     #[error("status document object has no {0}")]
     Malformed(&'static str),
-    #[error("{0} is not a watched kind")]
+    #[error("{0} is not a kind whose status portcullis writes")]
     NotWatched(String),
     #[error(transparent)]
     Api(#[from] ::kube::Error),
@@ -189,7 +189,7 @@ impl Task {
             .and_then(Value::as_str);
         let watched = crate::kube::WATCHED
             .iter()
-            .find(|w| w.kind.as_str() == kind_name)
+            .find(|w| w.kind.as_str() == kind_name && w.writes_status())
             .ok_or_else(|| WriteError::NotWatched(kind_name.to_string()))?;
         let api = api_for(&self.client, watched, namespace);
         let current = match api.get_status(name).await {
