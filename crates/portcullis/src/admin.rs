@@ -26,6 +26,8 @@ pub struct AdminState {
     pub status: StatusDocument,
     /// Number of reloads applied.
     pub reloads: u64,
+    /// Kubernetes mode: the status writer's counters.
+    pub status_writer: Option<Arc<sources::kube::StatusMetrics>>,
 }
 
 /// Binds the admin listener and serves it in the background; returns the bound address.
@@ -82,17 +84,38 @@ fn handle(
         "/status" => json(&state.status),
         "/metrics" => text(
             StatusCode::OK,
-            &format!(
-                "# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n",
-                state.reloads,
-                dataplane.mirror_drops()
-            ),
+            &(status_writer_metrics(state)
+                + &format!(
+                    "# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n",
+                    state.reloads,
+                    dataplane.mirror_drops()
+                )),
         ),
         _ => text(
             StatusCode::NOT_FOUND,
             "endpoints: /live /ready /config /status /metrics\n",
         ),
     }
+}
+
+/// The status writer's counters, in Kubernetes mode.
+fn status_writer_metrics(state: &AdminState) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(metrics) = &state.status_writer else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (name, value) in [
+        ("writes", metrics.writes.load(Relaxed)),
+        ("unchanged", metrics.unchanged.load(Relaxed)),
+        ("failures", metrics.failures.load(Relaxed)),
+        ("superseded", metrics.superseded.load(Relaxed)),
+    ] {
+        out += &format!(
+            "# TYPE portcullis_status_{name}_total counter\nportcullis_status_{name}_total {value}\n"
+        );
+    }
+    out
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -196,6 +196,7 @@ impl Control {
             config: serde_json::to_value(&translation.config).unwrap_or_default(),
             status: document,
             reloads: self.reloads,
+            status_writer: self.status_writer.as_ref().map(|w| w.metrics().clone()),
         };
         self.state.send_replace(Arc::new(state));
         tracing::info!(

@@ -6,7 +6,7 @@
 //! `Init`/`InitApply`/`InitDone` protocol a reflector follows.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ::kube::api::DynamicObject;
 use ::kube::runtime::watcher;
@@ -231,21 +231,78 @@ pub(super) fn decode(
         map.insert("apiVersion".into(), Value::from(api_version));
         map.insert("kind".into(), Value::from(kind.as_str()));
     }
-    let text = match serde_json::to_string_pretty(&value) {
-        Ok(text) => text,
-        Err(error) => return (name, Err(vec![whole(&origin, error.to_string())])),
-    };
-    let decoded = model::decode::decode_file(&origin, &text).map(|contents| {
+    let mut decoded = decode_value(&origin, &value);
+    // Core kinds come from an API server that may be newer than our k8s-openapi types: a
+    // field we do not know is one we do not need, not an invalid object. Gateway API
+    // objects keep strict decoding, as in files: an unknown field there may change routing.
+    if kind.group() != model::GATEWAY_GROUP
+        && let Err(errors) = &decoded
+        && errors.iter().all(|e| e.message == UNKNOWN_FIELD)
+    {
+        for error in errors {
+            tracing::debug!(%error, "ignoring a field newer than portcullis's Kubernetes types");
+            remove_path(&mut value, &error.path);
+        }
+        decoded = decode_value(&origin, &value);
+    }
+    (name, decoded)
+}
+
+/// `model::decode`'s message for a field outside the schema.
+const UNKNOWN_FIELD: &str = "unknown field (not in the resource's schema)";
+
+fn decode_value(origin: &Path, value: &Value) -> Result<Option<Object>, Vec<DecodeError>> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|error| vec![whole(origin, error.to_string())])?;
+    model::decode::decode_file(origin, &text).map(|contents| {
         contents
             .objects
             .into_iter()
             .next()
             .map(|(object, _)| object)
-    });
-    (name, decoded)
+    })
 }
 
-fn whole(origin: &std::path::Path, message: String) -> DecodeError {
+/// Removes the field at a `model::decode` path such as `spec.ports[0].name`.
+fn remove_path(value: &mut Value, path: &str) {
+    let mut segments: Vec<Segment<'_>> = Vec::new();
+    for part in path.split('.') {
+        let (field, indexes) = part.split_once('[').unwrap_or((part, ""));
+        if !field.is_empty() {
+            segments.push(Segment::Field(field));
+        }
+        for index in indexes.split('[') {
+            if let Ok(index) = index.trim_end_matches(']').parse() {
+                segments.push(Segment::Index(index));
+            }
+        }
+    }
+    let Some((last, parents)) = segments.split_last() else {
+        return;
+    };
+    let mut current = value;
+    for segment in parents {
+        let next = match segment {
+            Segment::Field(field) => current.get_mut(*field),
+            Segment::Index(index) => current.get_mut(*index),
+        };
+        match next {
+            Some(next) => current = next,
+            None => return,
+        }
+    }
+    if let (Segment::Field(field), Some(map)) = (last, current.as_object_mut()) {
+        map.remove(*field);
+    }
+}
+
+/// One step of a field path.
+enum Segment<'a> {
+    Field(&'a str),
+    Index(usize),
+}
+
+fn whole(origin: &Path, message: String) -> DecodeError {
     DecodeError {
         file: origin.to_path_buf(),
         line: 0,

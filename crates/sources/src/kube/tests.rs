@@ -342,6 +342,41 @@ async fn an_object_that_does_not_decode_is_left_out_and_reported() {
 }
 
 #[tokio::test]
+async fn fields_newer_than_our_core_types_are_ignored_but_not_in_gateway_api_kinds() {
+    let fake = FakeApi::empty();
+    let objects = manifests(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: docs, namespace: demo}
+spec:
+  ports: [{port: 80, fromTheFuture: true}]
+  fromTheFuture: {a: 1}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: future, namespace: demo}
+spec: {fromTheFuture: 1}
+",
+    );
+    for (i, object) in objects.iter().enumerate() {
+        fake.add(stored(object, i));
+    }
+    let mut state = watch_cluster(fake.client(), WATCHED);
+    let state = ready(&mut state).await;
+    let services: Vec<_> = state
+        .snapshot
+        .services
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(services, ["demo/docs"]);
+    assert!(state.snapshot.http_routes.is_empty());
+    let errors: Vec<_> = state.errors.iter().map(|e| e.path.clone()).collect();
+    assert_eq!(errors, ["spec.fromTheFuture"]);
+}
+
+#[tokio::test]
 async fn a_kind_without_its_crd_is_empty_with_one_warning() {
     let fake = FakeApi::empty();
     {
