@@ -25,6 +25,7 @@ mod grants;
 mod http_route;
 mod listener_sets;
 mod mesh;
+pub mod provision;
 mod stream_route;
 mod tls;
 
