@@ -53,6 +53,9 @@ pub struct Options {
     pub allocations: BTreeMap<ObjectName, IpAddr>,
     /// Addresses the data plane could not bind; Gateways using them are not Programmed.
     pub unusable_addresses: BTreeSet<IpAddr>,
+    /// Kubernetes mode with provisioning: a Gateway without `spec.addresses` (and no pool)
+    /// reports its provisioned Service's load-balancer addresses ([`provision`]).
+    pub load_balancer_addresses: bool,
 }
 
 /// The result of one translation.
@@ -75,6 +78,7 @@ impl Default for Options {
             address_pool: None,
             allocations: BTreeMap::new(),
             unusable_addresses: BTreeSet::new(),
+            load_balancer_addresses: false,
         }
     }
 }

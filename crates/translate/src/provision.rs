@@ -393,6 +393,24 @@ status:
     }
 
     #[test]
+    fn gateway_status_reports_the_load_balancer_addresses() {
+        let options = Options {
+            load_balancer_addresses: true,
+            ..Options::default()
+        };
+        let status = crate::translate(&snapshot(), &options).status;
+        let key = ResourceKey::new(Kind::Gateway, "apps", "eg");
+        let Some(ResourceStatus::Gateway { addresses, .. }) = status.0.get(&key) else {
+            panic!("no Gateway status");
+        };
+        let values: Vec<_> = addresses.iter().map(|a| a.value.as_str()).collect();
+        assert_eq!(
+            values,
+            ["eg-1234.elb.us-east-1.amazonaws.com", "203.0.113.10"]
+        );
+    }
+
+    #[test]
     fn addresses_come_from_the_load_balancer_ingress() {
         let snapshot = snapshot();
         let gateway = &snapshot.gateways[&ObjectName::new("apps", "eg")];
