@@ -107,6 +107,23 @@ struct KubeArgs {
     /// Namespace of the Lease (default: $POD_NAMESPACE, else `default`).
     #[arg(long, value_name = "NAMESPACE", requires = "kube")]
     lease_namespace: Option<String>,
+    /// Serve traffic only: no leader election, no status writes, no provisioning (the mode
+    /// of provisioned per-Gateway pods).
+    #[arg(long, requires = "kube")]
+    serve_only: bool,
+    /// Provision a Deployment running this image and a LoadBalancer Service for every
+    /// accepted Gateway; Gateways then report the load balancer's addresses.
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        requires = "kube",
+        conflicts_with = "serve_only"
+    )]
+    provision_image: Option<String>,
+    /// Service account of the provisioned pods (in each Gateway's namespace; it needs
+    /// read access to the watched kinds).
+    #[arg(long, value_name = "NAME", requires = "provision_image")]
+    provision_service_account: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]

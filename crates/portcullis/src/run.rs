@@ -64,6 +64,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         state: state_tx,
         reloads: 0,
         status_writer: None,
+        provisioning: None,
     };
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -130,6 +131,8 @@ struct Control {
     reloads: u64,
     /// Kubernetes mode: where status goes besides `/status`.
     status_writer: Option<sources::kube::StatusWriter>,
+    /// Kubernetes mode with provisioning: what each Gateway's pods run.
+    provisioning: Option<translate::provision::ProvisionOptions>,
 }
 
 impl Control {
@@ -190,6 +193,13 @@ impl Control {
         let document = status::document(snapshot, &status, errors, warnings);
         if let Some(writer) = &self.status_writer {
             writer.submit(document.objects.clone());
+            if let Some(provisioning) = &self.provisioning {
+                let objects = translate::provision::provision(snapshot, &status, provisioning)
+                    .into_iter()
+                    .flat_map(|p| [p.deployment, p.service])
+                    .collect();
+                writer.provision(objects);
+            }
         }
         let state = AdminState {
             ready: true,

@@ -1,6 +1,7 @@
 //! The Helm chart's RBAC against what the controller does: list and watch every watched
-//! kind, get and patch the status of the kinds it writes status for, and the Lease verbs
-//! of leader election; nothing more. (Helm is not installable on our machines, so the
+//! kind, get and patch the status of the kinds it writes status for, create and patch the
+//! provisioned Deployments and Services, and the Lease verbs of leader election; nothing
+//! more. (Helm is not installable on our machines, so the
 //! rules are kept template-free and read as YAML here.)
 
 use std::collections::BTreeSet;
@@ -73,18 +74,28 @@ fn grant(group: &str, resource: &str, verb: &str) -> Grant {
 }
 
 #[test]
-fn cluster_role_grants_exactly_what_the_watchers_and_status_writer_use() {
+fn cluster_roles_grant_exactly_what_the_watchers_status_writer_and_provisioning_use() {
     let mut expected = BTreeSet::new();
     for watched in WATCHED {
-        let group = watched.kind.group();
         for verb in ["list", "watch"] {
-            expected.insert(grant(group, watched.plural, verb));
+            expected.insert(grant(watched.kind.group(), watched.plural, verb));
         }
-        if watched.writes_status() {
-            let status = format!("{}/status", watched.plural);
-            for verb in ["get", "patch"] {
-                expected.insert(grant(group, &status, verb));
-            }
+    }
+    // Provisioned pods only read.
+    assert_eq!(
+        grants("ClusterRole", "templates/dataplane-rbac.yaml"),
+        expected
+    );
+    for watched in WATCHED.iter().filter(|w| w.writes_status()) {
+        let status = format!("{}/status", watched.plural);
+        for verb in ["get", "patch"] {
+            expected.insert(grant(watched.kind.group(), &status, verb));
+        }
+    }
+    // Provisioning (when enabled) applies a Deployment and a Service per Gateway.
+    for (group, resource) in [("apps", "deployments"), ("", "services")] {
+        for verb in ["create", "patch"] {
+            expected.insert(grant(group, resource, verb));
         }
     }
     assert_eq!(

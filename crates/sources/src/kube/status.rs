@@ -1,5 +1,7 @@
 //! Writing status back to the cluster: server-side apply on the status subresource, only
-//! for objects whose status changed, only while this replica leads.
+//! for objects whose status changed, only while this replica leads. The same task applies
+//! the objects provisioned for Gateways (`translate::provision`), which are owned by
+//! their Gateway and simply applied.
 //!
 //! The input is the binary's status document (one JSON object per resource, with
 //! `apiVersion`, `kind`, `metadata` and the `status` translate computed). For each object
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use ::kube::api::{Api, DynamicObject, Patch, PatchParams};
+use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use model::Kind;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
@@ -33,6 +35,9 @@ pub const FIELD_MANAGER: &str = "portcullis";
 /// How long to wait before retrying failed writes.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// How often everything is compared with the cluster again.
+const RESYNC: Duration = Duration::from_secs(600);
+
 /// Counters of the status writer.
 #[derive(Debug, Default)]
 pub struct StatusMetrics {
@@ -44,6 +49,8 @@ pub struct StatusMetrics {
     pub failures: AtomicU64,
     /// Desired sets replaced by a newer one before the writer took them.
     pub superseded: AtomicU64,
+    /// Provisioned objects applied.
+    pub provisioned: AtomicU64,
     /// A submitted set waits for the writer.
     pending: AtomicBool,
 }
@@ -51,8 +58,17 @@ pub struct StatusMetrics {
 /// The handle that the control loop submits desired status through.
 #[derive(Clone, Debug)]
 pub struct StatusWriter {
-    desired: watch::Sender<Arc<Vec<Value>>>,
+    desired: watch::Sender<Desired>,
     metrics: Arc<StatusMetrics>,
+}
+
+/// What the writer brings the cluster to.
+#[derive(Clone, Debug, Default)]
+struct Desired {
+    /// Status document objects.
+    status: Arc<Vec<Value>>,
+    /// Provisioned objects (apply bodies).
+    provisioned: Arc<Vec<Value>>,
 }
 
 /// An error of one write.
@@ -62,6 +78,8 @@ enum WriteError {
     Malformed(&'static str),
     #[error("{0} is not a kind whose status portcullis writes")]
     NotWatched(String),
+    #[error("{0} is not a kind portcullis provisions")]
+    NotProvisioned(String),
     #[error(transparent)]
     Api(#[from] ::kube::Error),
 }
@@ -76,7 +94,7 @@ impl StatusWriter {
         controller: String,
         leader: watch::Receiver<bool>,
     ) -> Self {
-        let (desired, desired_rx) = watch::channel(Arc::new(Vec::new()));
+        let (desired, desired_rx) = watch::channel(Desired::default());
         let metrics = Arc::new(StatusMetrics::default());
         let task = Task {
             client,
@@ -85,6 +103,7 @@ impl StatusWriter {
             desired: desired_rx,
             metrics: metrics.clone(),
             written: HashMap::new(),
+            applied: HashMap::new(),
         };
         tokio::spawn(task.run());
         Self { desired, metrics }
@@ -96,7 +115,14 @@ impl StatusWriter {
         if self.metrics.pending.swap(true, Ordering::AcqRel) {
             self.metrics.superseded.fetch_add(1, Ordering::Relaxed);
         }
-        self.desired.send_replace(Arc::new(objects));
+        self.desired
+            .send_modify(|desired| desired.status = Arc::new(objects));
+    }
+
+    /// Hands over the newest provisioned objects (apply bodies of `translate::provision`).
+    pub fn provision(&self, objects: Vec<Value>) {
+        self.desired
+            .send_modify(|desired| desired.provisioned = Arc::new(objects));
     }
 
     /// The writer's counters.
@@ -110,15 +136,18 @@ struct Task {
     client: ::kube::Client,
     controller: String,
     leader: watch::Receiver<bool>,
-    desired: watch::Receiver<Arc<Vec<Value>>>,
+    desired: watch::Receiver<Desired>,
     metrics: Arc<StatusMetrics>,
     /// The desired status last written (or found already in place), per object.
     written: HashMap<(String, String, String), Value>,
+    /// The provisioned objects last applied.
+    applied: HashMap<(String, String, String), Value>,
 }
 
 impl Task {
     async fn run(mut self) {
         let mut retry = false;
+        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
         loop {
             let wait_retry = async {
                 if retry {
@@ -139,6 +168,12 @@ impl Task {
                     }
                     // Another replica may have written while we did not lead.
                     self.written.clear();
+                    self.applied.clear();
+                }
+                _ = resync.tick() => {
+                    // Someone else may have changed what we wrote: compare again.
+                    self.written.clear();
+                    self.applied.clear();
                 }
                 () = wait_retry => {}
             }
@@ -149,10 +184,32 @@ impl Task {
     /// Writes every object whose desired status differs from what was last written.
     /// Returns whether some write failed.
     async fn write_all(&mut self) -> bool {
-        let objects = self.desired.borrow_and_update().clone();
+        let desired = self.desired.borrow_and_update().clone();
         self.metrics.pending.store(false, Ordering::Release);
         let mut failed = false;
-        for object in objects.iter() {
+        for object in desired.provisioned.iter() {
+            if !*self.leader.borrow() {
+                return false;
+            }
+            let Some(key) = key_of(object) else { continue };
+            if self.applied.get(&key) == Some(object) {
+                continue;
+            }
+            match self.apply(object).await {
+                Ok(()) => {
+                    self.applied.insert(key, object.clone());
+                }
+                Err(error) => {
+                    failed = true;
+                    self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        kind = %key.0, namespace = %key.1, name = %key.2, %error,
+                        "cannot apply a provisioned object; will retry"
+                    );
+                }
+            }
+        }
+        for object in desired.status.iter() {
             if !*self.leader.borrow() {
                 return false;
             }
@@ -176,6 +233,37 @@ impl Task {
             }
         }
         failed
+    }
+
+    /// Applies a provisioned object as a whole.
+    async fn apply(&self, object: &Value) -> Result<(), WriteError> {
+        let kind = str_at(object, "kind").ok_or(WriteError::Malformed("kind"))?;
+        let resource = match (str_at(object, "apiVersion"), kind) {
+            (Some("apps/v1"), "Deployment") => ("apps", "deployments"),
+            (Some("v1"), "Service") => ("", "services"),
+            _ => return Err(WriteError::NotProvisioned(kind.to_string())),
+        };
+        let resource = ApiResource {
+            group: resource.0.to_string(),
+            version: "v1".to_string(),
+            api_version: str_at(object, "apiVersion").unwrap_or_default().to_string(),
+            kind: kind.to_string(),
+            plural: resource.1.to_string(),
+        };
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .ok_or(WriteError::Malformed("metadata.name"))?;
+        let namespace = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .ok_or(WriteError::Malformed("metadata.namespace"))?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(name, &params, &Patch::Apply(object)).await?;
+        self.metrics.provisioned.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn write(&self, object: &Value) -> Result<(), WriteError> {

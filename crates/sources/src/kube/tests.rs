@@ -661,3 +661,44 @@ async fn only_the_leader_writes_status() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(patches(&fake).len(), 1);
 }
+
+#[tokio::test]
+async fn the_leader_applies_provisioned_objects_once() {
+    let fake = FakeApi::default();
+    let (_leader_tx, leader) = watch::channel(true);
+    let writer = StatusWriter::spawn(fake.client(), CONTROLLER.into(), leader);
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "eg-portcullis", "namespace": "apps"},
+        "spec": {"selector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": "eg"}}},
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "eg-portcullis", "namespace": "apps"},
+        "spec": {"type": "LoadBalancer"},
+    });
+    writer.provision(vec![deployment.clone(), service.clone()]);
+    eventually("two applies", || patches(&fake).len() == 2).await;
+    assert_eq!(
+        patches(&fake),
+        [
+            (
+                "/apis/apps/v1/namespaces/apps/deployments/eg-portcullis?&force=true&fieldManager=portcullis"
+                    .to_string(),
+                deployment.clone()
+            ),
+            (
+                "/api/v1/namespaces/apps/services/eg-portcullis?&force=true&fieldManager=portcullis"
+                    .to_string(),
+                service.clone()
+            ),
+        ]
+    );
+    writer.provision(vec![deployment, service]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        patches(&fake).len(),
+        2,
+        "unchanged objects are not applied again"
+    );
+}
