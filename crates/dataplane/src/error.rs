@@ -13,6 +13,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::body::{self, ProxyBody};
 use crate::grpc;
 
+/// The header of a response refusing egress traffic.
+pub const EGRESS_ERROR_HEADER: &str = "portcullis-proxy-error";
+
 /// A boxed error from hyper, the client pool or an IO source.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -108,6 +111,23 @@ pub enum ProxyError {
         #[source]
         source: BoxError,
     },
+    /// Egress traffic that no route of its EgressNetwork allows, under `trafficPolicy: Deny`,
+    /// or whose names disagree (the CONNECT authority, the SNI, the `Host`).
+    #[error("egress denied by {network}: {reason}")]
+    EgressDenied {
+        /// EgressNetwork `namespace/name`, or `-` for a name mismatch outside any network.
+        network: String,
+        /// Why.
+        reason: String,
+    },
+    /// The egress proxy could not resolve the host a client asked for.
+    #[error("cannot resolve {host}: {reason}")]
+    Unresolvable {
+        /// The host as the client sent it.
+        host: String,
+        /// The resolver's error.
+        reason: String,
+    },
     /// `timeouts.request` expired before the response headers arrived.
     #[error("request timeout expired")]
     RequestTimeout,
@@ -137,6 +157,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingHost | Self::RequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::EgressDenied { .. } => StatusCode::FORBIDDEN,
+            Self::Unresolvable { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoListener { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
             // RFC 9110 §15.5.20; the Gateway listener `hostname` docs ask for it when the host
@@ -166,13 +188,15 @@ impl ProxyError {
     /// | HTTP | errors                                | gRPC                  | why            |
     /// |------|---------------------------------------|-----------------------|----------------|
     /// | 400  | `MissingHost`, `RequestBody`          | 13 `INTERNAL`         | mapping        |
+    /// | 403  | `EgressDenied`                        | 7 `PERMISSION_DENIED` | mapping        |
     /// | 404  | `NoListener`, `NoRoute`               | 12 `UNIMPLEMENTED`    | mapping        |
     /// | 405  | `ConnectMethod`                       | 12 `UNIMPLEMENTED`    | note 1         |
     /// | 421  | `MisdirectedRequest`                  | 14 `UNAVAILABLE`      | note 2         |
     /// | 500  | `NoBackends`, `InvalidBackend`        | 14 `UNAVAILABLE`      | GRPCRoute spec |
     /// | 500  | `InvalidRule`, `InvalidFilterResult`  | 13 `INTERNAL`         | note 3         |
     /// | 500  | `UnusableCertificate`                 | 13 `INTERNAL`         | note 5         |
-    /// | 502  | `UpstreamConnect`, `Upstream`         | 14 `UNAVAILABLE`      | mapping        |
+    /// | 502  | `UpstreamConnect`, `Upstream`,        | 14 `UNAVAILABLE`      | mapping        |
+    /// |      | `Unresolvable`                        |                       |                |
     /// | 503  | `NoEndpoints`, `ConnectionRefused`    | 14 `UNAVAILABLE`      | mapping        |
     /// | 504  | `RequestTimeout`, `BackendTimeout`    | 4 `DEADLINE_EXCEEDED` | note 4         |
     ///
@@ -205,6 +229,8 @@ impl ProxyError {
     pub(crate) fn grpc_code(&self) -> grpc::Code {
         match self {
             Self::MissingHost | Self::RequestBody(_) => grpc::Code::Internal,
+            Self::EgressDenied { .. } => grpc::Code::PermissionDenied,
+            Self::Unresolvable { .. } => grpc::Code::Unavailable,
             Self::NoListener { .. } | Self::NoRoute | Self::ConnectMethod => {
                 grpc::Code::Unimplemented
             }
@@ -229,6 +255,7 @@ impl ProxyError {
             | Self::RequestBody(_)
             | Self::NoListener { .. }
             | Self::MisdirectedRequest { .. }
+            | Self::EgressDenied { .. }
             | Self::NoRoute => Fault::Client,
             Self::InvalidRule(_)
             | Self::NoBackends
@@ -239,6 +266,7 @@ impl ProxyError {
             Self::ConnectionRefused { .. }
             | Self::UpstreamConnect { .. }
             | Self::Upstream { .. }
+            | Self::Unresolvable { .. }
             | Self::RequestTimeout
             | Self::BackendTimeout { .. } => Fault::Upstream,
         }
@@ -282,6 +310,16 @@ impl ProxyError {
 
     /// The response sent to an HTTP client: the status and a one-line plain-text reason.
     pub(crate) fn into_response(self) -> Response<ProxyBody> {
+        if let Self::EgressDenied { .. } = self {
+            // As Linkerd answers: an empty body, and a header that says what happened.
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = self.status();
+            response.headers_mut().insert(
+                EGRESS_ERROR_HEADER,
+                HeaderValue::from_static("traffic not allowed"),
+            );
+            return response;
+        }
         let mut response = Response::new(body::full(format!("{}\n", self.public_text())));
         *response.status_mut() = self.status();
         response.headers_mut().insert(

@@ -5,6 +5,7 @@
 //! we always address an endpoint by its socket address, so each endpoint gets its own pool.
 //! There is one client per [`ir::BackendProtocol`], since the protocol is a client setting.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -146,14 +147,31 @@ pub async fn connect(endpoint: SocketAddr, limit: Duration) -> Result<TcpStream,
 /// backend"; connection-level routes close the connection.
 pub fn choose_backend(
     backends: &[WeightedBackend],
-) -> Result<(&WeightedBackend, &Backend), ProxyError> {
+    original: Option<SocketAddr>,
+) -> Result<(&WeightedBackend, Cow<'_, Backend>), ProxyError> {
     let chosen = pick_weighted(backends)?;
     match &chosen.target {
-        BackendTarget::Service(backend) => Ok((chosen, backend)),
+        BackendTarget::Service(backend) => Ok((chosen, Cow::Borrowed(&**backend))),
+        BackendTarget::OriginalDestination => match original {
+            Some(destination) => Ok((chosen, Cow::Owned(original_destination(destination)))),
+            None => Err(ProxyError::InvalidBackend {
+                reference: "EgressNetwork".into(),
+                reason: "the original destination is only known for egress traffic".into(),
+            }),
+        },
         BackendTarget::Invalid(invalid) => Err(ProxyError::InvalidBackend {
             reference: invalid.reference.clone(),
             reason: invalid.reason.clone(),
         }),
+    }
+}
+
+/// The backend of egress traffic sent on to where the client was connecting.
+pub fn original_destination(destination: SocketAddr) -> Backend {
+    Backend {
+        name: format!("original-destination {destination}"),
+        protocol: BackendProtocol::Http1,
+        endpoints: vec![ir::Endpoint { addr: destination }],
     }
 }
 
@@ -228,6 +246,7 @@ mod tests {
         match &backend.target {
             BackendTarget::Invalid(invalid) => &invalid.reference,
             BackendTarget::Service(service) => &service.name,
+            BackendTarget::OriginalDestination => "original destination",
         }
     }
 
@@ -247,9 +266,26 @@ mod tests {
         ));
         assert!(matches!(pick_weighted(&[]), Err(ProxyError::NoBackends)));
         assert!(matches!(
-            choose_backend(&[weighted(1, "invalid")]),
+            choose_backend(&[weighted(1, "invalid")], None),
             Err(ProxyError::InvalidBackend { .. })
         ));
+    }
+
+    #[test]
+    fn original_destination_is_known_only_for_egress() {
+        let original = [WeightedBackend {
+            weight: 1,
+            target: BackendTarget::OriginalDestination,
+            request_headers: None,
+            response_headers: None,
+        }];
+        assert!(matches!(
+            choose_backend(&original, None),
+            Err(ProxyError::InvalidBackend { .. })
+        ));
+        let destination: SocketAddr = "127.0.0.1:4443".parse().expect("address");
+        let (_, backend) = choose_backend(&original, Some(destination)).expect("chosen");
+        assert_eq!(backend.endpoints, vec![ir::Endpoint { addr: destination }]);
     }
 
     #[tokio::test]

@@ -38,6 +38,8 @@ const GRPC_CONTENT_TYPE: &str = "application/grpc";
 pub enum Code {
     /// 4: "The deadline expired before the operation could complete."
     DeadlineExceeded,
+    /// 7: "The caller does not have permission to execute the specified operation."
+    PermissionDenied,
     /// 12: "The operation is not implemented or is not supported/enabled in this service."
     Unimplemented,
     /// 13: "Internal errors. This means that some invariants expected by the underlying system
@@ -90,6 +92,7 @@ impl Code {
     pub fn as_u16(self) -> u16 {
         match self {
             Self::DeadlineExceeded => 4,
+            Self::PermissionDenied => 7,
             Self::Unimplemented => 12,
             Self::Internal => 13,
             Self::Unavailable => 14,

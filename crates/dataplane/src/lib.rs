@@ -30,6 +30,7 @@
 
 mod body;
 mod cors;
+mod egress;
 mod error;
 mod filters;
 mod forward;
@@ -53,7 +54,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 
-pub use error::{Fault, ProxyError};
+pub use egress::{DecisionKey, OutboundSettings, Verdict};
+pub use error::{EGRESS_ERROR_HEADER, Fault, ProxyError};
 
 use forward::Upstreams;
 use listener::Listener;
@@ -113,6 +115,8 @@ struct Shared {
     options: Options,
     upstreams: Upstreams,
     mirrors: Mirrors,
+    /// Egress decisions so far.
+    decisions: egress::Decisions,
 }
 
 struct Inner {
@@ -127,6 +131,9 @@ struct Sockets {
     open: BTreeMap<SocketAddr, Listener>,
     /// Connections of removed sockets that are finishing.
     draining: JoinSet<()>,
+    /// The outbound listeners' accept loops (transparent and explicit egress proxy); they
+    /// stop at shutdown.
+    outbound: JoinSet<()>,
     shut_down: bool,
 }
 
@@ -143,6 +150,7 @@ impl Dataplane {
             options,
             upstreams,
             mirrors,
+            decisions: egress::Decisions::default(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -237,6 +245,7 @@ impl Dataplane {
         let (open, mut draining) = {
             let mut sockets = self.sockets();
             sockets.shut_down = true;
+            sockets.outbound.abort_all();
             (
                 std::mem::take(&mut sockets.open),
                 std::mem::take(&mut sockets.draining),
@@ -252,6 +261,36 @@ impl Dataplane {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
         // Dropping the set aborts the drains still running, and with them their connections.
+    }
+
+    /// Serves the transparent outbound listener on `socket`: connections that iptables
+    /// redirected there are served for their original destination (`SO_ORIGINAL_DST`): as
+    /// that socket of the config if there is one (a mesh Service address), otherwise as
+    /// egress traffic of a workload in `settings.namespace`. Runs until [`Dataplane::shutdown`].
+    pub fn serve_outbound(&self, socket: tokio::net::TcpListener, settings: OutboundSettings) {
+        let task = egress::transparent_accept_loop(
+            Arc::clone(&self.inner.shared),
+            socket,
+            Arc::new(settings),
+        );
+        self.sockets().outbound.spawn(task);
+    }
+
+    /// Serves the explicit egress proxy on `socket`: `CONNECT host:port` tunnels and
+    /// absolute-form `http://` requests, resolved with `settings.resolve` first and enforced
+    /// like transparent egress traffic. Runs until [`Dataplane::shutdown`].
+    pub fn serve_egress_proxy(&self, socket: tokio::net::TcpListener, settings: OutboundSettings) {
+        let task = egress::explicit_accept_loop(
+            Arc::clone(&self.inner.shared),
+            socket,
+            Arc::new(settings),
+        );
+        self.sockets().outbound.spawn(task);
+    }
+
+    /// Egress decisions counted so far, by network, route, hostname and verdict.
+    pub fn egress_decisions(&self) -> Vec<(DecisionKey, u64)> {
+        self.inner.shared.decisions.snapshot()
     }
 
     /// Mirror copies dropped so far (body over the limit, no endpoint, too many in flight).

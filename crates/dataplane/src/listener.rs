@@ -261,6 +261,30 @@ async fn serve(
     }
 }
 
+/// Serves a connection that the transparent outbound listener intercepted on its way to
+/// `bind`, a socket of the config (a mesh Service's `clusterIP:port`), exactly as if that
+/// socket had accepted it. It is not part of any socket's drain: it ends with its client.
+pub(crate) async fn serve_intercepted(
+    shared: Arc<Shared>,
+    bind: SocketAddr,
+    client: SocketAddr,
+    stream: TcpStream,
+) {
+    let servers = match Servers::new(Arc::clone(&shared), bind) {
+        Ok(servers) => servers,
+        Err(error) => {
+            tracing::warn!(%bind, %error, "cannot serve an intercepted connection");
+            return;
+        }
+    };
+    let graceful = GracefulShutdown::new();
+    let watchers = Watchers {
+        http: graceful.watcher(),
+        held: graceful.watcher(),
+    };
+    serve(servers, watchers, shared, bind, client, stream).await;
+}
+
 /// On a socket with TLS listeners routed by SNI (passthrough, terminate-and-relay): reads
 /// the ClientHello, then passes the connection through, terminates it and relays the bytes,
 /// refuses it, or serves HTTPS with the ClientHello replayed, as [`stream::route_tls`]
@@ -329,6 +353,7 @@ async fn serve_plain(
         client: accepted.client,
         tls: None,
         tunnel: Slot::default(),
+        egress: None,
     };
     let io = TokioIo::new(stream);
     serve_http(&servers.auto, watchers, shared, connection, io).await;
@@ -357,6 +382,7 @@ async fn serve_tls(
                 client,
                 tls: Some(Arc::new(session)),
                 tunnel: Slot::default(),
+                egress: None,
             };
             serve_http(builder, watchers, shared, connection, TokioIo::new(stream)).await;
         }

@@ -25,6 +25,7 @@ use ir::{
 use crate::Shared;
 use crate::body::{self, ProxyBody};
 use crate::cors::{self, Inspection};
+use crate::egress::{self, EgressContext, Selection};
 use crate::error::ProxyError;
 use crate::filters;
 use crate::forward;
@@ -45,6 +46,9 @@ pub struct Connection {
     /// Where a WebSocket handshake the backend accepted is left for the connection's task,
     /// which relays it once hyper has switched the connection over.
     pub tunnel: upgrade::Slot,
+    /// For egress traffic (the outbound proxy): its destination and network. Requests are
+    /// then routed by the network's routes for the destination port, not by a listener.
+    pub egress: Option<Arc<EgressContext>>,
 }
 
 /// Serves one request. Never fails: errors become responses here.
@@ -88,9 +92,19 @@ async fn proxy(
         return Err(ProxyError::ConnectMethod);
     }
     let host = request_host(&request)?;
-    let (bind, listener) = find_listener(config, connection.bind, &host)?;
-    reject_misdirected(bind, listener, connection.tls.as_deref(), &host)?;
-    let selected = select_route(listener, &host, &request)?;
+    let (listener, selected) = match &connection.egress {
+        None => {
+            let (bind, listener) = find_listener(config, connection.bind, &host)?;
+            reject_misdirected(bind, listener, connection.tls.as_deref(), &host)?;
+            (&**listener, select_route(listener, &host, &request)?)
+        }
+        Some(context) => match egress::select(shared, context, &host, &request)? {
+            Selection::Route(listener, selected) => (listener, selected),
+            Selection::Original => {
+                return forward_original(shared, connection, context, log, request).await;
+            }
+        },
+    };
     let rule = selected.rule;
     log.route = Some(Arc::clone(rule));
     let cors = match cors::inspect(rule.filters.cors.as_ref(), &request) {
@@ -143,7 +157,12 @@ async fn forward(
     let websocket = Requested::take(&mut parts);
     let te_trailers = prepare_request_headers(&mut parts, connection, websocket.as_ref());
     apply_request_filters(&mut parts, rule, selected.matcher.matched_prefix())?;
-    let (chosen, backend) = forward::choose_backend(backends)?;
+    let original = connection.egress.as_ref().map(|e| e.destination);
+    let (chosen, mut backend) = forward::choose_backend(backends, original)?;
+    if matches!(chosen.target, ir::BackendTarget::OriginalDestination) {
+        // The original destination speaks what the client spoke: HTTP/2 here means h2c.
+        backend.to_mut().protocol = protocol_of(parts.version);
+    }
     log.backend = Some(backend.name.clone());
     let Some(websocket) = websocket else {
         let body = shared
@@ -151,7 +170,7 @@ async fn forward(
             .send(&rule.filters.mirrors, &parts, body)
             .await?;
         apply_backend_filters(&mut parts, chosen, backend.protocol, te_trailers);
-        let endpoint = shared.upstreams.endpoint(backend)?;
+        let endpoint = shared.upstreams.endpoint(&backend)?;
         log.endpoint = Some(endpoint);
         let attempt =
             shared
@@ -171,7 +190,7 @@ async fn forward(
     // where it does not, the backend's refusal becomes the 502 that refusing up front would
     // have given. Talking RFC 8441 to the backend is out of scope, as it is for clients.
     apply_backend_filters(&mut parts, chosen, BackendProtocol::Http1, te_trailers);
-    let endpoint = shared.upstreams.endpoint(backend)?;
+    let endpoint = shared.upstreams.endpoint(&backend)?;
     log.endpoint = Some(endpoint);
     let connect_timeout = shared.options.connect_timeout;
     let attempt = upgrade::send(endpoint, connect_timeout, Request::from_parts(parts, body));
@@ -186,6 +205,47 @@ async fn forward(
     let tunnel = Tunnel::new(websocket.client, &mut response, connection.client, endpoint);
     connection.tunnel.put(tunnel);
     Ok(prepare_switch(response, chosen))
+}
+
+/// Sends an egress request on to its original destination as it is (apart from the proxy's
+/// own header changes): allowed by the network's policy, or not classified at all.
+async fn forward_original(
+    shared: &Shared,
+    connection: &Connection,
+    context: &EgressContext,
+    log: &mut AccessLog,
+    request: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    // Upgrades are not carried to original destinations: the request goes as a plain one.
+    drop(Requested::take(&mut parts));
+    let te_trailers = prepare_request_headers(&mut parts, connection, None);
+    let protocol = protocol_of(parts.version);
+    if te_trailers && protocol == BackendProtocol::H2c {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let endpoint = context.destination;
+    log.backend = Some(forward::original_destination(endpoint).name);
+    log.endpoint = Some(endpoint);
+    let response = shared
+        .upstreams
+        .send(protocol, endpoint, Request::from_parts(parts, body))
+        .await?;
+    let (mut parts, body) = response.into_parts();
+    filters::remove_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+/// The protocol to speak to an original destination: the client's.
+fn protocol_of(version: Version) -> BackendProtocol {
+    if version == Version::HTTP_2 {
+        BackendProtocol::H2c
+    } else {
+        BackendProtocol::Http1
+    }
 }
 
 // === steps ===

@@ -184,9 +184,9 @@ fn choose_endpoint(
     route: &StreamRoute,
     log: &mut StreamLog,
 ) -> Result<SocketAddr, ProxyError> {
-    let (_, backend) = forward::choose_backend(&route.backends)?;
+    let (_, backend) = forward::choose_backend(&route.backends, None)?;
     log.backend = Some(backend.name.clone());
-    let endpoint = shared.upstreams.endpoint(backend)?;
+    let endpoint = shared.upstreams.endpoint(&backend)?;
     log.endpoint = Some(endpoint);
     Ok(endpoint)
 }
@@ -194,7 +194,7 @@ fn choose_endpoint(
 /// Writes `first` (bytes already read from the client) upstream, then copies both ways until
 /// both sides are closed. When one side closes its sending half, the other side's sending
 /// half is shut down too and the other direction goes on (`copy_bidirectional`).
-async fn splice<C>(
+pub(crate) async fn splice<C>(
     mut client: C,
     mut upstream: TcpStream,
     endpoint: SocketAddr,
@@ -235,7 +235,7 @@ async fn close(client: &mut TcpStream) {
 // === impl StreamLog ===
 
 /// The access-log line of one connection, filled in as it is routed.
-struct StreamLog {
+pub(crate) struct StreamLog {
     started: Instant,
     client: SocketAddr,
     bind: SocketAddr,
@@ -252,7 +252,36 @@ struct StreamLog {
 }
 
 impl StreamLog {
-    fn new(accepted: Accepted, protocol: &'static str) -> Self {
+    pub(crate) fn set_listener(&mut self, label: &str) {
+        self.listener = Some(label.to_string());
+    }
+
+    pub(crate) fn set_server_name(&mut self, server_name: Option<Hostname>) {
+        self.server_name = server_name;
+    }
+
+    pub(crate) fn server_name(&self) -> Option<&Hostname> {
+        self.server_name.as_ref()
+    }
+
+    pub(crate) fn set_route(&mut self, route: &StreamRoute) {
+        self.route(route);
+    }
+
+    /// Names an implicit route (an egress network's traffic policy).
+    pub(crate) fn set_route_name(&mut self, name: &str) {
+        self.route = Some(name.to_string());
+    }
+
+    pub(crate) fn set_backend(&mut self, name: &str) {
+        self.backend = Some(name.to_string());
+    }
+
+    pub(crate) fn set_endpoint(&mut self, endpoint: SocketAddr) {
+        self.endpoint = Some(endpoint);
+    }
+
+    pub(crate) fn new(accepted: Accepted, protocol: &'static str) -> Self {
         Self {
             started: Instant::now(),
             client: accepted.client,
@@ -279,7 +308,7 @@ impl StreamLog {
         self.route = Some(format!("{}/{}#{}", id.namespace, id.name, id.rule));
     }
 
-    fn fail(&mut self, error: &ProxyError) {
+    pub(crate) fn fail(&mut self, error: &ProxyError) {
         self.error = Some(error.to_string());
         self.fault = Some(error.fault());
     }
@@ -295,7 +324,7 @@ impl StreamLog {
         self.fault = Some(Fault::Client);
     }
 
-    fn record(&self) {
+    pub(crate) fn record(&self) {
         tracing::info!(
             target: "portcullis::access",
             client = %self.client,

@@ -30,6 +30,10 @@ pub struct WeightedBackend {
 pub enum BackendTarget {
     /// A Service port with its endpoints.
     Service(Arc<Backend>),
+    /// Egress: the address the client was connecting to (a backendRef to the EgressNetwork
+    /// itself, or a rule of an egress route without backendRefs). Only the outbound proxy
+    /// knows that address; elsewhere it is invalid.
+    OriginalDestination,
     /// An unresolvable reference.
     Invalid(InvalidBackend),
 }

@@ -12,6 +12,7 @@
 //! Must not depend on: `model`, `translate`, tokio, hyper, kube.
 
 mod backend;
+mod egress;
 mod filter;
 mod hostname;
 mod route;
@@ -26,6 +27,7 @@ use serde::Serialize;
 pub use backend::{
     Backend, BackendProtocol, BackendTarget, Endpoint, InvalidBackend, WeightedBackend,
 };
+pub use egress::{Egress, EgressNetwork, EgressPort, NetworkRange, Protocol, TrafficPolicy};
 pub use filter::{
     Cors, CorsList, HeaderModifier, InvalidCorsValue, Mirror, OriginPattern, PathModifier,
     Redirect, RedirectScheme, RequestFilters, UrlRewrite,
@@ -43,6 +45,9 @@ pub struct Config {
     /// Every socket the data plane must listen on, keyed by bind address. Listeners of one or
     /// several Gateways that share an address and port share one socket.
     pub binds: BTreeMap<SocketAddr, Bind>,
+    /// EgressNetworks and their routes, for the outbound proxy.
+    #[serde(skip_serializing_if = "Egress::is_empty")]
+    pub egress: Egress,
 }
 
 /// One listening socket and the Gateway listeners served on it.

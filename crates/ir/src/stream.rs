@@ -84,7 +84,7 @@ impl TlsTerminateListener {
     }
 }
 
-fn select_by_sni<'a>(
+pub(crate) fn select_by_sni<'a>(
     routes: &'a [Arc<StreamRoute>],
     sni: Option<&str>,
 ) -> Option<&'a Arc<StreamRoute>> {

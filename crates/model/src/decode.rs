@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::egress::{EgressNetwork, POLICY_GROUP};
 use crate::validate::{self, FieldErrors};
 use crate::yaml::{self, Document};
 use crate::{Kind, Object, gw, k8s};
@@ -146,11 +147,27 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
                 spec.entry("hostnames")
                     .or_insert_with(|| Value::Array(Vec::new()));
             }
-            custom(&doc, fields, |metadata, spec| {
+            let decoded = custom(&doc, fields, |metadata, spec| {
                 let mut object = gw::tlsroutes::TlsRoute::new("", spec);
                 object.metadata = metadata;
                 Object::TlsRoute(Arc::new(object))
-            })
+            });
+            fields.explain(is_tls_route_match, TLS_ROUTE_HAS_NO_MATCHES);
+            fields.explain(is_missing_backend_refs, TLS_ROUTE_NEEDS_BACKENDS);
+            if decoded.is_none() {
+                // Validation only runs on what decoded; hostnames are worth reporting anyway,
+                // since an empty one is part of the same common mistake.
+                let hostnames = doc
+                    .value
+                    .pointer("/spec/hostnames")
+                    .and_then(Value::as_array);
+                for (i, hostname) in hostnames.into_iter().flatten().enumerate() {
+                    if let Some(hostname) = hostname.as_str() {
+                        validate::check_hostname(hostname, &format!("spec.hostnames[{i}]"), fields);
+                    }
+                }
+            }
+            decoded
         }
         Kind::TcpRoute => custom(doc, fields, |metadata, spec| {
             let mut object = gw::tcproutes::TcpRoute::new("", spec);
@@ -173,6 +190,9 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
         Kind::ConfigMap => {
             core::<k8s::ConfigMap>(doc, fields).map(|o| Object::ConfigMap(Arc::new(o)))
         }
+        Kind::EgressNetwork => custom(doc, fields, |metadata, spec| {
+            Object::EgressNetwork(Arc::new(EgressNetwork { metadata, spec }))
+        }),
     };
     let Some(object) = object else {
         return Ok(None);
@@ -180,6 +200,25 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
     let object = with_default_namespace(object);
     validate::object(&object, fields);
     Ok(Some(object))
+}
+
+/// Written for `spec.rules[].matches` on a TLSRoute, a common mistake when an egress allowlist
+/// is meant to restrict paths.
+const TLS_ROUTE_HAS_NO_MATCHES: &str = "TLSRoute rules have no `matches`: a TLS connection is routed by the SNI of its ClientHello alone (spec.hostnames), since its paths and headers are encrypted; to restrict paths, use an HTTPRoute on plaintext or TLS-terminated traffic. Allowed in a TLSRoute rule: name, backendRefs";
+
+/// Written when a TLSRoute rule has no `backendRefs`.
+const TLS_ROUTE_NEEDS_BACKENDS: &str = "a TLSRoute rule needs backendRefs (1 to 16); on an EgressNetwork, name the EgressNetwork itself (group: policy.linkerd.io, kind: EgressNetwork) to send allowed connections to their original destination";
+
+fn is_missing_backend_refs(path: &str, message: &str) -> bool {
+    path.starts_with("spec.rules[") && message.starts_with("missing field `backendRefs`")
+}
+
+fn is_tls_route_match(path: &str, _message: &str) -> bool {
+    path.strip_prefix("spec.rules[")
+        .and_then(|rest| rest.split_once(']'))
+        .is_some_and(|(index, rest)| {
+            index.bytes().all(|b| b.is_ascii_digit()) && rest.starts_with(".matches")
+        })
 }
 
 /// Maps a group, version and kind to a known kind; Gateway API kinds are accepted in the
@@ -203,6 +242,7 @@ fn known_kind(group: &str, version: &str, kind: &str) -> Option<Kind> {
         ("", "v1", "Secret") => Some(Kind::Secret),
         ("", "v1", "ConfigMap") => Some(Kind::ConfigMap),
         ("discovery.k8s.io", "v1", "EndpointSlice") => Some(Kind::EndpointSlice),
+        (POLICY_GROUP, "v1alpha1", "EgressNetwork") => Some(Kind::EgressNetwork),
         _ => None,
     }
 }
@@ -347,6 +387,10 @@ fn with_default_namespace(object: Object) -> Object {
         Object::ConfigMap(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);
             Object::ConfigMap(o)
+        }
+        Object::EgressNetwork(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::EgressNetwork(o)
         }
         other @ (Object::GatewayClass(_) | Object::Namespace(_)) => other,
     }

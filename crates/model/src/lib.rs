@@ -14,6 +14,7 @@
 //! Must not depend on: tokio, hyper, the kube client, `ir`, `translate`.
 
 pub mod decode;
+pub mod egress;
 mod snapshot;
 pub mod status;
 mod validate;
@@ -68,6 +69,8 @@ pub enum Kind {
     Secret,
     /// Core ConfigMap.
     ConfigMap,
+    /// `policy.linkerd.io` EgressNetwork.
+    EgressNetwork,
 }
 
 /// Identifies one object: kind, namespace (empty for cluster-scoped kinds) and name.
@@ -110,6 +113,8 @@ pub enum Object {
     Secret(Arc<k8s::Secret>),
     /// A ConfigMap.
     ConfigMap(Arc<k8s::ConfigMap>),
+    /// An EgressNetwork.
+    EgressNetwork(Arc<egress::EgressNetwork>),
 }
 
 // === impl Kind ===
@@ -131,6 +136,7 @@ impl Kind {
             Self::EndpointSlice => "EndpointSlice",
             Self::Secret => "Secret",
             Self::ConfigMap => "ConfigMap",
+            Self::EgressNetwork => "EgressNetwork",
         }
     }
 
@@ -146,6 +152,7 @@ impl Kind {
             | Self::TcpRoute
             | Self::ReferenceGrant => GATEWAY_GROUP,
             Self::EndpointSlice => "discovery.k8s.io",
+            Self::EgressNetwork => egress::POLICY_GROUP,
             Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "",
         }
     }
@@ -162,6 +169,7 @@ impl Kind {
             | Self::ReferenceGrant => "gateway.networking.k8s.io/v1",
             Self::TcpRoute => "gateway.networking.k8s.io/v1alpha2",
             Self::EndpointSlice => "discovery.k8s.io/v1",
+            Self::EgressNetwork => "policy.linkerd.io/v1alpha1",
             Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "v1",
         }
     }
@@ -220,6 +228,7 @@ impl Object {
             Self::EndpointSlice(o) => &o.metadata,
             Self::Secret(o) => &o.metadata,
             Self::ConfigMap(o) => &o.metadata,
+            Self::EgressNetwork(o) => &o.metadata,
         }
     }
 
@@ -239,6 +248,7 @@ impl Object {
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Secret(_) => Kind::Secret,
             Self::ConfigMap(_) => Kind::ConfigMap,
+            Self::EgressNetwork(_) => Kind::EgressNetwork,
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub secrets: BTreeMap<ObjectName, Arc<k8s::Secret>>,
     /// ConfigMaps.
     pub config_maps: BTreeMap<ObjectName, Arc<k8s::ConfigMap>>,
+    /// EgressNetworks by namespace/name.
+    pub egress_networks: BTreeMap<ObjectName, Arc<crate::egress::EgressNetwork>>,
 }
 
 /// The decoded contents of a set of files, with the bookkeeping a standalone control plane
@@ -106,6 +108,7 @@ impl Snapshot {
             Kind::EndpointSlice => self.endpoint_slices.contains_key(&name),
             Kind::Secret => self.secrets.contains_key(&name),
             Kind::ConfigMap => self.config_maps.contains_key(&name),
+            Kind::EgressNetwork => self.egress_networks.contains_key(&name),
         }
     }
 
@@ -129,6 +132,7 @@ impl Snapshot {
             Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(name, o)),
             Object::Secret(o) => drop(self.secrets.insert(name, o)),
             Object::ConfigMap(o) => drop(self.config_maps.insert(name, o)),
+            Object::EgressNetwork(o) => drop(self.egress_networks.insert(name, o)),
         }
     }
 }
@@ -232,6 +236,7 @@ fn spec_of(object: &Object) -> Value {
         Object::EndpointSlice(o) => serde_json::to_value(&o.endpoints),
         Object::Secret(o) => serde_json::to_value(&o.data),
         Object::ConfigMap(o) => serde_json::to_value(&o.data),
+        Object::EgressNetwork(o) => serde_json::to_value(&o.spec),
     };
     value.unwrap_or(Value::Null)
 }
@@ -260,6 +265,7 @@ fn with_generation(object: Object, generation: i64) -> Object {
         Object::ReferenceGrant(o) => {
             Object::ReferenceGrant(set(o, |o| &mut o.metadata, generation))
         }
+        Object::EgressNetwork(o) => Object::EgressNetwork(set(o, |o| &mut o.metadata, generation)),
         other => other,
     }
 }

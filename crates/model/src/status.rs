@@ -96,6 +96,11 @@ pub enum Reason {
     NoValidCACertificate,
     /// Positive reason of `InsecureFrontendValidationMode`.
     ConfigurationChanged,
+    /// An EgressNetwork's networks overlap the cluster networks (Linkerd's reason).
+    EgressReasonNetworkOverlap,
+    /// A route lost to a route of another kind on the same EgressNetwork port (Linkerd's
+    /// reason).
+    RouteReasonConflicted,
 }
 
 /// `True`, `False` or `Unknown`.
@@ -224,6 +229,11 @@ pub enum ResourceStatus {
         /// Per-listener status.
         listeners: Vec<ListenerStatus>,
     },
+    /// Status of kinds that only have conditions (EgressNetwork).
+    Conditions {
+        /// Conditions.
+        conditions: Vec<Condition>,
+    },
     /// Route status.
     Route {
         /// One entry per parentRef handled by this controller.
@@ -273,7 +283,9 @@ impl ResourceStatus {
     /// Gateway's own and every listener's).
     pub fn conditions(&self) -> Vec<&Condition> {
         match self {
-            Self::GatewayClass { conditions } => conditions.iter().collect(),
+            Self::GatewayClass { conditions } | Self::Conditions { conditions } => {
+                conditions.iter().collect()
+            }
             Self::Gateway {
                 conditions,
                 listeners,
@@ -293,7 +305,9 @@ impl ResourceStatus {
     /// Mutable access to every condition, for stamping transition times.
     pub fn conditions_mut(&mut self) -> Vec<&mut Condition> {
         match self {
-            Self::GatewayClass { conditions } => conditions.iter_mut().collect(),
+            Self::GatewayClass { conditions } | Self::Conditions { conditions } => {
+                conditions.iter_mut().collect()
+            }
             Self::Gateway {
                 conditions,
                 listeners,

@@ -22,6 +22,16 @@ impl FieldErrors {
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Replaces the message of every error whose path `applies` to with `message`, for
+    /// mistakes common enough to deserve more than the generic one.
+    pub(crate) fn explain(&mut self, applies: impl Fn(&str, &str) -> bool, message: &str) {
+        for (path, text) in &mut self.0 {
+            if applies(path, text) {
+                *text = message.to_string();
+            }
+        }
+    }
 }
 
 impl IntoIterator for FieldErrors {
@@ -138,11 +148,48 @@ pub(crate) fn object(object: &Object, errors: &mut FieldErrors) {
                 errors.push("spec.to", "must have between 1 and 16 entries");
             }
         }
+        Object::EgressNetwork(network) => validate_egress_network(&network.spec, errors),
         Object::Namespace(_)
         | Object::Service(_)
         | Object::EndpointSlice(_)
         | Object::Secret(_)
         | Object::ConfigMap(_) => {}
+    }
+}
+
+/// `spec.networks` of an EgressNetwork: when present, at least one network; every `cidr` and
+/// `except` a CIDR or an address; every `except` inside its `cidr`.
+fn validate_egress_network(spec: &crate::egress::EgressNetworkSpec, errors: &mut FieldErrors) {
+    use crate::egress::parse_network;
+    let Some(networks) = &spec.networks else {
+        return;
+    };
+    if networks.is_empty() {
+        errors.push(
+            "spec.networks",
+            "must list at least one network when present; omit it to cover every address outside the cluster networks",
+        );
+    }
+    for (i, network) in networks.iter().enumerate() {
+        let path = format!("spec.networks[{i}]");
+        let Some(cidr) = parse_network(&network.cidr) else {
+            errors.push(
+                &format!("{path}.cidr"),
+                "must be a CIDR such as 203.0.113.0/24 or 2001:db8::/32, or a single address",
+            );
+            continue;
+        };
+        for (e, except) in network.except.iter().flatten().enumerate() {
+            let epath = format!("{path}.except[{e}]");
+            match parse_network(except) {
+                None => errors.push(&epath, "must be a CIDR or a single address"),
+                Some(except) if !cidr.contains(&except) => errors.push(
+                    &epath,
+                    &format!("{except} is not inside the network's cidr {cidr}"),
+                ),
+                Some(_) => {}
+            }
+        }
     }
 }
 
@@ -558,7 +605,7 @@ pub fn parse_duration(value: &str) -> Option<std::time::Duration> {
     Some(total)
 }
 
-fn check_hostname(hostname: &str, path: &str, errors: &mut FieldErrors) {
+pub(crate) fn check_hostname(hostname: &str, path: &str, errors: &mut FieldErrors) {
     if hostname.len() > 253 || !HOSTNAME.is_match(hostname) {
         errors.push(
             path,

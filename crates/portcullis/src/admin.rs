@@ -82,15 +82,7 @@ fn handle(
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/config" => json(&state.config),
         "/status" => json(&state.status),
-        "/metrics" => text(
-            StatusCode::OK,
-            &(status_writer_metrics(state)
-                + &format!(
-                    "# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n",
-                    state.reloads,
-                    dataplane.mirror_drops()
-                )),
-        ),
+        "/metrics" => text(StatusCode::OK, &metrics(state, dataplane)),
         _ => text(
             StatusCode::NOT_FOUND,
             "endpoints: /live /ready /config /status /metrics\n",
@@ -98,24 +90,65 @@ fn handle(
     }
 }
 
+/// The Prometheus text exposition of what the process counts.
+fn metrics(state: &AdminState, dataplane: &dataplane::Dataplane) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n",
+        state.reloads,
+        dataplane.mirror_drops()
+    );
+    status_writer_metrics(state, &mut out);
+    let decisions = dataplane.egress_decisions();
+    if !decisions.is_empty() {
+        out.push_str("# HELP portcullis_egress_decisions_total Egress connections and requests, by EgressNetwork, route, hostname and verdict.\n# TYPE portcullis_egress_decisions_total counter\n");
+    }
+    for (key, count) in decisions {
+        let (namespace, name) = key.network.split_once('/').unwrap_or(("", ""));
+        let verdict = match key.verdict {
+            dataplane::Verdict::Allow => "allow",
+            dataplane::Verdict::Deny => "deny",
+        };
+        let _ = writeln!(
+            out,
+            "portcullis_egress_decisions_total{{parent_kind=\"EgressNetwork\",parent_namespace=\"{}\",parent_name=\"{}\",protocol=\"{}\",route=\"{}\",hostname=\"{}\",decision=\"{verdict}\"}} {count}",
+            label(namespace),
+            label(name),
+            key.protocol,
+            label(&key.route),
+            label(&key.hostname),
+        );
+    }
+    out
+}
+
 /// The status writer's counters, in Kubernetes mode.
-fn status_writer_metrics(state: &AdminState) -> String {
+fn status_writer_metrics(state: &AdminState, out: &mut String) {
+    use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let Some(metrics) = &state.status_writer else {
-        return String::new();
+        return;
     };
-    let mut out = String::new();
     for (name, value) in [
         ("writes", metrics.writes.load(Relaxed)),
         ("unchanged", metrics.unchanged.load(Relaxed)),
         ("failures", metrics.failures.load(Relaxed)),
         ("superseded", metrics.superseded.load(Relaxed)),
+        ("provisioned", metrics.provisioned.load(Relaxed)),
     ] {
-        out += &format!(
+        let _ = write!(
+            out,
             "# TYPE portcullis_status_{name}_total counter\nportcullis_status_{name}_total {value}\n"
         );
     }
-    out
+}
+
+/// Escapes a Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -67,7 +67,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 
 fn print_resource(name: &str, resource: &ResourceStatus) {
     match resource {
-        ResourceStatus::GatewayClass { conditions } => {
+        ResourceStatus::GatewayClass { conditions } | ResourceStatus::Conditions { conditions } => {
             println!("{name}  {}", conditions_line(conditions))
         }
         ResourceStatus::Gateway {

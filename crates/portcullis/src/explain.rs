@@ -18,8 +18,23 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let snapshot = directory.store().snapshot();
     let translation = translate::translate(&snapshot, &args.config.translate_options());
 
-    let method = Method::from_bytes(args.method.as_bytes()).context("invalid --method")?;
+    let mut method = Method::from_bytes(args.method.as_bytes()).context("invalid --method")?;
     let mut headers = HeaderMap::new();
+    let mut target = args.path.clone();
+    if let Some(grpc) = &args.grpc_method {
+        let Some((service, rpc)) = grpc.split_once('/') else {
+            bail!("--grpc-method must be package.Service/Method, got {grpc:?}");
+        };
+        if service.is_empty() || rpc.is_empty() || rpc.contains('/') {
+            bail!("--grpc-method must be package.Service/Method, got {grpc:?}");
+        }
+        target = format!("/{service}/{rpc}");
+        method = Method::POST;
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+    }
     for header in &args.headers {
         let Some((name, value)) = header.split_once('=') else {
             bail!("--header must be NAME=VALUE, got {header:?}");
@@ -29,12 +44,27 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
             HeaderValue::from_str(value).context("invalid header value")?,
         );
     }
-    let Some(host) = Hostname::from_request_host(&args.host) else {
+    // The listener label translate gives a Gateway's listeners, or a Service's mesh ones.
+    let parent = match (&args.gateway, &args.service) {
+        (Some(gateway), _) => gateway.clone(),
+        (None, Some(service)) => format!("Service {service}"),
+        (None, None) => bail!("--gateway or --service is required"),
+    };
+    let default_host = args
+        .service
+        .as_deref()
+        .map(|s| s.rsplit('/').next().unwrap_or(s).to_string());
+    let Some(host) = args
+        .host
+        .as_deref()
+        .or(default_host.as_deref())
+        .and_then(Hostname::from_request_host)
+    else {
         bail!("--host is empty")
     };
-    let (path, query) = match args.path.split_once('?') {
+    let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
-        None => (args.path.as_str(), None),
+        None => (target.as_str(), None),
     };
     let request = HttpRequestParts {
         host: host.as_str(),
@@ -51,9 +81,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         // ListenerSet listeners are labelled "GATEWAY (ListenerSet NS/NAME)".
-        let ours = |label: &str| {
-            label == args.gateway || label.starts_with(&format!("{} (", args.gateway))
-        };
+        let ours = |label: &str| label == parent || label.starts_with(&format!("{parent} ("));
         if !bind.http.iter().any(|l| ours(&l.gateway)) {
             continue;
         }
@@ -62,10 +90,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
             .listener_for(host.as_str())
             .filter(|l| ours(&l.gateway))
         else {
-            println!(
-                "{addr}: no listener of {} accepts host {}",
-                args.gateway, host
-            );
+            println!("{addr}: no listener of {parent} accepts host {host}");
             continue;
         };
         println!(
@@ -85,8 +110,14 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
             .as_deref()
             .map(|n| format!(" ({n})"))
             .unwrap_or_default();
+        let kind = match id.kind {
+            ir::RouteKind::Grpc => "GRPCRoute",
+            ir::RouteKind::Tls => "TLSRoute",
+            ir::RouteKind::Tcp => "TCPRoute",
+            ir::RouteKind::Http => "HTTPRoute",
+        };
         println!(
-            "  route HTTPRoute {}/{} rule {}{}",
+            "  route {kind} {}/{} rule {}{}",
             id.namespace, id.name, id.rule, rule_name
         );
         println!("  match {}", serde_json::to_string(selected.matcher)?);
@@ -116,6 +147,10 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
                                 .map(|e| e.addr.to_string())
                                 .collect::<Vec<_>>()
                         ),
+                        BackendTarget::OriginalDestination => println!(
+                            "  backend: the original destination (egress) weight {} ({share:.1}%)",
+                            backend.weight
+                        ),
                         BackendTarget::Invalid(invalid) => println!(
                             "  backend {} weight {} ({share:.1}%) invalid ({}), answered with 500",
                             invalid.reference, backend.weight, invalid.reason
@@ -126,10 +161,17 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !found_any {
-        println!(
-            "Gateway {} has no programmed HTTP listener (see `portcullis check`)",
-            args.gateway
-        );
+        match &args.gateway {
+            Some(gateway) => println!(
+                "Gateway {gateway} has no programmed HTTP listener (see `portcullis check`)"
+            ),
+            None => println!(
+                "{parent} has no HTTPRoute or GRPCRoute attached{} (see `portcullis check`)",
+                args.port
+                    .map(|p| format!(" on port {p}"))
+                    .unwrap_or_default()
+            ),
+        }
     }
     Ok(if matched {
         ExitCode::SUCCESS

@@ -8,6 +8,7 @@
 mod admin;
 mod check;
 mod explain;
+mod init;
 mod run;
 mod status;
 
@@ -36,6 +37,31 @@ enum Command {
     Check(CheckArgs),
     /// Show which listener, route, rule and backends a request would get.
     Explain(ExplainArgs),
+    /// Install the iptables rules that redirect a workload's outbound TCP to
+    /// `run --outbound` (run inside the workload's network namespace).
+    Init(InitArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InitArgs {
+    /// The UID the proxy runs as; its own connections are not redirected.
+    #[arg(long, default_value_t = 2102)]
+    proxy_uid: u32,
+    /// The port of `run --outbound` on 127.0.0.1.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Destinations never redirected; repeatable.
+    #[arg(long, value_name = "CIDR")]
+    skip_cidr: Vec<IpNet>,
+    /// Destination ports never redirected; repeatable.
+    #[arg(long, value_name = "PORT")]
+    skip_port: Vec<u16>,
+    /// Remove the rules instead.
+    #[arg(long)]
+    remove: bool,
+    /// Print the iptables commands instead of running them.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Options shared by every command that reads manifests.
@@ -62,6 +88,18 @@ struct TranslateArgs {
     /// Give each Gateway without spec.addresses its own address from this range.
     #[arg(long, value_name = "CIDR")]
     address_pool: Option<IpNet>,
+    /// The cluster's networks: an EgressNetwork without `networks` covers everything else,
+    /// and one whose networks overlap them is not accepted.
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        default_value = translate::DEFAULT_CLUSTER_NETWORKS
+    )]
+    cluster_networks: Vec<IpNet>,
+    /// The namespace whose EgressNetworks apply to workloads of every namespace.
+    #[arg(long, value_name = "NS", default_value = translate::DEFAULT_GLOBAL_EGRESS_NAMESPACE)]
+    global_egress_namespace: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +125,34 @@ struct RunArgs {
     /// Worker threads serving traffic (default: one per CPU core).
     #[arg(long, value_name = "N")]
     workers: Option<std::num::NonZeroUsize>,
+    /// Transparent outbound listener: connections redirected here by iptables are served for
+    /// their original destination (mesh routes of a Service address, or egress policy).
+    #[arg(long, value_name = "ADDR")]
+    outbound: Option<SocketAddr>,
+    /// Explicit egress proxy listener (HTTP CONNECT and absolute-form http:// requests).
+    #[arg(long, value_name = "ADDR")]
+    egress_proxy: Option<SocketAddr>,
+    /// The namespace of the workload whose outbound traffic this proxy carries: its
+    /// EgressNetworks apply first.
+    #[arg(long, value_name = "NS", default_value = "default")]
+    workload_namespace: String,
+    /// A fixed name resolution for the egress proxy, as HOST=IP; repeatable.
+    #[arg(long = "resolve", value_name = "HOST=IP", value_parser = parse_resolve)]
+    resolve: Vec<(String, std::net::IpAddr)>,
+}
+
+fn parse_resolve(value: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (host, ip) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not HOST=IP"))?;
+    let ip = ip
+        .parse()
+        .map_err(|error| format!("{ip:?} is not an IP address: {error}"))?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(format!("{value:?} has no host"));
+    }
+    Ok((host, ip))
 }
 
 /// Kubernetes mode.
@@ -140,20 +206,32 @@ struct ExplainArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// The Gateway, as NAMESPACE/NAME.
+    #[arg(
+        long,
+        value_name = "NS/NAME",
+        required_unless_present = "service",
+        conflicts_with = "service"
+    )]
+    gateway: Option<String>,
+    /// A Service whose mesh routes (parentRef kind Service) to explain, as NAMESPACE/NAME.
     #[arg(long, value_name = "NS/NAME")]
-    gateway: String,
-    /// Only consider listeners on this port.
+    service: Option<String>,
+    /// Only consider listeners (or, with --service, the Service port) on this port.
     #[arg(long)]
     port: Option<u16>,
-    /// The request's Host.
-    #[arg(long)]
-    host: String,
+    /// The request's Host (default with --service: the Service's name).
+    #[arg(long, required_unless_present = "service")]
+    host: Option<String>,
     /// The request path, optionally with ?query.
     #[arg(long, default_value = "/")]
     path: String,
     /// The request method.
     #[arg(long, default_value = "GET")]
     method: String,
+    /// Explain a gRPC call of this method (package.Service/Method): POST to /package.Service/Method
+    /// with content-type application/grpc.
+    #[arg(long, value_name = "SERVICE/METHOD", conflicts_with = "path")]
+    grpc_method: Option<String>,
     /// A request header as NAME=VALUE; repeatable.
     #[arg(long = "header", value_name = "NAME=VALUE")]
     headers: Vec<String>,
@@ -181,6 +259,7 @@ fn main() -> ExitCode {
         }
         Command::Check(args) => check::check(&args),
         Command::Explain(args) => explain::explain(&args),
+        Command::Init(args) => init::init(&args),
     };
     match result {
         Ok(code) => code,
@@ -216,6 +295,8 @@ impl TranslateArgs {
         translate::Options {
             controller_name: self.controller_name.clone(),
             address_pool: self.address_pool,
+            cluster_networks: self.cluster_networks.clone(),
+            global_egress_namespace: self.global_egress_namespace.clone(),
             ..translate::Options::default()
         }
     }

@@ -56,6 +56,24 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let admin = admin::serve(args.admin, state_rx.clone(), dataplane.clone())
         .await
         .with_context(|| format!("cannot listen on admin address {}", args.admin))?;
+    let outbound = dataplane::OutboundSettings {
+        namespace: args.workload_namespace.clone(),
+        resolve: args.resolve.iter().cloned().collect(),
+    };
+    if let Some(addr) = args.outbound {
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on outbound address {addr}"))?;
+        tracing::info!(%addr, namespace = %outbound.namespace, "transparent outbound listener");
+        dataplane.serve_outbound(socket, outbound.clone());
+    }
+    if let Some(addr) = args.egress_proxy {
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on egress proxy address {addr}"))?;
+        tracing::info!(%addr, namespace = %outbound.namespace, "egress proxy listener");
+        dataplane.serve_egress_proxy(socket, outbound);
+    }
 
     let mut control = Control {
         options: args.translate.translate_options(),

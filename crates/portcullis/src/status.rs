@@ -139,6 +139,7 @@ pub fn document(
 pub fn rejected(resource: &ResourceStatus) -> bool {
     let own: Vec<&model::status::Condition> = match resource {
         ResourceStatus::GatewayClass { conditions }
+        | ResourceStatus::Conditions { conditions }
         | ResourceStatus::Gateway { conditions, .. }
         | ResourceStatus::ListenerSet { conditions, .. } => conditions.iter().collect(),
         ResourceStatus::Route { parents } => parents.iter().flat_map(|p| &p.conditions).collect(),

@@ -97,3 +97,236 @@ async fn run_keeps_the_last_good_config_when_a_file_breaks() {
         "the last good config still serves"
     );
 }
+
+/// The egress allowlist as the Cal-LLM seed wrote it: a TLSRoute with an HTTPRoute-style
+/// path match, no backendRefs and an empty hostname.
+const SEED_TLS_ROUTE: &str = "\
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: deny-all, namespace: apps}
+spec:
+  trafficPolicy: Deny
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata:
+  name: allow-mistral-ai-access
+  namespace: apps
+spec:
+  hostnames:
+  - \"\"
+  parentRefs:
+  - group: policy.linkerd.io
+    kind: EgressNetwork
+    name: deny-all
+    port: 443
+  rules:
+  - matches:
+    - path:
+        value: /v1/chat/completions
+";
+
+/// The same allowlist corrected: the hostname named, the EgressNetwork as the backend.
+const CORRECTED_TLS_ROUTE: &str = "\
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: deny-all, namespace: apps}
+spec:
+  trafficPolicy: Deny
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata:
+  name: allow-mistral-ai-access
+  namespace: apps
+spec:
+  hostnames:
+  - api.mistral.ai
+  parentRefs:
+  - group: policy.linkerd.io
+    kind: EgressNetwork
+    name: deny-all
+    port: 443
+  rules:
+  - backendRefs:
+    - group: policy.linkerd.io
+      kind: EgressNetwork
+      name: deny-all
+";
+
+fn check(contents: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("egress.yaml"), contents).expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(dir.path())
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (
+        output.status.code(),
+        stdout.replace(&dir.path().display().to_string(), "DIR"),
+    )
+}
+
+#[test]
+fn check_explains_the_seed_tls_route_and_accepts_the_corrected_one() {
+    let (code, stdout) = check(SEED_TLS_ROUTE);
+    assert_eq!(code, Some(1), "{stdout}");
+    for expected in [
+        "DIR/egress.yaml:14: spec.hostnames[0]: must be a lowercase DNS name",
+        "DIR/egress.yaml:21: spec.rules[0].matches: TLSRoute rules have no `matches`: a TLS connection is routed by the SNI of its ClientHello alone",
+        "use an HTTPRoute on plaintext or TLS-terminated traffic",
+        "DIR/egress.yaml:21: spec.rules[0]: a TLSRoute rule needs backendRefs",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+
+    let (code, stdout) = check(CORRECTED_TLS_ROUTE);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("EgressNetwork/apps/deny-all")
+            && stdout.contains("TLSRoute/apps/allow-mistral-ai-access"),
+        "{stdout}"
+    );
+}
+
+fn explain(manifests: &str, args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("all.yaml"), manifests).expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["explain", "--config"])
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .expect("run explain");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// The Cal-LLM calendar canary: a GRPCRoute on Service `calendar` port 8080 sending 40% of
+/// calls to `calendar` and 60% to `calendar-v2`, next to the web app's Gateway route.
+fn calendar_manifests() -> String {
+    format!(
+        "{gateway}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [www.cal-llm.com]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /app}}}}]
+    backendRefs: [{{name: up, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: calendar}}
+spec:
+  parentRefs: [{{group: core, kind: Service, name: calendar, port: 8080}}]
+  rules:
+  - matches: [{{method: {{service: calendar.Calendar, method: ListSessions}}}}]
+    backendRefs:
+    - {{name: calendar, port: 8080, weight: 40}}
+    - {{name: calendar-v2, port: 8080, weight: 60}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: calendar}}
+spec: {{clusterIP: 127.0.2.40, ports: [{{port: 8080}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: calendar-v2}}
+spec: {{clusterIP: 127.0.2.41, ports: [{{port: 8080}}]}}
+{up}",
+        gateway = support::gateway_yaml(8080),
+        up = support::service_yaml("up", 9),
+    )
+}
+
+#[test]
+fn explain_shows_the_rule_and_backends_of_a_gateway_request() {
+    let (code, stdout) = explain(
+        &calendar_manifests(),
+        &[
+            "--gateway",
+            "default/edge",
+            "--host",
+            "www.cal-llm.com",
+            "--path",
+            "/app/sessions",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("route HTTPRoute default/web rule 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("backend default/up:80 weight 1 (100.0%)"),
+        "{stdout}"
+    );
+
+    let (code, stdout) = explain(
+        &calendar_manifests(),
+        &[
+            "--gateway",
+            "default/edge",
+            "--host",
+            "other.example",
+            "--path",
+            "/app",
+        ],
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+}
+
+#[test]
+fn explain_shows_a_grpc_call_on_a_service_parent() {
+    let (code, stdout) = explain(
+        &calendar_manifests(),
+        &[
+            "--service",
+            "default/calendar",
+            "--port",
+            "8080",
+            "--grpc-method",
+            "calendar.Calendar/ListSessions",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("127.0.2.40:8080: listener Service default/calendar/port 8080"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("route GRPCRoute default/calendar rule 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("backend default/calendar:8080 weight 40 (40.0%)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("backend default/calendar-v2:8080 weight 60 (60.0%)"),
+        "{stdout}"
+    );
+
+    let (code, stdout) = explain(
+        &calendar_manifests(),
+        &[
+            "--service",
+            "default/calendar",
+            "--grpc-method",
+            "calendar.Calendar/Delete",
+        ],
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("no rule matches"), "{stdout}");
+}

@@ -61,6 +61,7 @@ pub const WATCHED: &[Watched] = &[
     Watched::new(Kind::EndpointSlice, "v1", "endpointslices"),
     Watched::new(Kind::Secret, "v1", "secrets").with_fields("type=kubernetes.io/tls"),
     Watched::new(Kind::ConfigMap, "v1", "configmaps"),
+    Watched::new(Kind::EgressNetwork, "v1alpha1", "egressnetworks"),
 ];
 
 /// What the cluster holds, as translate's input plus the problems found on the way.

@@ -115,7 +115,7 @@ pub(crate) fn parent_statuses(
 ) -> Vec<RouteParentStatus> {
     let mut statuses = Vec::new();
     for parent in parents {
-        let accepted = match attach(snapshot, gateways, route, parent) {
+        let accepted = match attach(snapshot, gateways, options, route, parent) {
             ParentOutcome::NotOurs => continue,
             ParentOutcome::Rejected(reason, message) => {
                 Condition::new(ConditionType::Accepted, false, reason, message, generation)
@@ -185,11 +185,15 @@ pub(crate) fn parent_statuses(
 fn attach(
     snapshot: &Snapshot,
     gateways: &BTreeMap<ObjectName, GatewayState>,
+    options: &Options,
     route: &RouteInfo<'_>,
     parent: &ParentRef,
 ) -> ParentOutcome {
     if matches!(parent.group.as_str(), "" | "core") && parent.kind == "Service" {
         return crate::mesh::attach(snapshot, route, parent);
+    }
+    if crate::egress::is_egress_parent(&parent.group, &parent.kind) {
+        return crate::egress::attach(snapshot, options, route, parent);
     }
     if parent.group != GATEWAY_GROUP || !matches!(parent.kind.as_str(), "Gateway" | "ListenerSet") {
         return ParentOutcome::NotOurs;
@@ -319,7 +323,7 @@ pub(crate) fn status_ref(parent: &ParentRef) -> ParentReference {
 /// The hostnames a route serves on a listener: "If both the Listener and HTTPRoute have
 /// specified hostnames, any HTTPRoute hostnames that do not match the Listener hostname MUST
 /// be ignored", and a route without hostnames takes the listener's.
-fn intersect(
+pub(crate) fn intersect(
     listener: Option<&HostnameMatch>,
     route: &[HostnameMatch],
 ) -> Vec<Option<HostnameMatch>> {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use ir::{Backend, BackendProtocol, Endpoint};
+use ir::{Backend, BackendProtocol, BackendTarget, Endpoint};
 use model::k8s::{IntOrString, LabelSelector};
 use model::status::Reason;
 use model::{GATEWAY_GROUP, ObjectName, Snapshot};
@@ -37,6 +37,41 @@ pub(crate) struct Resolver {
 // === impl Resolver ===
 
 impl Resolver {
+    /// Resolves a route rule's backendRef: a Service, or for egress routes an EgressNetwork,
+    /// which stands for the original destination of the traffic.
+    pub(crate) fn target(
+        &mut self,
+        snapshot: &Snapshot,
+        referrer: Referrer<'_>,
+        reference: &BackendRef<'_>,
+    ) -> Result<BackendTarget, (Reason, String)> {
+        let group = reference.group.unwrap_or_default();
+        let kind = reference.kind.unwrap_or("Service");
+        if !crate::egress::is_egress_parent(group, kind) {
+            return self
+                .resolve(snapshot, referrer, reference)
+                .map(BackendTarget::Service);
+        }
+        if reference
+            .namespace
+            .is_some_and(|namespace| namespace != referrer.namespace)
+        {
+            return Err((
+                Reason::RefNotPermitted,
+                "a backendRef to an EgressNetwork must be in the route's namespace".into(),
+            ));
+        }
+        let name = ObjectName::new(referrer.namespace, reference.name);
+        if snapshot.egress_networks.contains_key(&name) {
+            Ok(BackendTarget::OriginalDestination)
+        } else {
+            Err((
+                Reason::BackendNotFound,
+                format!("EgressNetwork {name} does not exist"),
+            ))
+        }
+    }
+
     /// Resolves a reference, or says which ResolvedRefs reason applies.
     pub(crate) fn resolve(
         &mut self,

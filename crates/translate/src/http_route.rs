@@ -79,6 +79,7 @@ pub(crate) fn compile_all(
             kind: *kind,
             rank,
             name,
+            egress: has_egress_parent(route),
         };
         compile_route(
             snapshot,
@@ -100,6 +101,18 @@ struct Flavor<'a> {
     kind: RouteKind,
     rank: usize,
     name: &'a ObjectName,
+    /// Whether a parentRef is an EgressNetwork: a rule without backendRefs then sends
+    /// traffic to its original destination instead of failing.
+    egress: bool,
+}
+
+fn has_egress_parent(route: &HttpRoute) -> bool {
+    route.spec.parent_refs.iter().flatten().any(|p| {
+        crate::egress::is_egress_parent(
+            p.group.as_deref().unwrap_or_default(),
+            p.kind.as_deref().unwrap_or_default(),
+        )
+    })
 }
 
 impl Flavor<'_> {
@@ -244,7 +257,8 @@ fn compile_route(
                     Flavor {
                         kind: *other,
                         rank,
-                        name
+                        name,
+                        egress: flavor.egress,
                     }
                     .kind_name()
                 ));
@@ -328,6 +342,14 @@ fn compile_rule(
     let action = match (invalid, redirect) {
         (Some(message), _) => Action::Invalid(message),
         (None, Some(redirect)) => Action::Redirect(redirect),
+        (None, None) if backends.is_empty() && flavor.egress => {
+            Action::Forward(vec![ir::WeightedBackend {
+                weight: 1,
+                target: ir::BackendTarget::OriginalDestination,
+                request_headers: None,
+                response_headers: None,
+            }])
+        }
         (None, None) if backends.is_empty() => {
             Action::Invalid("the rule has no backendRefs".into())
         }

@@ -19,6 +19,7 @@
 mod attach;
 mod backends;
 mod classes;
+mod egress;
 mod frontend_tls;
 mod gateways;
 mod grants;
@@ -56,7 +57,19 @@ pub struct Options {
     /// Kubernetes mode with provisioning: a Gateway without `spec.addresses` (and no pool)
     /// reports its provisioned Service's load-balancer addresses ([`provision`]).
     pub load_balancer_addresses: bool,
+    /// The cluster's pod and service networks: an EgressNetwork without `networks` covers
+    /// every address outside them, and one whose networks overlap them is not accepted.
+    pub cluster_networks: Vec<IpNet>,
+    /// The namespace whose EgressNetworks apply to workloads of every namespace.
+    pub global_egress_namespace: String,
 }
+
+/// Linkerd's default `clusterNetworks`.
+pub const DEFAULT_CLUSTER_NETWORKS: &str =
+    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
+/// Linkerd's default global egress namespace.
+pub const DEFAULT_GLOBAL_EGRESS_NAMESPACE: &str = "linkerd-egress";
 
 /// The result of one translation.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +92,11 @@ impl Default for Options {
             allocations: BTreeMap::new(),
             unusable_addresses: BTreeSet::new(),
             load_balancer_addresses: false,
+            cluster_networks: DEFAULT_CLUSTER_NETWORKS
+                .split(',')
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            global_egress_namespace: DEFAULT_GLOBAL_EGRESS_NAMESPACE.to_string(),
         }
     }
 }
@@ -100,6 +118,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     let mut status = StatusSet::default();
     let classes = classes::accepted(snapshot, options, &mut status);
     let mut gateways = gateways::resolve(snapshot, &classes, options);
+    let egress_networks = egress::resolve(snapshot, options, &mut status);
     let routes = http_route::compile_all(snapshot, &mut gateways, options, &mut status);
     let stream_routes = stream_route::compile_all(snapshot, &mut gateways, options, &mut status);
 
@@ -175,12 +194,13 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     for bind in binds.values_mut() {
         bind.sort_listeners();
     }
+    let egress = egress::compile(snapshot, options, egress_networks, &routes, &stream_routes);
     let allocations = gateways
         .values()
         .filter_map(|g| g.allocated.map(|ip| (g.name.clone(), ip)))
         .collect();
     Translation {
-        config: ir::Config { binds },
+        config: ir::Config { binds, egress },
         status,
         allocations,
     }

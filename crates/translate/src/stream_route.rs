@@ -174,8 +174,8 @@ fn compile_route(
                         port: spec.port,
                     };
                     let weight = spec.weight;
-                    let target = match resolver.resolve(snapshot, referrer, &reference) {
-                        Ok(backend) => BackendTarget::Service(backend),
+                    let target = match resolver.target(snapshot, referrer, &reference) {
+                        Ok(target) => target,
                         Err((reason, message)) => {
                             problems.unresolved(reason, message);
                             BackendTarget::Invalid(InvalidBackend {

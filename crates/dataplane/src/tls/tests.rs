@@ -50,6 +50,7 @@ fn bind(listeners: Vec<Arc<HttpListener>>) -> ir::Bind {
 fn config(listeners: Vec<Arc<HttpListener>>) -> Arc<ir::Config> {
     Arc::new(ir::Config {
         binds: BTreeMap::from([(BIND, bind(listeners))]),
+        ..ir::Config::default()
     })
 }
 
@@ -247,6 +248,7 @@ fn terminate_config(certificates: &[(&str, Arc<TlsCertificate>)]) -> Arc<ir::Con
     };
     Arc::new(ir::Config {
         binds: BTreeMap::from([(BIND, bind)]),
+        ..ir::Config::default()
     })
 }
 

@@ -363,6 +363,7 @@ pub fn config_at(key: SocketAddr, listeners: Vec<Arc<HttpListener>>) -> ir::Conf
     bind.sort_listeners();
     ir::Config {
         binds: BTreeMap::from([(key, bind)]),
+        ..ir::Config::default()
     }
 }
 

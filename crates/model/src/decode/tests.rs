@@ -166,3 +166,113 @@ fn walk(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     }
     Ok(out)
 }
+
+/// The egress allowlist as it is often first written: a TLSRoute with an HTTPRoute-style
+/// `matches`, no backendRefs and an empty hostname. Every mistake is named, and `matches`
+/// gets an explanation instead of the generic unknown-field message.
+#[test]
+fn tls_route_with_path_matches_is_explained() {
+    let text = "\
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata:
+  name: allow-mistral-ai-access
+  namespace: apps
+spec:
+  hostnames:
+  - \"\"
+  parentRefs:
+  - group: policy.linkerd.io
+    kind: EgressNetwork
+    name: deny-all
+    port: 443
+  rules:
+  - matches:
+    - path:
+        value: /v1/chat/completions
+";
+    let errors = errors(text);
+    assert!(
+        errors.iter().any(|e| e
+            .starts_with("m.yaml:15: spec.rules[0].matches: TLSRoute rules have no `matches`")
+            && e.contains("use an HTTPRoute on plaintext or TLS-terminated traffic")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("m.yaml:8: spec.hostnames[0]:")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("m.yaml:15: spec.rules[0]: a TLSRoute rule needs backendRefs")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn corrected_egress_tls_route_and_network_decode() {
+    let text = "\
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: deny-all, namespace: apps}
+spec:
+  trafficPolicy: Deny
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: allow-mistral-ai-access, namespace: apps}
+spec:
+  hostnames: [api.mistral.ai]
+  parentRefs:
+  - {group: policy.linkerd.io, kind: EgressNetwork, name: deny-all, port: 443}
+  rules:
+  - backendRefs:
+    - {group: policy.linkerd.io, kind: EgressNetwork, name: deny-all}
+";
+    assert_eq!(errors(text), Vec::<String>::new());
+}
+
+#[test]
+fn egress_network_fields_are_checked() {
+    let text = "\
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: n}
+spec:
+  trafficPolicy: Block
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: m}
+spec:
+  trafficPolicy: Allow
+  networks:
+  - cidr: 203.0.113.0/24
+    except: [198.51.100.1, not-an-ip]
+  - cidr: 300.1.1.1/8
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: e}
+spec:
+  trafficPolicy: Allow
+  networks: []
+";
+    let errors = errors(text);
+    let expected = [
+        "m.yaml:5: spec.trafficPolicy: unknown variant `Block`",
+        "m.yaml:14: spec.networks[0].except[0]: 198.51.100.1/32 is not inside the network's cidr 203.0.113.0/24",
+        "m.yaml:14: spec.networks[0].except[1]: must be a CIDR or a single address",
+        "m.yaml:15: spec.networks[1].cidr: must be a CIDR",
+        "m.yaml:22: spec.networks: must list at least one network",
+    ];
+    for prefix in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(prefix)),
+            "{prefix} not in {errors:#?}"
+        );
+    }
+}

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::future::Future;
 use std::net::TcpListener as StdListener;
 use std::path::Path;
@@ -80,9 +82,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Self::start_on([127, 0, 0, 1].into(), name).await
+    }
+
+    /// An upstream on a port of `ip`.
+    pub async fn start_on(ip: std::net::IpAddr, name: &'static str) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind upstream");
         let port = listener.local_addr().expect("addr").port();
         let hits = Arc::new(AtomicU64::new(0));
         let counter = hits.clone();
@@ -126,11 +131,17 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(config: &Path) -> Self {
+        Self::start_with(config, &[]).await
+    }
+
+    /// Starts `portcullis run` with extra arguments.
+    pub async fn start_with(config: &Path, args: &[&str]) -> Self {
         let admin = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "--config"])
             .arg(config)
             .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(args)
             .env("PORTCULLIS_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -116,8 +116,8 @@ pub(crate) fn backends(
                 spec.name,
                 spec.port.unwrap_or_default()
             );
-            let target = match resolver.resolve(snapshot, referrer, &reference) {
-                Ok(backend) => BackendTarget::Service(backend),
+            let target = match resolver.target(snapshot, referrer, &reference) {
+                Ok(target) => target,
                 Err((reason, message)) => {
                     problems.unresolved(reason, message);
                     BackendTarget::Invalid(InvalidBackend {

@@ -265,6 +265,7 @@ pub fn tcp_listener(routes: Vec<Arc<StreamRoute>>) -> Arc<TcpListener> {
 pub fn bind_config(bind: ir::Bind) -> ir::Config {
     ir::Config {
         binds: [(BIND, bind)].into(),
+        ..ir::Config::default()
     }
 }
 
