@@ -702,3 +702,60 @@ async fn the_leader_applies_provisioned_objects_once() {
         "unchanged objects are not applied again"
     );
 }
+
+#[test]
+fn gateway_patch_keeps_transition_times_of_unchanged_conditions_and_listeners() {
+    let accepted = |time: &str| {
+        json!({"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+               "observedGeneration": 2, "lastTransitionTime": time})
+    };
+    let programmed = |status: &str, time: &str| {
+        json!({"type": "Programmed", "status": status, "reason": "Programmed", "message": "",
+               "observedGeneration": 2, "lastTransitionTime": time})
+    };
+    let status = |gateway: Vec<Value>, listener: Vec<Value>| {
+        json!({
+            "addresses": [],
+            "conditions": gateway,
+            "listeners": [{"name": "http", "attachedRoutes": 1, "conditions": listener,
+                           "supportedKinds": [{"group": "gateway.networking.k8s.io",
+                                               "kind": "HTTPRoute"}]}],
+        })
+    };
+    let old = "2026-01-01T00:00:00Z";
+    let new = "2026-11-26T12:00:00Z";
+    let mut current = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "web", "namespace": "infra", "resourceVersion": "9"},
+        "status": status(
+            vec![accepted(old), programmed("False", old)],
+            vec![accepted(old)],
+        ),
+    });
+    // Another manager's condition type: the list is a map keyed by type, so it is neither
+    // sent nor a reason to write.
+    if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
+        conditions.push(json!({"type": "example.com/Healthy", "status": "True"}));
+    }
+    let desired = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "web", "namespace": "infra", "generation": 2},
+        "status": status(vec![accepted(new), programmed("True", new)], vec![accepted(new)]),
+    });
+    let Some(body) = patch_body(watched(Kind::Gateway), &current, &desired, CONTROLLER) else {
+        panic!("Programmed changed: a write is due");
+    };
+    assert_eq!(
+        body,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "web", "namespace": "infra", "resourceVersion": "9"},
+            "status": status(vec![accepted(old), programmed("True", new)], vec![accepted(old)]),
+        })
+    );
+    current["status"]["conditions"][1] = programmed("True", new);
+    assert_eq!(
+        patch_body(watched(Kind::Gateway), &current, &desired, CONTROLLER),
+        None
+    );
+}
