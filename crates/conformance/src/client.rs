@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::failure::Failure;
@@ -152,6 +152,46 @@ pub async fn get(
     };
     let reply = exchange(address, &request, false, timeout).await?;
     Ok((reply.status, reply.body))
+}
+
+/// One plain HTTP/1.1 request to `target` through an explicit outbound proxy: a `CONNECT`
+/// tunnel to `target`'s address, then the request inside it, as a pod whose outbound traffic
+/// goes through its sidecar would send it.
+pub async fn exchange_via_proxy(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    outgoing: &Outgoing,
+    timeout: Duration,
+) -> anyhow::Result<Reply> {
+    let exchange = async {
+        ensure_loopback(proxy.ip())?;
+        ensure_loopback(target.ip())?;
+        let method = Method::from_bytes(outgoing.method.as_bytes())
+            .with_context(|| format!("request method {:?}", outgoing.method))?;
+        let mut stream = TcpStream::connect(proxy)
+            .await
+            .with_context(|| format!("connecting to the outbound proxy {proxy}"))?;
+        let connect = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n");
+        stream.write_all(connect.as_bytes()).await?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await? == 0 {
+                bail!("the outbound proxy closed the connection during CONNECT");
+            }
+            head.push(byte[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 200") {
+            bail!(
+                "the outbound proxy refused CONNECT: {}",
+                String::from_utf8_lossy(&head).trim()
+            );
+        }
+        send_http1(stream, method, outgoing).await
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| bail!("no answer through the outbound proxy within {timeout:?}"))
 }
 
 async fn send_once(address: SocketAddr, outgoing: &Outgoing) -> Result<Reply, Failure> {

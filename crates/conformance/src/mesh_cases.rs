@@ -79,6 +79,8 @@ pub struct MeshAnswer {
 #[derive(Debug, Clone)]
 struct MeshTarget {
     address: SocketAddr,
+    /// The client's outbound proxy, for clients of the namespace it serves.
+    via: Option<SocketAddr>,
     grpc: bool,
     outgoing: Outgoing,
     expect: MeshExpect,
@@ -112,8 +114,14 @@ impl MeshTarget {
             "grpc" => true,
             other => return Err(format!("unsupported mesh URL scheme {other:?}")),
         };
+        let via = ctx
+            .outbound
+            .as_ref()
+            .filter(|(_, proxied)| proxied == namespace)
+            .map(|(proxy, _)| *proxy);
         Ok(Self {
             address,
+            via,
             grpc,
             outgoing: Outgoing {
                 protocol: Protocol::Http1,
@@ -129,11 +137,21 @@ impl MeshTarget {
 
     async fn send(&self) -> Result<MeshAnswer, String> {
         if self.grpc {
+            if self.via.is_some() {
+                return Err(
+                    "gRPC through the outbound proxy is not supported by the runner".into(),
+                );
+            }
             return self.send_grpc().await;
         }
-        let reply: Reply = client::exchange(self.address, &self.outgoing, false, REQUEST_TIMEOUT)
-            .await
-            .map_err(|e| format!("transport error: {e:#}"))?;
+        let reply: Reply = match self.via {
+            None => client::exchange(self.address, &self.outgoing, false, REQUEST_TIMEOUT).await,
+            Some(proxy) => {
+                client::exchange_via_proxy(proxy, self.address, &self.outgoing, REQUEST_TIMEOUT)
+                    .await
+            }
+        }
+        .map_err(|e| format!("transport error: {e:#}"))?;
         let echo = EchoLines::parse(&String::from_utf8_lossy(&reply.body)).ok();
         Ok(MeshAnswer {
             status: reply.status,

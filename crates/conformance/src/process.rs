@@ -25,13 +25,26 @@ pub struct Portcullis {
 impl Portcullis {
     /// Starts `BINARY run --config DIR --admin 127.0.0.1:PORT --address-pool 127.0.100.0/24`,
     /// with stdout and stderr going to `log`.
-    pub fn start(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
+    pub fn start(
+        binary: &Path,
+        config: &Path,
+        log: &Path,
+        outbound: Option<&(SocketAddr, String)>,
+    ) -> anyhow::Result<Self> {
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let output =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let errors = output.try_clone().context("duplicating the log handle")?;
-        let child = Command::new(binary)
-            .arg("run")
+        let mut command = Command::new(binary);
+        command.arg("run");
+        if let Some((proxy, namespace)) = outbound {
+            command
+                .arg("--egress-proxy")
+                .arg(proxy.to_string())
+                .arg("--workload-namespace")
+                .arg(namespace);
+        }
+        let child = command
             .arg("--config")
             .arg(config)
             .arg("--admin")
@@ -108,7 +121,7 @@ impl Portcullis {
 }
 
 /// A port that was free a moment ago (the kernel picks it; a tiny race is acceptable).
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
     Ok(listener
         .local_addr()

@@ -4,6 +4,7 @@
 //! order, cases concurrently, `after` actions). Everything started here is stopped here.
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,9 +81,20 @@ async fn run_in(case: &CaseFile, config: &RunnerConfig, dir: &Path) -> Result<()
     let (mut manifests, backends, mesh) = prepare(case, config, &pools, &config_dir)
         .await
         .map_err(|e| format!("runner: {e:#}"))?;
-    let mut portcullis =
-        Portcullis::start(&config.portcullis, &config_dir, &dir.join("portcullis.log"))
-            .map_err(|e| format!("runner: {e:#}"))?;
+    let outbound = consumer_namespace(case, &mesh)
+        .map(|namespace| {
+            crate::process::free_port()
+                .map(|port| (SocketAddr::from((Ipv4Addr::LOCALHOST, port)), namespace))
+        })
+        .transpose()
+        .map_err(|e| format!("runner: {e:#}"))?;
+    let mut portcullis = Portcullis::start(
+        &config.portcullis,
+        &config_dir,
+        &dir.join("portcullis.log"),
+        outbound.as_ref(),
+    )
+    .map_err(|e| format!("runner: {e:#}"))?;
     let outcome = match portcullis.wait_ready(READY_TIMEOUT).await {
         Ok(()) => {
             let traffic = Arc::new(TrafficContext {
@@ -91,6 +103,7 @@ async fn run_in(case: &CaseFile, config: &RunnerConfig, dir: &Path) -> Result<()
                 timeout_scale: config.timeout_scale,
                 keyring: Arc::new(Keyring::from_objects(&config.generated)),
                 mesh: Arc::new(mesh),
+                outbound,
             });
             let scenario = Scenario {
                 case,
@@ -115,6 +128,18 @@ async fn run_in(case: &CaseFile, config: &RunnerConfig, dir: &Path) -> Result<()
         backends.shutdown().await;
     }
     outcome
+}
+
+/// A mesh case file's client namespace that owns no Service: a consumer, whose requests go
+/// through an outbound proxy that knows the namespace (portcullis's explicit proxy with
+/// `--workload-namespace`), so that its consumer routes apply. Clients of the Services' own
+/// namespace reach ClusterIPs directly. One such namespace per case file is supported.
+fn consumer_namespace(case: &CaseFile, mesh: &MeshDirectory) -> Option<String> {
+    case.cases
+        .iter()
+        .filter_map(|c| c.client.get("namespace").and_then(|n| n.as_str()))
+        .find(|namespace| !mesh.services().iter().any(|s| s.namespace == *namespace))
+        .map(str::to_string)
 }
 
 /// Loads and prepares the manifests (mesh: with ClusterIPs), starts the backends and writes

@@ -46,6 +46,9 @@ pub struct TrafficContext {
     pub keyring: Arc<Keyring>,
     /// Mesh case files: Services and their ClusterIPs (empty otherwise).
     pub mesh: Arc<MeshDirectory>,
+    /// Mesh case files with clients in a namespace that owns no Service (consumers): the
+    /// explicit outbound proxy portcullis runs for that namespace, and the namespace.
+    pub outbound: Option<(SocketAddr, String)>,
 }
 
 /// A prepared HTTP case: where to connect, what to send, what to expect.

@@ -285,6 +285,7 @@ async fn serve_http<I>(
         tls: None,
         tunnel: Slot::default(),
         egress: Some(Arc::new(context)),
+        namespace: None,
     };
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);

@@ -188,8 +188,7 @@ async fn accept_loop(
                         Arc::clone(&servers),
                         watchers,
                         Arc::clone(&shared),
-                        bind,
-                        client,
+                        (bind, client, None),
                         stream,
                     );
                     connections.spawn(serving);
@@ -229,8 +228,7 @@ async fn serve(
     servers: Arc<Servers>,
     watchers: Watchers,
     shared: Arc<Shared>,
-    bind: SocketAddr,
-    client: SocketAddr,
+    (bind, client, namespace): (SocketAddr, SocketAddr, Option<Arc<str>>),
     stream: TcpStream,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
@@ -243,9 +241,14 @@ async fn serve(
     let config = Arc::clone(certificates.config());
     let Some(bind_config) = config.binds.get(&bind) else {
         // Removed while this connection was being accepted: plain HTTP answers 404.
-        return serve_plain(&servers, watchers, shared, accepted, stream).await;
+        return serve_plain(&servers, watchers, shared, accepted, stream, namespace).await;
     };
-    if let Some(listener) = &bind_config.tcp {
+    // A mesh client whose namespace has consumer routes here is served HTTP by them, even
+    // where everyone else's connections are relayed (a Service without producer routes).
+    let consumer = namespace
+        .as_deref()
+        .is_some_and(|ns| bind_config.consumers.contains_key(ns));
+    if let Some(listener) = bind_config.tcp.as_ref().filter(|_| !consumer) {
         stream::serve_tcp(&shared, accepted, listener, stream).await;
         // Connections routed as a whole cannot be asked to finish early; holding the watchers
         // until they end lets a drain wait for them, up to its limit.
@@ -257,7 +260,7 @@ async fn serve(
         let stream = Rewind::new(Bytes::new(), stream);
         serve_tls(servers, watchers, shared, accepted, stream).await;
     } else {
-        serve_plain(&servers, watchers, shared, accepted, stream).await;
+        serve_plain(&servers, watchers, shared, accepted, stream, namespace).await;
     }
 }
 
@@ -269,6 +272,7 @@ pub(crate) async fn serve_intercepted(
     bind: SocketAddr,
     client: SocketAddr,
     stream: TcpStream,
+    namespace: Option<Arc<str>>,
 ) {
     let servers = match Servers::new(Arc::clone(&shared), bind) {
         Ok(servers) => servers,
@@ -282,7 +286,47 @@ pub(crate) async fn serve_intercepted(
         http: graceful.watcher(),
         held: graceful.watcher(),
     };
-    serve(servers, watchers, shared, bind, client, stream).await;
+    serve(servers, watchers, shared, (bind, client, namespace), stream).await;
+}
+
+/// Serves a tunnel that the explicit outbound proxy opened to `bind`, a mesh Service's
+/// `clusterIP:port`: relayed to its endpoints when it has no routes for this client, else
+/// served HTTP by its routes (the client namespace's consumer routes, if any).
+pub(crate) async fn serve_tunnel<I>(
+    shared: Arc<Shared>,
+    bind: SocketAddr,
+    client: SocketAddr,
+    io: I,
+    namespace: Option<Arc<str>>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = shared.config.load_full();
+    let Some(bind_config) = config.binds.get(&bind) else {
+        return;
+    };
+    let consumer = namespace
+        .as_deref()
+        .is_some_and(|ns| bind_config.consumers.contains_key(ns));
+    if let Some(listener) = bind_config.tcp.as_ref().filter(|_| !consumer) {
+        stream::serve_tcp(&shared, Accepted { bind, client }, listener, io).await;
+        return;
+    }
+    let graceful = GracefulShutdown::new();
+    let watchers = Watchers {
+        http: graceful.watcher(),
+        held: graceful.watcher(),
+    };
+    let connection = Connection {
+        bind,
+        client,
+        tls: None,
+        tunnel: Slot::default(),
+        egress: None,
+        namespace,
+    };
+    let builder = server_builder(&shared);
+    serve_http(&builder, watchers, shared, connection, TokioIo::new(io)).await;
 }
 
 /// On a socket with TLS listeners routed by SNI (passthrough, terminate-and-relay): reads
@@ -347,6 +391,7 @@ async fn serve_plain(
     shared: Arc<Shared>,
     accepted: Accepted,
     stream: TcpStream,
+    namespace: Option<Arc<str>>,
 ) {
     let connection = Connection {
         bind: accepted.bind,
@@ -354,6 +399,7 @@ async fn serve_plain(
         tls: None,
         tunnel: Slot::default(),
         egress: None,
+        namespace,
     };
     let io = TokioIo::new(stream);
     serve_http(&servers.auto, watchers, shared, connection, io).await;
@@ -383,6 +429,7 @@ async fn serve_tls(
                 tls: Some(Arc::new(session)),
                 tunnel: Slot::default(),
                 egress: None,
+                namespace: None,
             };
             serve_http(builder, watchers, shared, connection, TokioIo::new(stream)).await;
         }

@@ -49,6 +49,9 @@ pub struct Connection {
     /// For egress traffic (the outbound proxy): its destination and network. Requests are
     /// then routed by the network's routes for the destination port, not by a listener.
     pub egress: Option<Arc<EgressContext>>,
+    /// The client's namespace, when the outbound proxy knows it (its workload's): mesh
+    /// requests then get that namespace's consumer routes.
+    pub namespace: Option<Arc<str>>,
 }
 
 /// Serves one request. Never fails: errors become responses here.
@@ -94,7 +97,8 @@ async fn proxy(
     let host = request_host(&request)?;
     let (listener, selected) = match &connection.egress {
         None => {
-            let (bind, listener) = find_listener(config, connection.bind, &host)?;
+            let namespace = connection.namespace.as_deref();
+            let (bind, listener) = find_listener(config, connection.bind, &host, namespace)?;
             reject_misdirected(bind, listener, connection.tls.as_deref(), &host)?;
             (&**listener, select_route(listener, &host, &request)?)
         }
@@ -265,16 +269,21 @@ fn request_host<B>(request: &Request<B>) -> Result<Hostname, ProxyError> {
     Hostname::from_request_host(raw).ok_or(ProxyError::MissingHost)
 }
 
-/// The accepting socket's bind, and its listener that serves `host`.
+/// The accepting socket's bind, and its listener that serves `host`: for a mesh client whose
+/// namespace has consumer routes on the bind, that namespace's listener.
 fn find_listener<'c>(
     config: &'c ir::Config,
     bind: SocketAddr,
     host: &Hostname,
+    namespace: Option<&str>,
 ) -> Result<(&'c ir::Bind, &'c Arc<HttpListener>), ProxyError> {
     config
         .binds
         .get(&bind)
-        .and_then(|bind| Some((bind, bind.listener_for(host.as_str())?)))
+        .and_then(|bind| {
+            let consumer = namespace.and_then(|ns| bind.consumers.get(ns));
+            Some((bind, consumer.or_else(|| bind.listener_for(host.as_str()))?))
+        })
         .ok_or_else(|| ProxyError::NoListener {
             host: host.to_string(),
         })

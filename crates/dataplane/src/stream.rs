@@ -52,12 +52,10 @@ pub struct Accepted {
 
 /// Serves a connection on a socket with a TCP listener: its first route (translate orders
 /// TCPRoutes oldest first), a backend by weight, then bytes both ways.
-pub async fn serve_tcp(
-    shared: &Shared,
-    accepted: Accepted,
-    listener: &TcpListener,
-    client: TcpStream,
-) {
+pub async fn serve_tcp<C>(shared: &Shared, accepted: Accepted, listener: &TcpListener, client: C)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let mut log = StreamLog::new(accepted, "TCP");
     log.listener(&listener.gateway, &listener.name);
     let routed = async {

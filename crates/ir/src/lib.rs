@@ -71,6 +71,11 @@ pub struct Bind {
     /// The TCP listener, when the socket serves one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<Arc<TcpListener>>,
+    /// Mesh (a Service's `clusterIP:port`): the consumer routes of each client namespace
+    /// (routes in that namespace with the Service as parent). Clients of a namespace listed
+    /// here are served by its listener instead of the producer routes in `http`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumers: BTreeMap<String, Arc<HttpListener>>,
 }
 
 /// A Gateway listener of protocol HTTP, with the routes attached to it.
@@ -177,6 +182,14 @@ impl Bind {
                     .as_ref()
                     .map_or((0, 0), HostnameMatch::specificity)
             })
+    }
+
+    /// The listener for a mesh client of `namespace`: its namespace's consumer routes if it
+    /// has any, else the producer routes.
+    pub fn mesh_listener_for(&self, namespace: Option<&str>) -> Option<&Arc<HttpListener>> {
+        namespace
+            .and_then(|ns| self.consumers.get(ns))
+            .or_else(|| self.http.first())
     }
 
     /// Picks the passthrough listener for a ClientHello's SNI, with the same hostname

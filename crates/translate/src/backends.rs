@@ -26,6 +26,10 @@ pub(crate) struct BackendRef<'a> {
 pub(crate) struct Referrer<'a> {
     pub kind: &'a str,
     pub namespace: &'a str,
+    /// The Services the route has as parents (mesh). GAMMA consumer routes send traffic on
+    /// to the Service they attach to, in another namespace; that reference needs no
+    /// ReferenceGrant, since the route could only ever reach what its parent already is.
+    pub mesh_parents: &'a [ObjectName],
 }
 
 /// Resolves backendRefs, sharing one `Arc<Backend>` per Service port.
@@ -102,7 +106,11 @@ impl Resolver {
                 name: reference.name,
             },
         );
-        if !permitted {
+        let own_parent = referrer
+            .mesh_parents
+            .iter()
+            .any(|p| p.namespace == namespace && p.name == reference.name);
+        if !permitted && !own_parent {
             return Err((
                 Reason::RefNotPermitted,
                 format!(

@@ -38,6 +38,15 @@ struct CompiledRule {
 // === impl Routes ===
 
 impl Routes {
+    /// The listener keys of `owner` that have routes.
+    pub(crate) fn listeners_of(&self, owner: &ObjectName) -> Vec<String> {
+        self.by_listener
+            .keys()
+            .filter(|(o, _)| o == owner)
+            .map(|(_, listener)| listener.clone())
+            .collect()
+    }
+
     /// The candidates attached to one listener.
     pub(crate) fn for_listener(&self, gateway: &ObjectName, listener: &str) -> Vec<Candidate> {
         self.by_listener
@@ -75,11 +84,13 @@ pub(crate) fn compile_all(
     let mut routes = Routes::default();
     let mut resolver = Resolver::default();
     for (rank, (kind, name, route)) in ordered.iter().enumerate() {
+        let parents = mesh_parents(name, route);
         let flavor = Flavor {
             kind: *kind,
             rank,
             name,
             egress: has_egress_parent(route),
+            mesh_parents: &parents,
         };
         compile_route(
             snapshot,
@@ -104,6 +115,22 @@ struct Flavor<'a> {
     /// Whether a parentRef is an EgressNetwork: a rule without backendRefs then sends
     /// traffic to its original destination instead of failing.
     egress: bool,
+    /// The Services among the parentRefs (GAMMA).
+    mesh_parents: &'a [ObjectName],
+}
+
+/// The Services a route names as parents.
+fn mesh_parents(name: &ObjectName, route: &HttpRoute) -> Vec<ObjectName> {
+    route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .filter(|p| {
+            matches!(p.group.as_deref(), Some("" | "core")) && p.kind.as_deref() == Some("Service")
+        })
+        .map(|p| ObjectName::new(p.namespace.as_deref().unwrap_or(&name.namespace), &p.name))
+        .collect()
 }
 
 fn has_egress_parent(route: &HttpRoute) -> bool {
@@ -259,6 +286,7 @@ fn compile_route(
                         rank,
                         name,
                         egress: flavor.egress,
+                        mesh_parents: flavor.mesh_parents,
                     }
                     .kind_name()
                 ));
@@ -315,6 +343,7 @@ fn compile_rule(
         }
     };
     let referrer = crate::backends::Referrer {
+        mesh_parents: flavor.mesh_parents,
         kind: flavor.kind_name(),
         namespace: &route.namespace,
     };

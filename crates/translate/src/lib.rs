@@ -171,6 +171,26 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
             };
             let candidates = routes.for_listener(name, &mesh::listener_key(port));
             let bind = binds.entry(SocketAddr::new(ip, port)).or_default();
+            let mesh_listener = |candidates| {
+                Arc::new(ir::HttpListener {
+                    gateway: format!("Service {name}"),
+                    name: format!("port {port}"),
+                    hostname: None,
+                    port,
+                    scheme: ir::RedirectScheme::Http,
+                    routes: ir::RouteTable::new(candidates),
+                    tls: None,
+                    client_validation: None,
+                })
+            };
+            for key in routes.listeners_of(name) {
+                let prefix = mesh::consumer_key(port, "");
+                if let Some(namespace) = key.strip_prefix(&prefix) {
+                    let consumer = routes.for_listener(name, &key);
+                    bind.consumers
+                        .insert(namespace.to_string(), mesh_listener(consumer));
+                }
+            }
             if candidates.is_empty() {
                 // "A Service with no routes passes through to its endpoints": bytes are
                 // relayed whatever the protocol, since nothing says it is HTTP.
@@ -179,16 +199,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
                 }
                 continue;
             }
-            bind.http.push(Arc::new(ir::HttpListener {
-                gateway: format!("Service {name}"),
-                name: format!("port {port}"),
-                hostname: None,
-                port,
-                scheme: ir::RedirectScheme::Http,
-                routes: ir::RouteTable::new(candidates),
-                tls: None,
-                client_validation: None,
-            }));
+            bind.http.push(mesh_listener(candidates));
         }
     }
     for bind in binds.values_mut() {

@@ -7,9 +7,11 @@
 //! used to pick a listener here: the Service address already says where the request goes.
 //!
 //! Producer routes (in the Service's namespace) apply to every client. Consumer routes (in
-//! another namespace) apply only to clients of their own namespace, which a proxy listening
-//! on the ClusterIP cannot tell apart; they are reported `Accepted=False` until the
-//! per-namespace outbound proxy exists.
+//! another namespace) apply only to clients of their own namespace, and for them replace the
+//! producer routes (GEP-1426). They are compiled into per-namespace tables
+//! (`ir::Bind::consumers`); an outbound proxy that knows its workload's namespace (a sidecar,
+//! or the explicit proxy of `run --egress-proxy --workload-namespace`) serves them. A client
+//! that reaches the ClusterIP directly has no known namespace and gets the producer routes.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,6 +27,11 @@ use crate::backends::{BackendRef, Referrer, Resolver};
 pub(crate) fn listener_key(port: u16) -> String {
     // A colon cannot appear in a listener name, so this never collides with a Gateway's.
     format!("service:{port}")
+}
+
+/// The listener key of the consumer routes from `namespace` on a Service port.
+pub(crate) fn consumer_key(port: u16, namespace: &str) -> String {
+    format!("service:{port}:consumer:{namespace}")
 }
 
 /// The ClusterIP of a Service, when it has one portcullis can listen on.
@@ -63,13 +70,7 @@ pub(crate) fn attach(
             ),
         );
     }
-    if namespace != route.name.namespace {
-        return ParentOutcome::Rejected(
-            Reason::UnsupportedValue,
-            "consumer routes (in a namespace other than the Service's) are not supported yet"
-                .into(),
-        );
-    }
+    let consumer = (namespace != route.name.namespace).then_some(route.name.namespace.as_str());
     if cluster_ip(snapshot, &name).is_none() {
         return ParentOutcome::Rejected(
             Reason::UnsupportedValue,
@@ -81,7 +82,10 @@ pub(crate) fn attach(
             .into_iter()
             .map(|port| Attachment {
                 gateway: name.clone(),
-                listener: listener_key(port),
+                listener: match consumer {
+                    None => listener_key(port),
+                    Some(client_namespace) => consumer_key(port, client_namespace),
+                },
                 hostnames: vec![None],
             })
             .collect(),
@@ -103,6 +107,7 @@ pub(crate) fn passthrough(
         port: Some(i32::from(port)),
     };
     let referrer = Referrer {
+        mesh_parents: &[],
         kind: "Service",
         namespace: &service.namespace,
     };

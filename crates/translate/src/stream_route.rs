@@ -149,6 +149,7 @@ fn compile_route(
         RouteKind::Tcp | RouteKind::Http | RouteKind::Grpc => "TCPRoute",
     };
     let referrer = Referrer {
+        mesh_parents: &[],
         kind: kind_name,
         namespace: &view.name.namespace,
     };

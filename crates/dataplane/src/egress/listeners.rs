@@ -86,7 +86,8 @@ async fn serve_transparent(
     }
     let config = shared.config.load_full();
     if config.binds.contains_key(&destination) {
-        crate::listener::serve_intercepted(shared, destination, client, stream).await;
+        let namespace = Some(Arc::from(settings.namespace.as_str()));
+        crate::listener::serve_intercepted(shared, destination, client, stream, namespace).await;
         return;
     }
     serve_connection(
@@ -181,6 +182,23 @@ async fn proxy_request(
         }
     };
     let authority = Some(target.host.clone());
+    let config = shared.config.load_full();
+    if request.method() == Method::CONNECT && config.binds.contains_key(&destination) {
+        // A mesh destination (a Service's clusterIP:port): served by its routes, with this
+        // workload's consumer routes.
+        let upgrade = hyper::upgrade::on(request);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    let namespace = Some(Arc::from(settings.namespace.as_str()));
+                    let io = TokioIo::new(upgraded);
+                    crate::listener::serve_tunnel(shared, destination, client, io, namespace).await;
+                }
+                Err(error) => tracing::debug!(%client, %error, "CONNECT tunnel failed"),
+            }
+        });
+        return Response::new(body::empty());
+    }
     if request.method() == Method::CONNECT {
         let upgrade = hyper::upgrade::on(request);
         tokio::spawn(async move {
@@ -195,7 +213,6 @@ async fn proxy_request(
         });
         return Response::new(body::empty());
     }
-    let config = shared.config.load_full();
     let context = EgressContext {
         destination,
         network: config
@@ -210,6 +227,7 @@ async fn proxy_request(
         tls: None,
         tunnel: Slot::default(),
         egress: Some(Arc::new(context)),
+        namespace: None,
     };
     proxy::handle(shared, connection, request).await
 }

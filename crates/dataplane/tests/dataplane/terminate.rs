@@ -127,6 +127,7 @@ async fn one_socket_passes_through_relays_and_serves_https_by_name() {
             vec![tls_route("term", &relayed)],
         )],
         tcp: None,
+        consumers: Default::default(),
     };
     let gateway = Gateway::start(bind_config(bind)).await;
 
