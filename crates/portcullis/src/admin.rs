@@ -26,6 +26,8 @@ pub struct AdminState {
     pub status: StatusDocument,
     /// Number of reloads applied.
     pub reloads: u64,
+    /// Kubernetes mode: the status writer's counters.
+    pub status_writer: Option<Arc<sources::kube::StatusMetrics>>,
 }
 
 /// Binds the admin listener and serves it in the background; returns the bound address.
@@ -96,6 +98,7 @@ fn metrics(state: &AdminState, dataplane: &dataplane::Dataplane) -> String {
         state.reloads,
         dataplane.mirror_drops()
     );
+    status_writer_metrics(state, &mut out);
     let decisions = dataplane.egress_decisions();
     if !decisions.is_empty() {
         out.push_str("# HELP portcullis_egress_decisions_total Egress connections and requests, by EgressNetwork, route, hostname and verdict.\n# TYPE portcullis_egress_decisions_total counter\n");
@@ -117,6 +120,27 @@ fn metrics(state: &AdminState, dataplane: &dataplane::Dataplane) -> String {
         );
     }
     out
+}
+
+/// The status writer's counters, in Kubernetes mode.
+fn status_writer_metrics(state: &AdminState, out: &mut String) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(metrics) = &state.status_writer else {
+        return;
+    };
+    for (name, value) in [
+        ("writes", metrics.writes.load(Relaxed)),
+        ("unchanged", metrics.unchanged.load(Relaxed)),
+        ("failures", metrics.failures.load(Relaxed)),
+        ("superseded", metrics.superseded.load(Relaxed)),
+        ("provisioned", metrics.provisioned.load(Relaxed)),
+    ] {
+        let _ = write!(
+            out,
+            "# TYPE portcullis_status_{name}_total counter\nportcullis_status_{name}_total {value}\n"
+        );
+    }
 }
 
 /// Escapes a Prometheus label value.

@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the Gateways of a directory of manifests, reloading on change.
+    /// Serve the Gateways of a directory of manifests (reloading on change) or of a
+    /// Kubernetes cluster (`--kube`).
     Run(RunArgs),
     /// Translate a directory offline and print every resource's status; exits non-zero when
     /// a manifest is invalid or a resource is not accepted.
@@ -69,8 +70,20 @@ struct ConfigArgs {
     /// Directory of Kubernetes YAML manifests (read recursively).
     #[arg(long, value_name = "DIR")]
     config: PathBuf,
+    #[command(flatten)]
+    translate: TranslateArgs,
+}
+
+/// Options of the translation itself, in every mode.
+#[derive(clap::Args, Debug, Clone)]
+struct TranslateArgs {
     /// GatewayClasses with this controllerName are served.
-    #[arg(long, default_value = translate::DEFAULT_CONTROLLER_NAME)]
+    #[arg(
+        long,
+        alias = "gateway-class-controller",
+        value_name = "NAME",
+        default_value = translate::DEFAULT_CONTROLLER_NAME
+    )]
     controller_name: String,
     /// Give each Gateway without spec.addresses its own address from this range.
     #[arg(long, value_name = "CIDR")]
@@ -91,8 +104,18 @@ struct ConfigArgs {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
+    /// Directory of Kubernetes YAML manifests (read recursively), watched for changes.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    config: Option<PathBuf>,
     #[command(flatten)]
-    config: ConfigArgs,
+    kube: KubeArgs,
+    #[command(flatten)]
+    translate: TranslateArgs,
     /// Admin listener: /live, /ready, /config, /status.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
@@ -130,6 +153,43 @@ fn parse_resolve(value: &str) -> Result<(String, std::net::IpAddr), String> {
         return Err(format!("{value:?} has no host"));
     }
     Ok((host, ip))
+}
+
+/// Kubernetes mode.
+#[derive(clap::Args, Debug)]
+struct KubeArgs {
+    /// Read resources from the Kubernetes API (in-cluster or kubeconfig credentials) and
+    /// write their status while holding the leader Lease.
+    #[arg(long)]
+    kube: bool,
+    /// Name of the Lease that elects the replica writing status.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "portcullis-leader",
+        requires = "kube"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long, value_name = "NAMESPACE", requires = "kube")]
+    lease_namespace: Option<String>,
+    /// Serve traffic only: no leader election, no status writes, no provisioning (the mode
+    /// of provisioned per-Gateway pods).
+    #[arg(long, requires = "kube")]
+    serve_only: bool,
+    /// Provision a Deployment running this image and a LoadBalancer Service for every
+    /// accepted Gateway; Gateways then report the load balancer's addresses.
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        requires = "kube",
+        conflicts_with = "serve_only"
+    )]
+    provision_image: Option<String>,
+    /// Service account of the provisioned pods (in each Gateway's namespace; it needs
+    /// read access to the watched kinds).
+    #[arg(long, value_name = "NAME", requires = "provision_image")]
+    provision_service_account: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -223,6 +283,13 @@ fn init_logging(format: LogFormat) {
 }
 
 impl ConfigArgs {
+    /// The translate options these flags describe.
+    fn translate_options(&self) -> translate::Options {
+        self.translate.translate_options()
+    }
+}
+
+impl TranslateArgs {
     /// The translate options these flags describe.
     fn translate_options(&self) -> translate::Options {
         translate::Options {

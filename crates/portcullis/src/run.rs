@@ -1,4 +1,5 @@
-//! `portcullis run`: the control loop that keeps the data plane in step with the directory.
+//! `portcullis run`: the control loop that keeps the data plane in step with the directory
+//! (or, with `--kube`, the cluster: see [`kube`]).
 //!
 //! Each round: rescan the directory (changed files only), take a snapshot, translate, hand
 //! the config to the data plane. Addresses the data plane cannot bind are fed back into the
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sources::Directory;
 use tokio::sync::watch;
+
+mod kube;
 
 use crate::RunArgs;
 use crate::admin::{self, AdminState};
@@ -37,20 +40,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let root = args.config.config.clone();
-    let mut directory = Directory::new(&root);
-    directory
-        .rescan()
-        .with_context(|| format!("cannot read config directory {}", root.display()))?;
-    let mut watch = sources::watch(&root, DEBOUNCE)
-        .with_context(|| format!("cannot watch {}", root.display()))?;
+    let mut directory = match &args.config {
+        Some(root) => {
+            let mut directory = Directory::new(root);
+            directory
+                .rescan()
+                .with_context(|| format!("cannot read config directory {}", root.display()))?;
+            Some(directory)
+        }
+        None => None,
+    };
 
     let dataplane = dataplane::Dataplane::new(dataplane::Options::default());
     let (state_tx, state_rx) = watch::channel(Arc::new(AdminState::default()));
     let admin = admin::serve(args.admin, state_rx.clone(), dataplane.clone())
         .await
         .with_context(|| format!("cannot listen on admin address {}", args.admin))?;
-    tracing::info!(admin = %admin, config = %root.display(), "portcullis started");
     let outbound = dataplane::OutboundSettings {
         namespace: args.workload_namespace.clone(),
         resolve: args.resolve.iter().cloned().collect(),
@@ -71,16 +76,48 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut control = Control {
-        options: args.config.translate_options(),
+        options: args.translate.translate_options(),
         dataplane: dataplane.clone(),
         stamper: Stamper::default(),
         state: state_tx,
         reloads: 0,
+        status_writer: None,
+        provisioning: None,
     };
-    control.reconcile(&mut directory).await;
-
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let stop = async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    match (&mut directory, &args.config) {
+        (Some(directory), Some(root)) => {
+            tracing::info!(admin = %admin, config = %root.display(), "portcullis started");
+            serve_directory(directory, &mut control, stop).await?;
+        }
+        _ => {
+            tracing::info!(admin = %admin, "portcullis started in Kubernetes mode");
+            kube::serve(&args.kube, &mut control, stop).await?;
+        }
+    }
+    tracing::info!("shutting down; draining in-flight requests");
+    dataplane.shutdown(DRAIN).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads whenever the directory changes, until `stop` completes.
+async fn serve_directory(
+    directory: &mut Directory,
+    control: &mut Control,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let root = directory.root().to_path_buf();
+    let mut watch = sources::watch(&root, DEBOUNCE)
+        .with_context(|| format!("cannot watch {}", root.display()))?;
+    control.reconcile_directory(directory).await;
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             tick = watch.ticks.recv() => {
@@ -89,17 +126,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
                 match directory.rescan() {
                     Ok(report) if report.changed == 0 && report.removed == 0 => continue,
-                    Ok(_) => control.reconcile(&mut directory).await,
+                    Ok(_) => control.reconcile_directory(directory).await,
                     Err(error) => tracing::warn!(%error, "cannot rescan the config directory"),
                 }
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            () = &mut stop => break,
         }
     }
-    tracing::info!("shutting down; draining in-flight requests");
-    dataplane.shutdown(DRAIN).await;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> anyhow::Result<tokio::signal::unix::Signal> {
@@ -113,23 +147,38 @@ struct Control {
     stamper: Stamper,
     state: watch::Sender<Arc<AdminState>>,
     reloads: u64,
+    /// Kubernetes mode: where status goes besides `/status`.
+    status_writer: Option<sources::kube::StatusWriter>,
+    /// Kubernetes mode with provisioning: what each Gateway's pods run.
+    provisioning: Option<translate::provision::ProvisionOptions>,
 }
 
 impl Control {
     /// Translates the directory's current contents and applies the result.
-    async fn reconcile(&mut self, directory: &mut Directory) {
-        let started = Instant::now();
+    async fn reconcile_directory(&mut self, directory: &mut Directory) {
         let store = directory.store();
         let snapshot = store.snapshot();
         let errors = store.errors();
         let warnings = store.warnings();
-        for error in &errors {
+        self.reconcile(&snapshot, &errors, &warnings).await;
+    }
+
+    /// Translates a snapshot and applies the result: data plane, admin state and, in
+    /// Kubernetes mode, the status writer.
+    async fn reconcile(
+        &mut self,
+        snapshot: &model::Snapshot,
+        errors: &[model::decode::DecodeError],
+        warnings: &[model::decode::Warning],
+    ) {
+        let started = Instant::now();
+        for error in errors {
             tracing::warn!(%error, "manifest rejected; its last good version stays in use");
         }
         // Unusable addresses are rediscovered every round, so an address that becomes
         // bindable later (or leaves the spec) is picked up.
         self.options.unusable_addresses.clear();
-        let mut translation = translate::translate(&snapshot, &self.options);
+        let mut translation = translate::translate(snapshot, &self.options);
         // Bind, and retranslate while new addresses turn out unusable: each round adds at
         // least one address to the unusable set, so this ends.
         loop {
@@ -150,7 +199,7 @@ impl Control {
                 break;
             }
             self.options.unusable_addresses.extend(new);
-            translation = translate::translate(&snapshot, &self.options);
+            translation = translate::translate(snapshot, &self.options);
         }
         self.options.allocations = translation.allocations.clone();
         let now = jiff::Timestamp::now()
@@ -159,12 +208,23 @@ impl Control {
         let mut status = translation.status;
         self.stamper.stamp(&mut status, &now.to_string());
         self.reloads += 1;
-        let document = status::document(&snapshot, &status, &errors, &warnings);
+        let document = status::document(snapshot, &status, errors, warnings);
+        if let Some(writer) = &self.status_writer {
+            writer.submit(document.objects.clone());
+            if let Some(provisioning) = &self.provisioning {
+                let objects = translate::provision::provision(snapshot, &status, provisioning)
+                    .into_iter()
+                    .flat_map(|p| [p.deployment, p.service])
+                    .collect();
+                writer.provision(objects);
+            }
+        }
         let state = AdminState {
             ready: true,
             config: serde_json::to_value(&translation.config).unwrap_or_default(),
             status: document,
             reloads: self.reloads,
+            status_writer: self.status_writer.as_ref().map(|w| w.metrics().clone()),
         };
         self.state.send_replace(Arc::new(state));
         tracing::info!(

@@ -330,3 +330,38 @@ fn explain_shows_a_grpc_call_on_a_service_parent() {
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("no rule matches"), "{stdout}");
 }
+
+#[test]
+fn run_needs_a_config_directory_or_kube_and_not_both() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("run")
+            .args(args)
+            .output()
+            .expect("run portcullis")
+    };
+    let neither = run(&[]);
+    assert_eq!(neither.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&neither.stderr).contains("--config <DIR>"));
+    let both = run(&["--kube", "--config", "."]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+}
+
+#[test]
+fn run_kube_without_credentials_fails_with_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--kube", "--admin", "127.0.0.1:0"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("PORTCULLIS_LOG", "warn")
+        .output()
+        .expect("run portcullis");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot configure the Kubernetes client"),
+        "{stderr}"
+    );
+}

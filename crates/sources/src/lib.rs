@@ -1,4 +1,5 @@
-//! Where resources come from. Today: a directory of YAML manifests, watched for changes.
+//! Where resources come from: a directory of YAML manifests watched for changes, or a
+//! Kubernetes cluster ([`kube`]: watchers, the status writer and leader election).
 //!
 //! Stage: *sources*, the first stage. The directory source walks a tree for `*.yaml` and
 //! `*.yml`, decodes each changed file with `model::decode`, and records it in a
@@ -8,6 +9,8 @@
 //! ticks.
 //!
 //! Must not depend on: `translate`, `dataplane`.
+
+pub mod kube;
 
 use std::collections::BTreeMap;
 use std::io;

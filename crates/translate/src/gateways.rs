@@ -143,6 +143,12 @@ fn resolve_one(
         backend_client_certificate: crate::backend_tls::client_certificate(snapshot, name, gateway),
     };
     assign_addresses(&mut state, gateway, options, taken);
+    let requested = gateway.spec.addresses.as_deref().unwrap_or_default();
+    if options.load_balancer_addresses && requested.is_empty() && options.address_pool.is_none() {
+        // Served by the pods behind the Gateway's provisioned LoadBalancer Service: the
+        // address clients use is the load balancer's (empty until the cloud assigns it).
+        state.addresses = crate::provision::load_balancer_addresses(snapshot, gateway);
+    }
     let total = state.listeners.len();
     let invalid = state.listeners.iter().filter(|l| !l.is_valid()).count();
     if state.accepted.is_ok() && invalid > 0 {

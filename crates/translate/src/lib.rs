@@ -27,6 +27,7 @@ mod grants;
 mod http_route;
 mod listener_sets;
 mod mesh;
+pub mod provision;
 mod stream_route;
 mod tls;
 
@@ -54,6 +55,9 @@ pub struct Options {
     pub allocations: BTreeMap<ObjectName, IpAddr>,
     /// Addresses the data plane could not bind; Gateways using them are not Programmed.
     pub unusable_addresses: BTreeSet<IpAddr>,
+    /// Kubernetes mode with provisioning: a Gateway without `spec.addresses` (and no pool)
+    /// reports its provisioned Service's load-balancer addresses ([`provision`]).
+    pub load_balancer_addresses: bool,
     /// The cluster's pod and service networks: an EgressNetwork without `networks` covers
     /// every address outside them, and one whose networks overlap them is not accepted.
     pub cluster_networks: Vec<IpNet>,
@@ -88,6 +92,7 @@ impl Default for Options {
             address_pool: None,
             allocations: BTreeMap::new(),
             unusable_addresses: BTreeSet::new(),
+            load_balancer_addresses: false,
             cluster_networks: DEFAULT_CLUSTER_NETWORKS
                 .split(',')
                 .filter_map(|n| n.parse().ok())
