@@ -120,22 +120,15 @@ pub(crate) fn select<'a, B>(
         decide(Verdict::Deny, None);
         return Err(egress.denied(format!("IP-literal host {host} is not allowed")));
     }
-    if let Some(EgressPort::Http(listener)) = network.ports.get(&egress.destination.port()) {
-        let parts = ir::HttpRequestParts {
-            host: host.as_str(),
-            path: request.uri().path(),
-            query: request.uri().query(),
-            method: request.method(),
-            headers: request.headers(),
-        };
-        if let Some(selected) = listener.routes.select(&parts) {
-            let id = &selected.rule.id;
-            decide(
-                Verdict::Allow,
-                Some(format!("{}/{}", id.namespace, id.name)),
-            );
-            return Ok(Selection::Route(listener, selected));
-        }
+    if let Some(EgressPort::Http(listener)) = network.ports.get(&egress.destination.port())
+        && let Ok(selected) = proxy::select_route(listener, host, request)
+    {
+        let id = &selected.rule.id;
+        decide(
+            Verdict::Allow,
+            Some(format!("{}/{}", id.namespace, id.name)),
+        );
+        return Ok(Selection::Route(listener, selected));
     }
     match network.policy {
         TrafficPolicy::Allow => {
@@ -372,7 +365,7 @@ async fn serve_tls<I>(
 async fn relay_route<I>(
     shared: &Shared,
     context: &EgressContext,
-    mut io: I,
+    io: I,
     first: Bytes,
     mut log: StreamLog,
     route: Option<Arc<ir::StreamRoute>>,
@@ -402,26 +395,20 @@ async fn relay_route<I>(
         hostname: sni,
         verdict: Verdict::Allow,
     });
-    let relayed = async {
-        let (_, backend) = forward::choose_backend(&route.backends, Some(context.destination))?;
-        log.set_backend(&backend.name);
-        let endpoint = shared.upstreams.endpoint(&backend)?;
-        log.set_endpoint(endpoint);
-        let upstream = forward::connect(endpoint, shared.options.connect_timeout).await?;
-        stream::splice(&mut io, upstream, endpoint, &first, &mut log).await
-    };
-    if let Err(error) = relayed.await {
-        let _ = io.shutdown().await;
-        log.fail(&error);
-    }
-    log.record();
+    let endpoint = forward::choose_backend(&route.backends, Some(context.destination)).and_then(
+        |(_, backend)| {
+            log.set_backend(&backend.name);
+            shared.upstreams.endpoint(&backend)
+        },
+    );
+    relay_to(shared, io, &first, log, endpoint).await;
 }
 
 /// Relays a connection to its original destination (allowed by policy, or unclassified).
 async fn relay_original<I>(
     shared: &Shared,
     context: &EgressContext,
-    mut io: I,
+    io: I,
     first: Bytes,
     mut log: StreamLog,
     protocol: Protocol,
@@ -440,11 +427,25 @@ async fn relay_original<I>(
         log.set_listener(&listener_label(context));
         log.set_route_name(network.policy.implicit_route(protocol));
     }
-    let endpoint = context.destination;
-    log.set_endpoint(endpoint);
+    relay_to(shared, io, &first, log, Ok(context.destination)).await;
+}
+
+/// Connects to `endpoint` (or fails with why there is none), sends `first` (bytes already
+/// read from the client), relays both ways, and writes the connection's log line.
+async fn relay_to<I>(
+    shared: &Shared,
+    mut io: I,
+    first: &[u8],
+    mut log: StreamLog,
+    endpoint: Result<SocketAddr, ProxyError>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let relayed = async {
+        let endpoint = endpoint?;
+        log.set_endpoint(endpoint);
         let upstream = forward::connect(endpoint, shared.options.connect_timeout).await?;
-        stream::splice(&mut io, upstream, endpoint, &first, &mut log).await
+        stream::splice(&mut io, upstream, endpoint, first, &mut log).await
     };
     if let Err(error) = relayed.await {
         let _ = io.shutdown().await;

@@ -331,7 +331,7 @@ fn reject_misdirected(
     })
 }
 
-fn select_route<'l, B>(
+pub(crate) fn select_route<'l, B>(
     listener: &'l HttpListener,
     host: &Hostname,
     request: &Request<B>,
