@@ -16,9 +16,10 @@ use tokio::sync::watch;
 use crate::status::StatusDocument;
 
 /// What the admin endpoints show; replaced as a whole after every reload.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AdminState {
-    /// True once the first config has been applied.
+    /// True once the first config has been applied, false again once shutdown starts (so
+    /// load balancers stop sending new connections while in-flight requests drain).
     pub ready: bool,
     /// The compiled config, as JSON.
     pub config: serde_json::Value,

@@ -103,6 +103,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!("shutting down; draining in-flight requests");
+    control.state.send_modify(|state| {
+        let mut draining = AdminState::clone(state);
+        draining.ready = false;
+        *state = Arc::new(draining);
+    });
     dataplane.shutdown(DRAIN).await;
     Ok(ExitCode::SUCCESS)
 }
