@@ -4,6 +4,8 @@
 //! mirrored is buffered, and only up to a limit, so that one copy can go to each mirror.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -36,6 +38,17 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// Sets `failed` when `body` fails. A request whose body broke (a bad chunk size, a client that
+/// went away) is the client's doing, even though the upstream client is the one that reports
+/// it; the flag lets the request path answer 400 instead of blaming the backend.
+pub fn flag_errors(body: ProxyBody, failed: Arc<AtomicBool>) -> ProxyBody {
+    body.map_err(move |error| {
+        failed.store(true, Ordering::Relaxed);
+        error
+    })
+    .boxed_unsync()
 }
 
 /// The outcome of [`buffer_bounded`].

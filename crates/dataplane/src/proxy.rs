@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -26,7 +27,7 @@ use crate::Shared;
 use crate::body::{self, ProxyBody};
 use crate::cors::{self, Inspection};
 use crate::egress::{self, EgressContext, Selection};
-use crate::error::ProxyError;
+use crate::error::{Fault, ProxyError};
 use crate::filters;
 use crate::forward;
 use crate::grpc;
@@ -66,10 +67,17 @@ pub async fn handle(
     let mut log = AccessLog::new(&connection, &request);
     // Decided before any step can fail, so that every error ends a gRPC call in gRPC's terms.
     let grpc = grpc::is_grpc_request(request.headers());
-    let request = request.map(body::boxed);
+    let body_failed = Arc::new(AtomicBool::new(false));
+    let request = request.map(|b| body::flag_errors(body::boxed(b), Arc::clone(&body_failed)));
     let response = match proxy(&shared, &config, &connection, &mut log, request).await {
         Ok(response) => response,
         Err(error) => {
+            let error = if body_failed.load(Ordering::Relaxed) && error.fault() == Fault::Upstream {
+                // The upstream attempt failed because the client's body did.
+                ProxyError::RequestBody(Box::new(error))
+            } else {
+                error
+            };
             log.error = Some(error.to_string());
             log.fault = Some(error.fault());
             if grpc {
