@@ -129,6 +129,7 @@ impl Watched {
                 | Kind::TlsRoute
                 | Kind::TcpRoute
                 | Kind::EgressNetwork
+                | Kind::BackendTlsPolicy
         )
     }
 

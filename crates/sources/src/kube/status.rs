@@ -306,8 +306,9 @@ impl Task {
 /// - A condition keeps the cluster's `lastTransitionTime` while its status is unchanged
 ///   ("lastTransitionTime is the last time the condition transitioned from one status to
 ///   another", `metav1.Condition`), so a restart or a new leader does not reset times.
-/// - Route `status.parents`: the entries whose `controllerName` is not ours are copied
-///   from `current` (the list is atomic); ours are replaced by the desired ones. "Implementations
+/// - Route `status.parents` (and policy `status.ancestors`): the entries whose
+///   `controllerName` is not ours are copied from `current` (the list is atomic); ours are
+///   replaced by the desired ones. "Implementations
 ///   MUST ... only add or remove entries for parents they manage" (RouteStatus.parents).
 /// - `metadata.resourceVersion` of `current` is sent, making the apply conditional.
 pub fn patch_body(
@@ -320,7 +321,16 @@ pub fn patch_body(
     let mut status = desired.get("status").cloned().unwrap_or(json!({}));
     match watched.kind {
         Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute => {
-            merge_parents(&mut status, &current_status, controller);
+            merge_entries(
+                &mut status,
+                &current_status,
+                controller,
+                ("parents", "parentRef"),
+            );
+        }
+        Kind::BackendTlsPolicy => {
+            let list = ("ancestors", "ancestorRef");
+            merge_entries(&mut status, &current_status, controller, list);
         }
         _ => {
             keep_times(
@@ -392,35 +402,37 @@ fn api_for(
     }
 }
 
-/// Our parents replace our old ones; other controllers' entries stay, first, as they were.
-fn merge_parents(status: &mut Value, current: &Value, controller: &str) {
-    let ours = |parent: &Value| str_at(parent, "controllerName") == Some(controller);
-    let current_parents: Vec<&Value> = current
-        .get("parents")
+/// Our entries of an atomic per-controller list (route `status.parents` keyed by
+/// `parentRef`, policy `status.ancestors` keyed by `ancestorRef`) replace our old ones; other
+/// controllers' entries stay, first, as they were.
+fn merge_entries(status: &mut Value, current: &Value, controller: &str, (list, key): (&str, &str)) {
+    let ours = |entry: &Value| str_at(entry, "controllerName") == Some(controller);
+    let current_entries: Vec<&Value> = current
+        .get(list)
         .and_then(Value::as_array)
         .map(|p| p.iter().collect())
         .unwrap_or_default();
     let mut desired = status
-        .get("parents")
+        .get(list)
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    for parent in &mut desired {
-        let previous = current_parents
+    for entry in &mut desired {
+        let previous = current_entries
             .iter()
-            .find(|p| ours(p) && p.get("parentRef") == parent.get("parentRef"));
+            .find(|p| ours(p) && p.get(key) == entry.get(key));
         keep_times(
-            parent.get_mut("conditions"),
+            entry.get_mut("conditions"),
             previous.and_then(|p| p.get("conditions")),
         );
     }
-    let mut parents: Vec<Value> = current_parents
+    let mut entries: Vec<Value> = current_entries
         .iter()
         .filter(|p| !ours(p))
         .map(|p| (*p).clone())
         .collect();
-    parents.extend(desired);
-    status["parents"] = Value::Array(parents);
+    entries.extend(desired);
+    status[list] = Value::Array(entries);
 }
 
 fn keep_listener_times(status: &mut Value, current: &Value) {

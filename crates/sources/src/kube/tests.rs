@@ -759,3 +759,47 @@ fn gateway_patch_keeps_transition_times_of_unchanged_conditions_and_listeners() 
         None
     );
 }
+
+#[test]
+fn policy_patch_keeps_other_controllers_ancestors_and_unchanged_times() {
+    let accepted = |time: &str| {
+        json!({"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+               "observedGeneration": 1, "lastTransitionTime": time})
+    };
+    let ancestor = |gateway: &str, controller: &str, time: &str| {
+        json!({"ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                               "namespace": "infra", "name": gateway},
+               "controllerName": controller, "conditions": [accepted(time)]})
+    };
+    let old = "2026-01-01T00:00:00Z";
+    let new = "2026-11-26T12:00:00Z";
+    let current = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+        "metadata": {"name": "tls", "namespace": "apps", "resourceVersion": "4"},
+        "status": {"ancestors": [
+            ancestor("theirs", "example.com/other", old),
+            ancestor("web", CONTROLLER, old),
+        ]},
+    });
+    let desired = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+        "metadata": {"name": "tls", "namespace": "apps", "generation": 1},
+        "status": {"ancestors": [ancestor("web", CONTROLLER, new), ancestor("edge", CONTROLLER, new)]},
+    });
+    let Some(body) = patch_body(
+        watched(Kind::BackendTlsPolicy),
+        &current,
+        &desired,
+        CONTROLLER,
+    ) else {
+        panic!("a new ancestor: a write is due");
+    };
+    assert_eq!(
+        body["status"]["ancestors"],
+        json!([
+            ancestor("theirs", "example.com/other", old),
+            ancestor("web", CONTROLLER, old),
+            ancestor("edge", CONTROLLER, new),
+        ])
+    );
+}
