@@ -36,6 +36,7 @@ mod filters;
 mod forward;
 mod grpc;
 mod listener;
+mod metrics;
 mod mirror;
 mod peek;
 mod proxy;
@@ -117,6 +118,8 @@ struct Shared {
     mirrors: Mirrors,
     /// Egress decisions so far.
     decisions: egress::Decisions,
+    /// Requests by route and backend.
+    requests: metrics::RequestMetrics,
 }
 
 struct Inner {
@@ -151,6 +154,7 @@ impl Dataplane {
             upstreams,
             mirrors,
             decisions: egress::Decisions::default(),
+            requests: metrics::RequestMetrics::default(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -286,6 +290,11 @@ impl Dataplane {
             Arc::new(settings),
         );
         self.sockets().outbound.spawn(task);
+    }
+
+    /// The request metrics (per route and backend), in the Prometheus text format.
+    pub fn request_metrics(&self) -> String {
+        self.inner.shared.requests.encode()
     }
 
     /// Egress decisions counted so far, by network, route, hostname and verdict.

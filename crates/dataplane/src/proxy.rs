@@ -87,7 +87,14 @@ pub async fn handle(
             }
         }
     };
-    log.record(&response, started.elapsed());
+    let elapsed = started.elapsed();
+    log.record(&response, elapsed);
+    shared.requests.record(
+        log.route.as_ref().map(|rule| &rule.id),
+        log.backend.as_deref(),
+        response.status().as_u16(),
+        elapsed,
+    );
     response
 }
 

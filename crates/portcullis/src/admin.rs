@@ -100,6 +100,7 @@ fn metrics(state: &AdminState, dataplane: &dataplane::Dataplane) -> String {
         dataplane.mirror_drops()
     );
     status_writer_metrics(state, &mut out);
+    out.push_str(&dataplane.request_metrics());
     let decisions = dataplane.egress_decisions();
     if !decisions.is_empty() {
         out.push_str("# HELP portcullis_egress_decisions_total Egress connections and requests, by EgressNetwork, route, hostname and verdict.\n# TYPE portcullis_egress_decisions_total counter\n");

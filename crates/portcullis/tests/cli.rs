@@ -365,3 +365,39 @@ fn run_kube_without_credentials_fails_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_per_route_backend_and_status_class() {
+    let upstream = Upstream::start("up").await;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::replace(
+        dir.path(),
+        "all.yaml",
+        &manifests(port, upstream.port, "headers"),
+    );
+    let gateway = Gateway::start(dir.path()).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    gateway
+        .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(s, _)| s == 200) })
+        .await;
+    get(&url, &[]).await.expect("a second request");
+    let (_, metrics) = gateway.admin("/metrics").await;
+    let served = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(r#"portcullis_requests_total{route_kind="HTTPRoute",route_namespace="default",route_name="web",backend="default/up:80",code_class="2xx"}"#)
+        })
+        .unwrap_or_else(|| panic!("no request counter for the route in\n{metrics}"));
+    let count: u64 = served
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(count >= 2, "{served}");
+    assert!(
+        metrics.contains(r#"portcullis_request_duration_seconds_count{route_kind="HTTPRoute",route_namespace="default",route_name="web"}"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("# EOF"), "{metrics}");
+}
