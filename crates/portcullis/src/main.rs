@@ -122,6 +122,11 @@ struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The access log: one line per request or relayed connection (target
+    /// `portcullis::access`), written by a background thread so that a slow stderr never
+    /// holds up traffic.
+    #[arg(long, value_enum, default_value_t = AccessLog::On)]
+    access_log: AccessLog,
     /// Worker threads serving traffic (default: one per CPU core).
     #[arg(long, value_name = "N")]
     workers: Option<std::num::NonZeroUsize>,
@@ -245,6 +250,12 @@ enum OutputFormat {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AccessLog {
+    On,
+    Off,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
     Text,
     Json,
@@ -254,7 +265,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => {
-            init_logging(args.log_format);
+            // Held until the process ends: dropping it flushes the log writer.
+            let _flush = init_logging(args.log_format, args.access_log);
             run::run(args)
         }
         Command::Check(args) => check::check(&args),
@@ -270,16 +282,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+/// Logs go to stderr through a non-blocking writer (lines are dropped, and counted by the
+/// writer, rather than blocking a worker when stderr cannot keep up).
+fn init_logging(
+    format: LogFormat,
+    access: AccessLog,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    let base = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "info".to_string());
+    let directives = match access {
+        AccessLog::On => base,
+        AccessLog::Off => format!("{base},portcullis::access=off"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 impl ConfigArgs {

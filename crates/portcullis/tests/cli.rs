@@ -401,3 +401,62 @@ async fn metrics_count_requests_per_route_backend_and_status_class() {
     );
     assert!(!metrics.contains("# EOF"), "{metrics}");
 }
+
+/// Runs the gateway with `args`, sends one request, stops it with SIGTERM and returns what it
+/// wrote to stderr.
+async fn logs_of_one_request(args: &[&str]) -> String {
+    let upstream = Upstream::start("up").await;
+    let port = free_port();
+    let admin = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::replace(
+        dir.path(),
+        "all.yaml",
+        &manifests(port, upstream.port, "headers"),
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config"])
+        .arg(dir.path())
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start portcullis");
+    let url = format!("http://127.0.0.1:{port}/");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while get(&url, &[]).await.map(|(s, _)| s) != Ok(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the route never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("portcullis exits");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_is_one_json_line_per_request_and_can_be_turned_off() {
+    let logs = logs_of_one_request(&["--log-format", "json"]).await;
+    let line = logs
+        .lines()
+        .filter(|l| l.contains(r#""target":"portcullis::access""#))
+        .find(|l| l.contains(r#""status":200"#))
+        .unwrap_or_else(|| panic!("no access line in\n{logs}"));
+    let entry: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+    assert_eq!(entry["fields"]["method"], "GET", "{line}");
+    assert_eq!(entry["fields"]["route"], "default/web#0", "{line}");
+    assert_eq!(entry["fields"]["backend"], "default/up:80", "{line}");
+
+    let logs = logs_of_one_request(&["--log-format", "json", "--access-log", "off"]).await;
+    assert!(
+        !logs.contains("portcullis::access"),
+        "access lines with --access-log off:\n{logs}"
+    );
+}
