@@ -128,6 +128,7 @@ async fn gateway(pki: &Pki, backend: Arc<Backend>) -> (Dataplane, SocketAddr) {
             response_headers: None,
         }]),
         timeouts: Timeouts::default(),
+        retry: None,
     };
     let candidate = Candidate {
         hostname: None,

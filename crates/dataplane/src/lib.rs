@@ -41,6 +41,7 @@ mod mirror;
 mod peek;
 mod proxy;
 mod redirect;
+mod retry;
 mod sni;
 mod stream;
 mod tls;
@@ -120,6 +121,8 @@ struct Shared {
     decisions: egress::Decisions,
     /// Requests by route and backend.
     requests: metrics::RequestMetrics,
+    /// Tokens for retries.
+    retry_budget: retry::Budget,
 }
 
 struct Inner {
@@ -155,6 +158,7 @@ impl Dataplane {
             mirrors,
             decisions: egress::Decisions::default(),
             requests: metrics::RequestMetrics::default(),
+            retry_budget: retry::Budget::default(),
         });
         Self {
             inner: Arc::new(Inner {

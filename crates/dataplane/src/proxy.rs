@@ -199,17 +199,57 @@ async fn forward(
             .send(&rule.filters.mirrors, client_certificate, &parts, body)
             .await?;
         apply_backend_filters(&mut parts, chosen, backend.protocol, te_trailers);
-        let endpoint = shared.upstreams.endpoint(&backend)?;
-        log.endpoint = Some(endpoint);
-        let request = Request::from_parts(parts, body);
-        let attempt = shared
-            .upstreams
-            .send(&backend, client_certificate, endpoint, request);
-        let response = deadline(rule.timeouts.backend_request, attempt, || {
-            ProxyError::BackendTimeout { endpoint }
-        })
-        .await?;
-        return Ok(prepare_response(response, chosen));
+        shared.retry_budget.deposit();
+        // A retried request is replayed from memory: only bodies within the limit can be.
+        let (body, replay) = match &rule.retry {
+            Some(_) => match body::buffer_bounded(body, shared.options.mirror_body_limit)
+                .await
+                .map_err(ProxyError::RequestBody)?
+            {
+                body::Buffered::Complete {
+                    data,
+                    trailers: None,
+                } => (body::full(data.clone()), Some(data)),
+                body::Buffered::Complete { data, trailers } => (body::replay(data, trailers), None),
+                body::Buffered::TooLarge(body) => (body, None),
+            },
+            None => (body, None),
+        };
+        let mut request = Request::from_parts(parts, body);
+        let mut retries_left = rule.retry.as_ref().map_or(0, |r| r.attempts);
+        loop {
+            let endpoint = shared.upstreams.endpoint(&backend)?;
+            log.endpoint = Some(endpoint);
+            log.attempts += 1;
+            let again = match (&replay, retries_left) {
+                (Some(data), 1..) => Some(copy_request(&request, data.clone())),
+                _ => None,
+            };
+            let attempt = shared
+                .upstreams
+                .send(&backend, client_certificate, endpoint, request);
+            let result = deadline(rule.timeouts.backend_request, attempt, || {
+                ProxyError::BackendTimeout { endpoint }
+            })
+            .await;
+            let retryable = match &result {
+                Ok(response) => rule
+                    .retry
+                    .as_ref()
+                    .is_some_and(|r| r.codes.contains(&response.status().as_u16())),
+                Err(error) => error.retry(),
+            };
+            match again {
+                Some(next) if retryable && shared.retry_budget.withdraw() => {
+                    retries_left -= 1;
+                    request = next;
+                    if let Some(retry) = &rule.retry {
+                        tokio::time::sleep(retry.backoff).await;
+                    }
+                }
+                _ => return Ok(prepare_response(result?, chosen)),
+            }
+        }
     };
     // Handshakes are not mirrored: a mirror would open a second WebSocket that nobody reads.
     //
@@ -241,6 +281,16 @@ async fn forward(
     let tunnel = Tunnel::new(websocket.client, &mut response, connection.client, endpoint);
     connection.tunnel.put(tunnel);
     Ok(prepare_switch(response, chosen))
+}
+
+/// A copy of `request` (method, target, version, headers) with `body`, for a retry.
+fn copy_request(request: &Request<ProxyBody>, body: bytes::Bytes) -> Request<ProxyBody> {
+    let mut copy = Request::new(body::full(body));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// Sends an egress request on to its original destination as it is (apart from the proxy's
@@ -488,6 +538,8 @@ struct AccessLog {
     route: Option<Arc<Rule>>,
     backend: Option<String>,
     endpoint: Option<SocketAddr>,
+    /// Upstream attempts made (retries included).
+    attempts: u32,
     error: Option<String>,
     fault: Option<crate::error::Fault>,
 }
@@ -514,6 +566,7 @@ impl AccessLog {
             route: None,
             backend: None,
             endpoint: None,
+            attempts: 0,
             error: None,
             fault: None,
         }
@@ -544,6 +597,7 @@ impl AccessLog {
             route = route.as_deref().unwrap_or("-"),
             backend = self.backend.as_deref().unwrap_or("-"),
             endpoint = ?self.endpoint,
+            attempts = self.attempts,
             error = self.error.as_deref().unwrap_or("-"),
             fault = ?self.fault,
             duration_ms = elapsed.as_secs_f64() * 1000.0,

@@ -35,8 +35,8 @@ pub use filter::{
 };
 pub use hostname::{Hostname, HostnameMatch};
 pub use route::{
-    Action, Candidate, HeaderMatch, HttpMatch, HttpRequestParts, PathMatch, QueryMatch, RouteId,
-    RouteKind, RouteTable, Rule, Selected, StringMatch, Timeouts,
+    Action, Candidate, HeaderMatch, HttpMatch, HttpRequestParts, PathMatch, QueryMatch, Retry,
+    RouteId, RouteKind, RouteTable, Rule, Selected, StringMatch, Timeouts,
 };
 pub use stream::{StreamRoute, TcpListener, TlsPassthroughListener, TlsTerminateListener};
 

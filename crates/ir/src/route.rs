@@ -75,6 +75,9 @@ pub struct Rule {
     pub action: Action,
     /// `timeouts`.
     pub timeouts: Timeouts,
+    /// `retry` (experimental channel): how a failed backend request is tried again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
 }
 
 /// What a rule does with a request.
@@ -97,6 +100,17 @@ pub struct Timeouts {
     pub request: Option<Duration>,
     /// `backendRequest`: one attempt towards a backend.
     pub backend_request: Option<Duration>,
+}
+
+/// `HTTPRouteRule.retry` (GEP-1731).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// The least time between two attempts.
+    pub backoff: Duration,
+    /// Response statuses that are retried; failures to connect are always retried.
+    pub codes: Vec<u16>,
 }
 
 /// One `HTTPRouteMatch`: all of its conditions must hold.

@@ -391,6 +391,34 @@ fn validate_listeners(listeners: &[gw::gateways::GatewayListeners], errors: &mut
     }
 }
 
+/// `HTTPRouteRule.retry`: the CRD's limits (codes 400 to 599, attempts not negative, backoff
+/// a Gateway API duration).
+fn validate_retry(
+    retry: &gw::httproutes::HttpRouteRulesRetry,
+    path: &str,
+    errors: &mut FieldErrors,
+) {
+    if retry.attempts.is_some_and(|a| a < 0) {
+        errors.push(&format!("{path}.attempts"), "must be 0 or more");
+    }
+    for (i, code) in retry.codes.iter().flatten().enumerate() {
+        if !(400..=599).contains(code) {
+            errors.push(
+                &format!("{path}.codes[{i}]"),
+                "must be an HTTP status from 400 to 599",
+            );
+        }
+    }
+    if let Some(backoff) = &retry.backoff
+        && crate::parse_duration(backoff).is_none()
+    {
+        errors.push(
+            &format!("{path}.backoff"),
+            "must be a Gateway API duration such as 100ms, 1s or 1m (digits and h, m, s, ms units)",
+        );
+    }
+}
+
 fn validate_http_route(spec: &gw::httproutes::HttpRouteSpec, errors: &mut FieldErrors) {
     for (i, hostname) in spec.hostnames.iter().flatten().enumerate() {
         check_hostname(hostname, &format!("spec.hostnames[{i}]"), errors);
@@ -409,6 +437,9 @@ fn validate_http_route(spec: &gw::httproutes::HttpRouteSpec, errors: &mut FieldE
     let mut rule_names = HashSet::new();
     for (r, rule) in rules.iter().enumerate() {
         let path = format!("spec.rules[{r}]");
+        if let Some(retry) = &rule.retry {
+            validate_retry(retry, &format!("{path}.retry"), errors);
+        }
         if let Some(name) = &rule.name
             && !rule_names.insert(name.as_str())
         {

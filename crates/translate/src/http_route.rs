@@ -420,12 +420,28 @@ fn compile_rule(
                 .and_then(model::parse_duration)
                 .filter(|d| !d.is_zero()),
         });
+    // GEP-1731 leaves the default backoff to implementations; 25 ms is Envoy's base interval.
+    let retry = spec.retry.as_ref().map(|r| ir::Retry {
+        attempts: r.attempts.and_then(|a| u32::try_from(a).ok()).unwrap_or(1),
+        backoff: r
+            .backoff
+            .as_deref()
+            .and_then(model::parse_duration)
+            .unwrap_or(std::time::Duration::from_millis(25)),
+        codes: r
+            .codes
+            .iter()
+            .flatten()
+            .filter_map(|c| u16::try_from(*c).ok())
+            .collect(),
+    });
     CompiledRule {
         rule: Arc::new(Rule {
             id,
             filters,
             action,
             timeouts,
+            retry,
         }),
         matches,
     }

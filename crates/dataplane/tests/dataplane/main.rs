@@ -11,6 +11,7 @@ mod grpc;
 mod https;
 mod lifecycle;
 mod passthrough;
+mod retry;
 mod routing;
 mod support;
 mod tcp;

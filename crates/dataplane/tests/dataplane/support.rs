@@ -324,6 +324,7 @@ pub fn rule(name: &str, action: Action) -> Rule {
         filters: RequestFilters::default(),
         action,
         timeouts: Timeouts::default(),
+        retry: None,
     }
 }
 

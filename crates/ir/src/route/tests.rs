@@ -18,6 +18,7 @@ fn rule(name: &str, index: usize) -> Arc<Rule> {
         filters: RequestFilters::default(),
         action: Action::Invalid("test".into()),
         timeouts: Timeouts::default(),
+        retry: None,
     })
 }
 

@@ -320,3 +320,27 @@ spec:
     }
     assert_eq!(errors.len(), 4, "{messages}");
 }
+
+#[test]
+fn retry_fields_are_checked() {
+    let text = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  rules:
+  - backendRefs: [{name: web, port: 80}]
+    retry: {attempts: -1, backoff: soon, codes: [503, 200]}
+";
+    let errors = errors(text);
+    for expected in [
+        "m.yaml:7: spec.rules[0].retry.attempts: must be 0 or more",
+        "m.yaml:7: spec.rules[0].retry.codes[1]: must be an HTTP status from 400 to 599",
+        "m.yaml:7: spec.rules[0].retry.backoff: must be a Gateway API duration",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected} not in {errors:#?}"
+        );
+    }
+}
