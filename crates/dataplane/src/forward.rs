@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use crate::Options;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::outlier::Outliers;
 
 use origination::{ClientKey, TlsConnection, TlsConnector};
 pub use origination::{HandshakeError, SettingsError};
@@ -51,6 +52,8 @@ pub struct Upstreams {
     builder: hyper_util::client::legacy::Builder,
     /// Round-robin position per backend name.
     cursors: Arc<Mutex<HashMap<String, usize>>>,
+    /// Passive health of the endpoints.
+    pub outliers: Arc<Outliers>,
 }
 
 // === impl Upstreams ===
@@ -79,10 +82,15 @@ impl Upstreams {
             connector,
             builder: tls_builder,
             cursors: Arc::default(),
+            outliers: Arc::new(Outliers::new(
+                options.outlier_consecutive_failures,
+                options.outlier_base_ejection,
+            )),
         }
     }
 
-    /// Chooses the next endpoint of `backend`, round robin.
+    /// Chooses the next endpoint of `backend`, round robin, passing over ejected endpoints
+    /// (all of them are used when all are ejected).
     pub fn endpoint(&self, backend: &Backend) -> Result<SocketAddr, ProxyError> {
         let count = backend.endpoints.len();
         if count == 0 {
@@ -90,18 +98,21 @@ impl Upstreams {
                 backend: backend.name.clone(),
             });
         }
-        let index = {
+        let start = {
             // A poisoned map only holds counters; keep using it.
             let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
             if cursors.len() >= MAX_CURSORS && !cursors.contains_key(&backend.name) {
                 cursors.clear();
             }
             let cursor = cursors.entry(backend.name.clone()).or_default();
-            let index = *cursor % count;
+            let start = *cursor;
             *cursor = cursor.wrapping_add(1);
-            index
+            start
         };
-        Ok(backend.endpoints[index].addr)
+        let healthy = (0..count)
+            .map(|offset| backend.endpoints[start.wrapping_add(offset) % count].addr)
+            .find(|addr| !self.outliers.is_ejected(*addr));
+        Ok(healthy.unwrap_or(backend.endpoints[start % count].addr))
     }
 
     /// Sends `request` to `endpoint` over the protocol `backend` speaks, over TLS when a

@@ -38,6 +38,7 @@ mod grpc;
 mod listener;
 mod metrics;
 mod mirror;
+mod outlier;
 mod peek;
 mod proxy;
 mod redirect;
@@ -95,6 +96,10 @@ pub struct Options {
     /// Time allowed for a client to send its whole ClientHello on a socket with TLS
     /// passthrough listeners, where the SNI decides where the connection goes.
     pub client_hello_timeout: Duration,
+    /// Consecutive failures (failed connections, 502/503/504) that eject an endpoint.
+    pub outlier_consecutive_failures: u32,
+    /// How long a first ejection lasts; the n-th lasts n times as long (up to 10).
+    pub outlier_base_ejection: Duration,
 }
 
 /// A bind address of the config that could not be bound. It is retried on the next
@@ -357,6 +362,8 @@ impl Default for Options {
             listen_backlog: 1024,
             tls_handshake_timeout: Duration::from_secs(10),
             client_hello_timeout: Duration::from_secs(10),
+            outlier_consecutive_failures: 5,
+            outlier_base_ejection: Duration::from_secs(30),
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::error::{Fault, ProxyError};
 use crate::filters;
 use crate::forward;
 use crate::grpc;
+use crate::outlier;
 use crate::redirect::{self, RedirectRequest};
 use crate::tls::{self, Session};
 use crate::upgrade::{self, Requested, Tunnel};
@@ -232,6 +233,12 @@ async fn forward(
                 ProxyError::BackendTimeout { endpoint }
             })
             .await;
+            let outcome = match &result {
+                Ok(response) => outlier::of_status(response.status().as_u16()),
+                Err(error) if error.fault() == Fault::Upstream => outlier::Outcome::Failed,
+                Err(_) => outlier::Outcome::Healthy,
+            };
+            shared.upstreams.outliers.report(endpoint, outcome);
             let retryable = match &result {
                 Ok(response) => rule
                     .retry

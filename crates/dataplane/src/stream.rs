@@ -36,6 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::Shared;
 use crate::error::{Fault, ProxyError};
 use crate::forward;
+use crate::outlier::Outcome;
 use crate::peek::{ClientHello, Rewind};
 use crate::tls::{self, HandshakeError};
 
@@ -172,8 +173,13 @@ async fn connect(
     log: &mut StreamLog,
 ) -> Result<(TcpStream, SocketAddr), ProxyError> {
     let endpoint = choose_endpoint(shared, route, log)?;
-    let stream = forward::connect(endpoint, shared.options.connect_timeout).await?;
-    Ok((stream, endpoint))
+    let connected = forward::connect(endpoint, shared.options.connect_timeout).await;
+    let outcome = match &connected {
+        Ok(_) => Outcome::Healthy,
+        Err(_) => Outcome::Failed,
+    };
+    shared.upstreams.outliers.report(endpoint, outcome);
+    Ok((connected?, endpoint))
 }
 
 /// Chooses a backend of `route` by weight, and an endpoint of it.

@@ -141,3 +141,31 @@ async fn listed_codes_and_refused_connections_are_retried_with_the_body() {
         "a refused connection is retried"
     );
 }
+
+#[tokio::test]
+async fn an_endpoint_that_keeps_failing_is_ejected() {
+    let refused: SocketAddr = ([127, 0, 0, 1], unused_port()).into();
+    let (good, good_seen) = flaky(0).await;
+    let routes = vec![route(
+        None,
+        PathMatch::prefix("/"),
+        retrying("pair", &[refused, good], None),
+    )];
+    let gateway = Gateway::start(config(vec![listener(None, routes)])).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(gateway.get("example.com", "/").await.status);
+    }
+    let failed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    // Round robin alternates until the refusing endpoint has failed 5 times in a row (the
+    // default threshold); then it is ejected and every request goes to the good one.
+    assert_eq!(failed, 5, "{statuses:?}");
+    assert!(
+        statuses[10..].iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(good_seen.load(Ordering::SeqCst), 15);
+}
