@@ -19,8 +19,6 @@ use model::status::{
     StatusSet,
 };
 use model::{GATEWAY_GROUP, Kind, ObjectName, ResourceKey, Snapshot};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use crate::Options;
 use crate::gateways::Verdict;
@@ -295,25 +293,8 @@ fn ca_certificate<'s>(
         ));
     }
     let object = ObjectName::new(&policy.namespace, name);
-    let invalid = |message: String| (Reason::InvalidCACertificateRef, message);
-    let config_map = snapshot
-        .config_maps
-        .get(&object)
-        .ok_or_else(|| invalid(format!("ConfigMap {object} does not exist")))?;
-    let ca = config_map
-        .data
-        .as_ref()
-        .and_then(|d| d.get("ca.crt"))
-        .ok_or_else(|| invalid(format!("ConfigMap {object} has no ca.crt")))?;
-    let certificates: Vec<_> = CertificateDer::pem_slice_iter(ca.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| invalid(format!("ConfigMap {object}: ca.crt is not valid PEM: {e}")))?;
-    if certificates.is_empty() {
-        return Err(invalid(format!(
-            "ConfigMap {object}: ca.crt holds no certificate"
-        )));
-    }
-    Ok((object.to_string(), ca.as_bytes()))
+    let ca = crate::frontend_tls::ca_certificates(snapshot, &object)?;
+    Ok((object.to_string(), ca))
 }
 
 fn section_suffix(section: Option<&str>) -> String {

@@ -139,25 +139,8 @@ pub(crate) fn resolve(
                 ),
             ));
         }
-        let invalid = |message: String| (Reason::InvalidCACertificateRef, message);
-        let config_map = snapshot
-            .config_maps
-            .get(&object)
-            .ok_or_else(|| invalid(format!("ConfigMap {object} does not exist")))?;
-        let ca = config_map
-            .data
-            .as_ref()
-            .and_then(|d| d.get("ca.crt"))
-            .ok_or_else(|| invalid(format!("ConfigMap {object} has no ca.crt")))?;
-        let certificates: Vec<_> = CertificateDer::pem_slice_iter(ca.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| invalid(format!("ConfigMap {object}: ca.crt is not valid PEM: {e}")))?;
-        if certificates.is_empty() {
-            return Err(invalid(format!(
-                "ConfigMap {object}: ca.crt holds no certificate"
-            )));
-        }
-        ca_pem.extend_from_slice(ca.as_bytes());
+        let ca = ca_certificates(snapshot, &object)?;
+        ca_pem.extend_from_slice(ca);
         ca_pem.push(b'\n');
         sources.push(object.to_string());
     }
@@ -176,4 +159,31 @@ pub(crate) fn resolve(
             ClientValidationMode::AllowValidOnly
         },
     })))
+}
+
+/// The `ca.crt` of a ConfigMap, checked to hold at least one PEM certificate; shared by
+/// frontend client validation and BackendTLSPolicy. `InvalidCACertificateRef` otherwise.
+pub(crate) fn ca_certificates<'s>(
+    snapshot: &'s Snapshot,
+    object: &ObjectName,
+) -> Result<&'s [u8], (Reason, String)> {
+    let invalid = |message: String| (Reason::InvalidCACertificateRef, message);
+    let config_map = snapshot
+        .config_maps
+        .get(object)
+        .ok_or_else(|| invalid(format!("ConfigMap {object} does not exist")))?;
+    let ca = config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .ok_or_else(|| invalid(format!("ConfigMap {object} has no ca.crt")))?;
+    let certificates: Vec<_> = CertificateDer::pem_slice_iter(ca.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(format!("ConfigMap {object}: ca.crt is not valid PEM: {e}")))?;
+    if certificates.is_empty() {
+        return Err(invalid(format!(
+            "ConfigMap {object}: ca.crt holds no certificate"
+        )));
+    }
+    Ok(ca.as_bytes())
 }
