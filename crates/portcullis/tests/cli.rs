@@ -63,8 +63,9 @@ fn check_passes_on_valid_manifests() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn run_keeps_the_last_good_config_when_a_file_breaks() {
+/// The gateway on [`manifests`] with a valid route, once it answers 200: its upstream (kept
+/// alive by the caller), config directory, process and listener port.
+async fn serving_web() -> (Upstream, tempfile::TempDir, Gateway, u16) {
     let upstream = Upstream::start("up").await;
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -78,6 +79,13 @@ async fn run_keeps_the_last_good_config_when_a_file_breaks() {
     gateway
         .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(s, _)| s == 200) })
         .await;
+    (upstream, dir, gateway, port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_keeps_the_last_good_config_when_a_file_breaks() {
+    let (upstream, dir, gateway, port) = serving_web().await;
+    let url = format!("http://127.0.0.1:{port}/");
 
     support::replace(
         dir.path(),
@@ -368,19 +376,8 @@ fn run_kube_without_credentials_fails_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_per_route_backend_and_status_class() {
-    let upstream = Upstream::start("up").await;
-    let port = free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    support::replace(
-        dir.path(),
-        "all.yaml",
-        &manifests(port, upstream.port, "headers"),
-    );
-    let gateway = Gateway::start(dir.path()).await;
+    let (_upstream, _dir, gateway, port) = serving_web().await;
     let url = format!("http://127.0.0.1:{port}/");
-    gateway
-        .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(s, _)| s == 200) })
-        .await;
     get(&url, &[]).await.expect("a second request");
     let (_, metrics) = gateway.admin("/metrics").await;
     let served = metrics

@@ -43,18 +43,7 @@ async fn smuggling_and_oversized_requests_are_refused() {
     let upstream = Upstream::start("up").await;
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = format!(
-        "{}---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: up}}
-spec:
-  parentRefs: [{{name: edge}}]
-  rules: [{{backendRefs: [{{name: up, port: 80}}]}}]
-{}",
-        support::gateway_yaml(port),
-        support::service_yaml("up", upstream.port)
-    );
+    let manifests = support::one_route_yaml(port, "up", upstream.port);
     support::replace(dir.path(), "all.yaml", &manifests);
     let gateway = Gateway::start(dir.path()).await;
     let url = format!("http://127.0.0.1:{port}/");

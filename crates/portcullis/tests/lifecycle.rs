@@ -41,18 +41,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let upstream = slow_upstream().await;
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = format!(
-        "{}---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: slow}}
-spec:
-  parentRefs: [{{name: edge}}]
-  rules: [{{backendRefs: [{{name: slow, port: 80}}]}}]
-{}",
-        support::gateway_yaml(port),
-        support::service_yaml("slow", upstream)
-    );
+    let manifests = support::one_route_yaml(port, "slow", upstream);
     support::replace(dir.path(), "all.yaml", &manifests);
     let mut gateway = Gateway::start(dir.path()).await;
     let url = format!("http://127.0.0.1:{port}/");

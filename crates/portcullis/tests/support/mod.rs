@@ -66,6 +66,23 @@ endpoints: [{{addresses: [127.0.0.1]}}]
     )
 }
 
+/// Gateway `default/edge` on `port` with one HTTPRoute sending everything to Service `name`,
+/// whose endpoint is 127.0.0.1:`target`.
+pub fn one_route_yaml(port: u16, name: &str, target: u16) -> String {
+    format!(
+        "{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: {name}, port: 80}}]}}]
+{}",
+        gateway_yaml(port),
+        service_yaml(name, target)
+    )
+}
+
 /// Writes a file atomically (write to a hidden temporary, then rename).
 pub fn replace(dir: &Path, name: &str, contents: &str) {
     let temporary = dir.join(format!(".{name}.tmp"));
