@@ -7,6 +7,7 @@
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -144,6 +145,49 @@ pub enum ProxyError {
     /// unusable.
     #[error(transparent)]
     BackendTlsSettings(crate::forward::SettingsError),
+    /// The ExternalAuth service could not be asked, or gave no usable answer: the filter
+    /// "MUST fail closed".
+    #[error("external authorization via {service} failed: {reason}")]
+    AuthUnavailable {
+        /// The authorization backend, `namespace/name:port`.
+        service: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The body that ExternalAuth forwards is over `forwardBody.maxSize`.
+    #[error("request body over the {limit}-byte limit of external authorization")]
+    AuthBodyTooLarge {
+        /// `forwardBody.maxSize`.
+        limit: usize,
+    },
+    /// An AuthenticationPolicy found no valid credentials in the request.
+    #[error("unauthenticated by {policy}: {reason}")]
+    Unauthenticated {
+        /// The policy, `namespace/name`.
+        policy: String,
+        /// What was missing or wrong.
+        reason: String,
+        /// The `WWW-Authenticate` challenge for the client.
+        challenge: HeaderValue,
+    },
+    /// Valid credentials that this route does not accept (a JWT for another audience).
+    #[error("forbidden by {policy}: {reason}")]
+    Forbidden {
+        /// The policy, `namespace/name`.
+        policy: String,
+        /// Why.
+        reason: String,
+    },
+    /// A limit of a RateLimitPolicy is used up.
+    #[error("rate limited by {policy}")]
+    RateLimited {
+        /// The policy, `namespace/name`.
+        policy: String,
+        /// The limit's request count per window.
+        limit: u64,
+        /// When the client may try again.
+        retry_after: Duration,
+    },
     /// `timeouts.request` expired before the response headers arrived.
     #[error("request timeout expired")]
     RequestTimeout,
@@ -173,7 +217,12 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingHost | Self::RequestBody(_) => StatusCode::BAD_REQUEST,
-            Self::EgressDenied { .. } => StatusCode::FORBIDDEN,
+            Self::EgressDenied { .. } | Self::AuthUnavailable { .. } | Self::Forbidden { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            Self::AuthBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unresolvable { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoListener { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
@@ -208,7 +257,11 @@ impl ProxyError {
     /// | HTTP | errors                                | gRPC                  | why            |
     /// |------|---------------------------------------|-----------------------|----------------|
     /// | 400  | `MissingHost`, `RequestBody`          | 13 `INTERNAL`         | mapping        |
-    /// | 403  | `EgressDenied`                        | 7 `PERMISSION_DENIED` | mapping        |
+    /// | 401  | `Unauthenticated`                     | 16 `UNAUTHENTICATED`  | mapping        |
+    /// | 403  | `EgressDenied`, `Forbidden`,          | 7 `PERMISSION_DENIED` | mapping        |
+    /// |      | `AuthUnavailable`                     |                       |                |
+    /// | 413  | `AuthBodyTooLarge`                    | 8 `RESOURCE_EXHAUSTED`| note 7         |
+    /// | 429  | `RateLimited`                         | 8 `RESOURCE_EXHAUSTED`| note 7         |
     /// | 404  | `NoListener`, `NoRoute`               | 12 `UNIMPLEMENTED`    | mapping        |
     /// | 405  | `ConnectMethod`                       | 12 `UNIMPLEMENTED`    | note 1         |
     /// | 421  | `MisdirectedRequest`                  | 14 `UNAVAILABLE`      | note 2         |
@@ -247,13 +300,21 @@ impl ProxyError {
     ///    row exists so that the mapping stays total.
     /// 6. A backend whose BackendTLSPolicy cannot be used is an invalid backend, answered
     ///    like one (GRPCRoute spec row).
+    /// 7. The mapping says `UNAVAILABLE` for 429, which invites immediate retries; a quota
+    ///    (requests per window, bytes per body) is what `RESOURCE_EXHAUSTED` names.
     ///
     /// [HTTP to gRPC status mapping]:
     ///     https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
     pub(crate) fn grpc_code(&self) -> grpc::Code {
         match self {
             Self::MissingHost | Self::RequestBody(_) => grpc::Code::Internal,
-            Self::EgressDenied { .. } => grpc::Code::PermissionDenied,
+            Self::EgressDenied { .. } | Self::AuthUnavailable { .. } | Self::Forbidden { .. } => {
+                grpc::Code::PermissionDenied
+            }
+            Self::Unauthenticated { .. } => grpc::Code::Unauthenticated,
+            Self::AuthBodyTooLarge { .. } | Self::RateLimited { .. } => {
+                grpc::Code::ResourceExhausted
+            }
             Self::Unresolvable { .. } => grpc::Code::Unavailable,
             Self::NoListener { .. } | Self::NoRoute | Self::ConnectMethod => {
                 grpc::Code::Unimplemented
@@ -283,6 +344,10 @@ impl ProxyError {
             | Self::NoListener { .. }
             | Self::MisdirectedRequest { .. }
             | Self::EgressDenied { .. }
+            | Self::AuthBodyTooLarge { .. }
+            | Self::Unauthenticated { .. }
+            | Self::Forbidden { .. }
+            | Self::RateLimited { .. }
             | Self::NoRoute => Fault::Client,
             Self::InvalidRule(_)
             | Self::NoBackends
@@ -296,6 +361,7 @@ impl ProxyError {
             | Self::UpstreamConnect { .. }
             | Self::Upstream { .. }
             | Self::Unresolvable { .. }
+            | Self::AuthUnavailable { .. }
             | Self::RequestTimeout
             | Self::BackendTimeout { .. } => Fault::Upstream,
         }
@@ -381,13 +447,38 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        self.add_headers(response.headers_mut());
         response
     }
 
     /// The response sent to a gRPC client: Trailers-Only with [`ProxyError::grpc_code`] and,
     /// as `grpc-message`, the same text an HTTP client gets.
     pub(crate) fn into_grpc_response(self) -> Response<ProxyBody> {
-        grpc::trailers_only(self.grpc_code(), &self.public_text())
+        let mut response = grpc::trailers_only(self.grpc_code(), &self.public_text());
+        self.add_headers(response.headers_mut());
+        response
+    }
+
+    /// Headers some answers carry: the authentication challenge, and when to come back after
+    /// a rate limit (`Retry-After`, RFC 9110 §10.2.3, and the `RateLimit-*` fields of
+    /// draft-ietf-httpapi-ratelimit-headers, as most gateways send them).
+    fn add_headers(&self, headers: &mut http::HeaderMap) {
+        match self {
+            Self::Unauthenticated { challenge, .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+            }
+            Self::RateLimited {
+                limit, retry_after, ..
+            } => {
+                // Whole seconds, rounded up: a client that waits that long finds a token.
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                headers.insert("ratelimit-limit", HeaderValue::from(*limit));
+                headers.insert("ratelimit-remaining", HeaderValue::from(0));
+                headers.insert("ratelimit-reset", HeaderValue::from(seconds));
+            }
+            _ => {}
+        }
     }
 
     /// What a client is told: the HTTP status and its reason phrase. The error's own text names

@@ -40,6 +40,8 @@ pub enum Code {
     DeadlineExceeded,
     /// 7: "The caller does not have permission to execute the specified operation."
     PermissionDenied,
+    /// 8: "Some resource has been exhausted, perhaps a per-user quota".
+    ResourceExhausted,
     /// 12: "The operation is not implemented or is not supported/enabled in this service."
     Unimplemented,
     /// 13: "Internal errors. This means that some invariants expected by the underlying system
@@ -48,6 +50,8 @@ pub enum Code {
     /// 14: "The service is currently unavailable. This is most likely a transient condition,
     /// which can be corrected by retrying with a backoff."
     Unavailable,
+    /// 16: "The request does not have valid authentication credentials for the operation."
+    Unauthenticated,
 }
 
 /// Whether a request is a gRPC call. The gRPC spec: "Content-Type → "content-type"
@@ -93,9 +97,11 @@ impl Code {
         match self {
             Self::DeadlineExceeded => 4,
             Self::PermissionDenied => 7,
+            Self::ResourceExhausted => 8,
             Self::Unimplemented => 12,
             Self::Internal => 13,
             Self::Unavailable => 14,
+            Self::Unauthenticated => 16,
         }
     }
 }

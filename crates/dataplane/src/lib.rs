@@ -32,6 +32,7 @@ mod body;
 mod cors;
 mod egress;
 mod error;
+mod ext_auth;
 mod filters;
 mod forward;
 mod grpc;
@@ -100,6 +101,8 @@ pub struct Options {
     pub outlier_consecutive_failures: u32,
     /// How long a first ejection lasts; the n-th lasts n times as long (up to 10).
     pub outlier_base_ejection: Duration,
+    /// Time allowed for an ExternalAuth service to answer; after it the request is denied.
+    pub external_auth_timeout: Duration,
 }
 
 /// A bind address of the config that could not be bound. It is retried on the next
@@ -364,6 +367,7 @@ impl Default for Options {
             client_hello_timeout: Duration::from_secs(10),
             outlier_consecutive_failures: 5,
             outlier_base_ejection: Duration::from_secs(30),
+            external_auth_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::body::{self, ProxyBody};
 use crate::cors::{self, Inspection};
 use crate::egress::{self, EgressContext, Selection};
 use crate::error::{Fault, ProxyError};
+use crate::ext_auth;
 use crate::filters;
 use crate::forward;
 use crate::grpc;
@@ -131,6 +132,15 @@ async fn proxy(
         Inspection::Preflight(answer) => return Ok(answer),
         Inspection::Forward(decoration) => decoration,
     };
+    let (request, approval) = match admit(shared, connection, rule, &host, request).await? {
+        Admission::Admitted(request, approval) => (request, approval),
+        Admission::Refused(mut answer) => {
+            if let Some(cors) = cors {
+                cors.apply(answer.headers_mut());
+            }
+            return Ok(answer);
+        }
+    };
     let mut response = match &rule.action {
         Action::Invalid(reason) => return Err(ProxyError::InvalidRule(reason.clone())),
         Action::Redirect(redirect) => {
@@ -167,7 +177,60 @@ async fn proxy(
     if let Some(cors) = cors {
         cors.apply(response.headers_mut());
     }
+    if let Some(approval) = approval {
+        approval.apply_to_response(response.headers_mut());
+    }
     Ok(response)
+}
+
+/// The outcome of [`admit`].
+enum Admission {
+    /// The request goes on (changed by an ExternalAuth approval, whose response changes
+    /// come along).
+    Admitted(Request<ProxyBody>, Option<ext_auth::Approval>),
+    /// The client gets this answer instead (an authorization service's denial).
+    Refused(Response<ProxyBody>),
+}
+
+/// The rule's admission steps, in order: the `ExternalAuth` filter.
+async fn admit(
+    shared: &Shared,
+    connection: &Connection,
+    rule: &Rule,
+    host: &Hostname,
+    request: Request<ProxyBody>,
+) -> Result<Admission, ProxyError> {
+    let Some(auth) = &rule.filters.external_auth else {
+        return Ok(Admission::Admitted(request, None));
+    };
+    let (mut parts, body) = request.into_parts();
+    // The service sees the host as the client wrote it (with its port), as Envoy sends it.
+    let written = match parts.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(host.as_str()),
+    };
+    let asked = ext_auth::Asked {
+        parts: &parts,
+        host: written,
+        client: connection.client,
+        local: connection.bind,
+        tls: connection.tls.is_some(),
+    };
+    let timeout = shared.options.external_auth_timeout;
+    match ext_auth::authorize(&shared.upstreams, timeout, auth, asked, body).await? {
+        (ext_auth::Decision::Deny(answer), _) => Ok(Admission::Refused(answer)),
+        (ext_auth::Decision::Allow(approval), body) => {
+            approval.apply_to_request(&mut parts.headers);
+            Ok(Admission::Admitted(
+                Request::from_parts(parts, body),
+                Some(approval),
+            ))
+        }
+    }
 }
 
 /// Forwards to one backend of the rule. Returns once the response headers arrived; the body

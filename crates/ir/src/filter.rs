@@ -28,6 +28,48 @@ pub struct RequestFilters {
     /// `CORS`: preflights answered by the gateway, actual responses decorated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
+    /// `ExternalAuth` (GEP-1494): an authorization service decides before forwarding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_auth: Option<Arc<ExternalAuth>>,
+}
+
+/// `ExternalAuth`: the request's details go to an authorization service first; only its
+/// approval lets the request on, and any failure to get an answer denies it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalAuth {
+    /// The authorization service (spoken to over h2c for `GRPC`).
+    pub backend: Arc<Backend>,
+    /// How it is asked.
+    pub protocol: AuthProtocol,
+    /// `forwardBody.maxSize`: up to this many bytes of the body go along; 0 sends none.
+    pub forward_body: usize,
+}
+
+/// `ExternalAuth.protocol` with its settings.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthProtocol {
+    /// The request is replayed to the service (without body unless forwarded); a 200 allows.
+    #[serde(rename_all = "camelCase")]
+    Http {
+        /// `http.path`: prepended to the request path.
+        path_prefix: String,
+        /// `http.allowedHeaders`: sent besides Host, Content-Length and Authorization.
+        #[serde(serialize_with = "serialize_names")]
+        allowed_headers: Vec<HeaderName>,
+        /// `http.allowedResponseHeaders`: copied from an approval into the request; empty
+        /// copies every header but Host and framing ones.
+        #[serde(serialize_with = "serialize_names")]
+        allowed_response_headers: Vec<HeaderName>,
+    },
+    /// Envoy's `envoy.service.auth.v3.Authorization/Check`.
+    #[serde(rename_all = "camelCase")]
+    Grpc {
+        /// `grpc.allowedHeaders`: the request headers sent; empty sends all.
+        #[serde(serialize_with = "serialize_names")]
+        allowed_headers: Vec<HeaderName>,
+    },
 }
 
 /// Set, add and remove headers; applied in that order, as Envoy and the conformance tests do.

@@ -30,8 +30,8 @@ pub use backend::{
 };
 pub use egress::{Egress, EgressNetwork, EgressPort, NetworkRange, Protocol, TrafficPolicy};
 pub use filter::{
-    Cors, CorsList, HeaderModifier, InvalidCorsValue, Mirror, OriginPattern, PathModifier,
-    Redirect, RedirectScheme, RequestFilters, UrlRewrite,
+    AuthProtocol, Cors, CorsList, ExternalAuth, HeaderModifier, InvalidCorsValue, Mirror,
+    OriginPattern, PathModifier, Redirect, RedirectScheme, RequestFilters, UrlRewrite,
 };
 pub use hostname::{Hostname, HostnameMatch};
 pub use route::{

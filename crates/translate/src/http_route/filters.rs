@@ -5,10 +5,12 @@
 //! is compiled by one piece of code.
 
 use http::{HeaderName, HeaderValue};
+use std::sync::Arc;
+
 use ir::{
-    BackendTarget, Cors, CorsList, HeaderModifier, InvalidBackend, InvalidCorsValue, Mirror,
-    OriginPattern, PathModifier, Redirect, RedirectScheme, RequestFilters, UrlRewrite,
-    WeightedBackend,
+    AuthProtocol, Backend, BackendProtocol, BackendTarget, Cors, CorsList, ExternalAuth,
+    HeaderModifier, InvalidBackend, InvalidCorsValue, Mirror, OriginPattern, PathModifier,
+    Redirect, RedirectScheme, RequestFilters, UrlRewrite, WeightedBackend,
 };
 use model::Snapshot;
 use model::gw::httproutes::HttpRouteRulesBackendRefs;
@@ -70,6 +72,33 @@ pub(crate) fn rule_filters<F: Serialize>(
                         });
                     }
                     Err((reason, message)) => problems.unresolved(reason, message),
+                }
+            }
+            "ExternalAuth" => {
+                let Some(auth) = spec.external_auth else {
+                    continue;
+                };
+                if out.external_auth.is_some() {
+                    let message = "only one ExternalAuth filter per rule is supported".to_string();
+                    problems.unsupported(message.clone());
+                    return Err(message);
+                }
+                let reference = auth.backend_ref.as_ref();
+                match resolver.resolve(snapshot, referrer, &reference) {
+                    Ok(backend) => match external_auth(auth, backend) {
+                        Ok(auth) => out.external_auth = Some(Arc::new(auth)),
+                        Err(message) => {
+                            let message = format!("ExternalAuth filter: {message}");
+                            problems.unsupported(message.clone());
+                            return Err(message);
+                        }
+                    },
+                    // The filter "MUST fail closed": without its service, the rule cannot
+                    // be served at all.
+                    Err((reason, message)) => {
+                        problems.unresolved(reason, message.clone());
+                        return Err(format!("ExternalAuth filter: {message}"));
+                    }
                 }
             }
             "CORS" => {
@@ -176,6 +205,32 @@ struct FilterView {
     url_rewrite: Option<RewriteView>,
     request_mirror: Option<MirrorView>,
     cors: Option<CorsView>,
+    external_auth: Option<ExternalAuthView>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExternalAuthView {
+    backend_ref: RefView,
+    protocol: String,
+    forward_body: Option<ForwardBodyView>,
+    grpc: Option<AuthHeadersView>,
+    http: Option<AuthHeadersView>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ForwardBodyView {
+    max_size: Option<i64>,
+}
+
+/// `grpc` and `http` of ExternalAuth (`grpc` only has `allowedHeaders`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthHeadersView {
+    allowed_headers: Option<Vec<String>>,
+    allowed_response_headers: Option<Vec<String>>,
+    path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +315,63 @@ impl RefView {
             port: self.port,
         }
     }
+}
+
+/// Compiles an ExternalAuth filter whose service resolved to `backend`.
+fn external_auth(view: ExternalAuthView, backend: Arc<Backend>) -> Result<ExternalAuth, String> {
+    let names = |list: Option<Vec<String>>| -> Result<Vec<HeaderName>, String> {
+        list.into_iter()
+            .flatten()
+            .map(|name| {
+                HeaderName::try_from(name.as_str())
+                    .map_err(|_| format!("{name:?} is not a valid header name"))
+            })
+            .collect()
+    };
+    let forward_body = view
+        .forward_body
+        .and_then(|f| f.max_size)
+        .map_or(Ok(0), usize::try_from)
+        .map_err(|_| "forwardBody.maxSize must not be negative".to_string())?;
+    let protocol = match view.protocol.as_str() {
+        "HTTP" => {
+            let http = view.http.unwrap_or(AuthHeadersView {
+                allowed_headers: None,
+                allowed_response_headers: None,
+                path: None,
+            });
+            let path_prefix = http.path.unwrap_or_default();
+            if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
+                return Err(format!("http.path {path_prefix:?} must start with '/'"));
+            }
+            if path_prefix.contains(['?', '#']) || path_prefix.contains("/../") {
+                return Err(format!("http.path {path_prefix:?} is not a plain path"));
+            }
+            AuthProtocol::Http {
+                path_prefix: path_prefix.trim_end_matches('/').to_string(),
+                allowed_headers: names(http.allowed_headers)?,
+                allowed_response_headers: names(http.allowed_response_headers)?,
+            }
+        }
+        "GRPC" => AuthProtocol::Grpc {
+            allowed_headers: names(view.grpc.and_then(|g| g.allowed_headers))?,
+        },
+        other => return Err(format!("protocol {other:?} is not one of HTTP, GRPC")),
+    };
+    let backend = match protocol {
+        // The ext_authz service speaks gRPC, which needs HTTP/2 whatever the Service says.
+        AuthProtocol::Grpc { .. } if backend.protocol != BackendProtocol::H2c => {
+            let mut h2 = Backend::clone(&backend);
+            h2.protocol = BackendProtocol::H2c;
+            Arc::new(h2)
+        }
+        _ => backend,
+    };
+    Ok(ExternalAuth {
+        backend,
+        protocol,
+        forward_body,
+    })
 }
 
 fn view<F: Serialize>(filter: &F) -> Result<FilterView, String> {
