@@ -129,6 +129,7 @@ async fn gateway(pki: &Pki, backend: Arc<Backend>) -> (Dataplane, SocketAddr) {
         }]),
         timeouts: Timeouts::default(),
         retry: None,
+        policies: Default::default(),
     };
     let candidate = Candidate {
         hostname: None,

@@ -28,6 +28,7 @@
 //!
 //! Must not depend on: `model`, `translate`, `sources`, kube.
 
+mod authn;
 mod body;
 mod cors;
 mod egress;
@@ -42,6 +43,7 @@ mod mirror;
 mod outlier;
 mod peek;
 mod proxy;
+mod rate_limit;
 mod redirect;
 mod retry;
 mod sni;
@@ -103,6 +105,9 @@ pub struct Options {
     pub outlier_base_ejection: Duration,
     /// Time allowed for an ExternalAuth service to answer; after it the request is denied.
     pub external_auth_timeout: Duration,
+    /// The Redis that global rate limits count in (`redis://host:port`); without it they
+    /// are not enforced.
+    pub rate_limit_redis: Option<String>,
 }
 
 /// A bind address of the config that could not be bound. It is retried on the next
@@ -131,6 +136,10 @@ struct Shared {
     requests: metrics::RequestMetrics,
     /// Tokens for retries.
     retry_budget: retry::Budget,
+    /// AuthenticationPolicy checks.
+    authenticator: authn::Authenticator,
+    /// RateLimitPolicy counters.
+    limiter: rate_limit::Limiter,
 }
 
 struct Inner {
@@ -161,12 +170,14 @@ impl Dataplane {
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(ir::Config::default()),
             certificates: ArcSwap::from_pointee(tls::Certificates::empty()),
-            options,
             upstreams,
             mirrors,
             decisions: egress::Decisions::default(),
             requests: metrics::RequestMetrics::default(),
             retry_budget: retry::Budget::default(),
+            authenticator: authn::Authenticator::default(),
+            limiter: rate_limit::Limiter::new(options.rate_limit_redis.clone()),
+            options,
         });
         Self {
             inner: Arc::new(Inner {
@@ -368,6 +379,7 @@ impl Default for Options {
             outlier_consecutive_failures: 5,
             outlier_base_ejection: Duration::from_secs(30),
             external_auth_timeout: Duration::from_secs(5),
+            rate_limit_redis: None,
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::filters;
 use crate::forward;
 use crate::grpc;
 use crate::outlier;
+use crate::rate_limit;
 use crate::redirect::{self, RedirectRequest};
 use crate::tls::{self, Session};
 use crate::upgrade::{self, Requested, Tunnel};
@@ -132,8 +133,8 @@ async fn proxy(
         Inspection::Preflight(answer) => return Ok(answer),
         Inspection::Forward(decoration) => decoration,
     };
-    let (request, approval) = match admit(shared, connection, rule, &host, request).await? {
-        Admission::Admitted(request, approval) => (request, approval),
+    let (request, admitted) = match admit(shared, connection, rule, &host, request).await? {
+        Admission::Admitted(request, admitted) => (request, admitted),
         Admission::Refused(mut answer) => {
             if let Some(cors) = cors {
                 cors.apply(answer.headers_mut());
@@ -177,22 +178,34 @@ async fn proxy(
     if let Some(cors) = cors {
         cors.apply(response.headers_mut());
     }
-    if let Some(approval) = approval {
+    if let Some(approval) = admitted.approval {
         approval.apply_to_response(response.headers_mut());
+    }
+    if let Some(quota) = admitted.quota {
+        quota.apply(response.headers_mut());
     }
     Ok(response)
 }
 
 /// The outcome of [`admit`].
 enum Admission {
-    /// The request goes on (changed by an ExternalAuth approval, whose response changes
-    /// come along).
-    Admitted(Request<ProxyBody>, Option<ext_auth::Approval>),
+    /// The request goes on, with what its answer must carry.
+    Admitted(Request<ProxyBody>, Box<Admitted>),
     /// The client gets this answer instead (an authorization service's denial).
     Refused(Response<ProxyBody>),
 }
 
-/// The rule's admission steps, in order: the `ExternalAuth` filter.
+/// What an admitted request's answer carries: an ExternalAuth approval's response headers
+/// and the tightest rate limit's `RateLimit-*` fields.
+#[derive(Default)]
+struct Admitted {
+    approval: Option<ext_auth::Approval>,
+    quota: Option<rate_limit::Quota>,
+}
+
+/// The rule's admission steps, in order: its AuthenticationPolicy (whose verified JWT
+/// claims can key rate limits), the `ExternalAuth` filter, its RateLimitPolicy. A request
+/// refused by one step costs the later ones nothing.
 async fn admit(
     shared: &Shared,
     connection: &Connection,
@@ -200,37 +213,60 @@ async fn admit(
     host: &Hostname,
     request: Request<ProxyBody>,
 ) -> Result<Admission, ProxyError> {
-    let Some(auth) = &rule.filters.external_auth else {
-        return Ok(Admission::Admitted(request, None));
+    let policies = &rule.policies;
+    if policies.is_empty() && rule.filters.external_auth.is_none() {
+        return Ok(Admission::Admitted(request, Box::default()));
+    }
+    let (mut parts, mut body) = request.into_parts();
+    let mut admitted = Box::<Admitted>::default();
+    let claims = match &policies.authentication {
+        Some(policy) => {
+            shared
+                .authenticator
+                .authenticate(policy, &mut parts)
+                .await?
+        }
+        None => None,
     };
-    let (mut parts, body) = request.into_parts();
-    // The service sees the host as the client wrote it (with its port), as Envoy sends it.
-    let written = match parts.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(host.as_str()),
-    };
-    let asked = ext_auth::Asked {
-        parts: &parts,
-        host: written,
-        client: connection.client,
-        local: connection.bind,
-        tls: connection.tls.is_some(),
-    };
-    let timeout = shared.options.external_auth_timeout;
-    match ext_auth::authorize(&shared.upstreams, timeout, auth, asked, body).await? {
-        (ext_auth::Decision::Deny(answer), _) => Ok(Admission::Refused(answer)),
-        (ext_auth::Decision::Allow(approval), body) => {
-            approval.apply_to_request(&mut parts.headers);
-            Ok(Admission::Admitted(
-                Request::from_parts(parts, body),
-                Some(approval),
-            ))
+    if let Some(auth) = &rule.filters.external_auth {
+        // The service sees the host as the client wrote it (with its port), as Envoy sends
+        // it.
+        let written = match parts.uri.authority() {
+            Some(authority) => authority.as_str(),
+            None => parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(host.as_str()),
+        };
+        let asked = ext_auth::Asked {
+            parts: &parts,
+            host: written,
+            client: connection.client,
+            local: connection.bind,
+            tls: connection.tls.is_some(),
+        };
+        let timeout = shared.options.external_auth_timeout;
+        match ext_auth::authorize(&shared.upstreams, timeout, auth, asked, body).await? {
+            (ext_auth::Decision::Deny(answer), _) => return Ok(Admission::Refused(answer)),
+            (ext_auth::Decision::Allow(approval), rest) => {
+                approval.apply_to_request(&mut parts.headers);
+                admitted.approval = Some(approval);
+                body = rest;
+            }
         }
     }
+    if let Some(limits) = &policies.rate_limit {
+        let client = connection.client.ip();
+        admitted.quota = shared
+            .limiter
+            .check(limits, client, &parts.headers, claims.as_ref())
+            .await?;
+    }
+    Ok(Admission::Admitted(
+        Request::from_parts(parts, body),
+        admitted,
+    ))
 }
 
 /// Forwards to one backend of the rule. Returns once the response headers arrived; the body

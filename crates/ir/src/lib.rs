@@ -15,6 +15,7 @@ mod backend;
 mod egress;
 mod filter;
 mod hostname;
+mod policy;
 mod route;
 mod stream;
 
@@ -34,6 +35,10 @@ pub use filter::{
     OriginPattern, PathModifier, Redirect, RedirectScheme, RequestFilters, UrlRewrite,
 };
 pub use hostname::{Hostname, HostnameMatch};
+pub use policy::{
+    ApiKeys, Authentication, BasicAuth, ClientKey, Jwt, JwtKey, JwtProvider, KeySource, Limit,
+    LimitScope, PasswordHash, RateLimit, RulePolicies,
+};
 pub use route::{
     Action, Candidate, HeaderMatch, HttpMatch, HttpRequestParts, PathMatch, QueryMatch, Retry,
     RouteId, RouteKind, RouteTable, Rule, Selected, StringMatch, Timeouts,

@@ -78,6 +78,9 @@ pub struct Rule {
     /// `retry` (experimental channel): how a failed backend request is tried again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// Authentication and rate limits from our policies.
+    #[serde(skip_serializing_if = "crate::RulePolicies::is_empty")]
+    pub policies: crate::RulePolicies,
 }
 
 /// What a rule does with a request.

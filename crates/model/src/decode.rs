@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::egress::{EgressNetwork, POLICY_GROUP};
 use crate::validate::{self, FieldErrors};
 use crate::yaml::{self, Document};
-use crate::{Kind, Object, gw, k8s};
+use crate::{Kind, Object, gw, k8s, policy};
 
 /// A problem that makes a file unusable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -198,6 +198,16 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
         Kind::EgressNetwork => custom(doc, fields, |metadata, spec| {
             Object::EgressNetwork(Arc::new(EgressNetwork { metadata, spec }))
         }),
+        Kind::AuthenticationPolicy => custom(doc, fields, |metadata, spec| {
+            let mut object = policy::AuthenticationPolicy::new("", spec);
+            object.metadata = metadata;
+            Object::AuthenticationPolicy(Arc::new(object))
+        }),
+        Kind::RateLimitPolicy => custom(doc, fields, |metadata, spec| {
+            let mut object = policy::RateLimitPolicy::new("", spec);
+            object.metadata = metadata;
+            Object::RateLimitPolicy(Arc::new(object))
+        }),
     };
     let Some(object) = object else {
         return Ok(None);
@@ -251,6 +261,8 @@ fn known_kind(group: &str, version: &str, kind: &str) -> Option<Kind> {
         ("", "v1", "ConfigMap") => Some(Kind::ConfigMap),
         ("discovery.k8s.io", "v1", "EndpointSlice") => Some(Kind::EndpointSlice),
         (POLICY_GROUP, "v1alpha1", "EgressNetwork") => Some(Kind::EgressNetwork),
+        (policy::GROUP, "v1alpha1", "AuthenticationPolicy") => Some(Kind::AuthenticationPolicy),
+        (policy::GROUP, "v1alpha1", "RateLimitPolicy") => Some(Kind::RateLimitPolicy),
         _ => None,
     }
 }
@@ -403,6 +415,14 @@ fn with_default_namespace(object: Object) -> Object {
         Object::EgressNetwork(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);
             Object::EgressNetwork(o)
+        }
+        Object::AuthenticationPolicy(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::AuthenticationPolicy(o)
+        }
+        Object::RateLimitPolicy(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::RateLimitPolicy(o)
         }
         other @ (Object::GatewayClass(_) | Object::Namespace(_)) => other,
     }

@@ -15,6 +15,7 @@
 
 pub mod decode;
 pub mod egress;
+pub mod policy;
 mod snapshot;
 pub mod status;
 mod validate;
@@ -78,6 +79,10 @@ pub enum Kind {
     ConfigMap,
     /// `policy.linkerd.io` EgressNetwork.
     EgressNetwork,
+    /// `portcullis.dev` AuthenticationPolicy.
+    AuthenticationPolicy,
+    /// `portcullis.dev` RateLimitPolicy.
+    RateLimitPolicy,
 }
 
 /// Identifies one object: kind, namespace (empty for cluster-scoped kinds) and name.
@@ -124,6 +129,10 @@ pub enum Object {
     ConfigMap(Arc<k8s::ConfigMap>),
     /// An EgressNetwork.
     EgressNetwork(Arc<egress::EgressNetwork>),
+    /// An AuthenticationPolicy.
+    AuthenticationPolicy(Arc<policy::AuthenticationPolicy>),
+    /// A RateLimitPolicy.
+    RateLimitPolicy(Arc<policy::RateLimitPolicy>),
 }
 
 // === impl Kind ===
@@ -147,6 +156,8 @@ impl Kind {
             Self::Secret => "Secret",
             Self::ConfigMap => "ConfigMap",
             Self::EgressNetwork => "EgressNetwork",
+            Self::AuthenticationPolicy => "AuthenticationPolicy",
+            Self::RateLimitPolicy => "RateLimitPolicy",
         }
     }
 
@@ -164,6 +175,7 @@ impl Kind {
             | Self::BackendTlsPolicy => GATEWAY_GROUP,
             Self::EndpointSlice => "discovery.k8s.io",
             Self::EgressNetwork => egress::POLICY_GROUP,
+            Self::AuthenticationPolicy | Self::RateLimitPolicy => policy::GROUP,
             Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "",
         }
     }
@@ -182,6 +194,7 @@ impl Kind {
             Self::TcpRoute => "gateway.networking.k8s.io/v1alpha2",
             Self::EndpointSlice => "discovery.k8s.io/v1",
             Self::EgressNetwork => "policy.linkerd.io/v1alpha1",
+            Self::AuthenticationPolicy | Self::RateLimitPolicy => "portcullis.dev/v1alpha1",
             Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "v1",
         }
     }
@@ -242,6 +255,8 @@ impl Object {
             Self::Secret(o) => &o.metadata,
             Self::ConfigMap(o) => &o.metadata,
             Self::EgressNetwork(o) => &o.metadata,
+            Self::AuthenticationPolicy(o) => &o.metadata,
+            Self::RateLimitPolicy(o) => &o.metadata,
         }
     }
 
@@ -263,6 +278,8 @@ impl Object {
             Self::Secret(_) => Kind::Secret,
             Self::ConfigMap(_) => Kind::ConfigMap,
             Self::EgressNetwork(_) => Kind::EgressNetwork,
+            Self::AuthenticationPolicy(_) => Kind::AuthenticationPolicy,
+            Self::RateLimitPolicy(_) => Kind::RateLimitPolicy,
         }
     }
 

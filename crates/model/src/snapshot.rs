@@ -51,6 +51,10 @@ pub struct Snapshot {
     pub config_maps: BTreeMap<ObjectName, Arc<k8s::ConfigMap>>,
     /// EgressNetworks by namespace/name.
     pub egress_networks: BTreeMap<ObjectName, Arc<crate::egress::EgressNetwork>>,
+    /// AuthenticationPolicies.
+    pub authentication_policies: BTreeMap<ObjectName, Arc<crate::policy::AuthenticationPolicy>>,
+    /// RateLimitPolicies.
+    pub rate_limit_policies: BTreeMap<ObjectName, Arc<crate::policy::RateLimitPolicy>>,
 }
 
 /// The decoded contents of a set of files, with the bookkeeping a standalone control plane
@@ -112,6 +116,8 @@ impl Snapshot {
             Kind::Secret => self.secrets.contains_key(&name),
             Kind::ConfigMap => self.config_maps.contains_key(&name),
             Kind::EgressNetwork => self.egress_networks.contains_key(&name),
+            Kind::AuthenticationPolicy => self.authentication_policies.contains_key(&name),
+            Kind::RateLimitPolicy => self.rate_limit_policies.contains_key(&name),
         }
     }
 
@@ -137,6 +143,8 @@ impl Snapshot {
             Object::Secret(o) => drop(self.secrets.insert(name, o)),
             Object::ConfigMap(o) => drop(self.config_maps.insert(name, o)),
             Object::EgressNetwork(o) => drop(self.egress_networks.insert(name, o)),
+            Object::AuthenticationPolicy(o) => drop(self.authentication_policies.insert(name, o)),
+            Object::RateLimitPolicy(o) => drop(self.rate_limit_policies.insert(name, o)),
         }
     }
 }
@@ -242,6 +250,8 @@ fn spec_of(object: &Object) -> Value {
         Object::Secret(o) => serde_json::to_value(&o.data),
         Object::ConfigMap(o) => serde_json::to_value(&o.data),
         Object::EgressNetwork(o) => serde_json::to_value(&o.spec),
+        Object::AuthenticationPolicy(o) => serde_json::to_value(&o.spec),
+        Object::RateLimitPolicy(o) => serde_json::to_value(&o.spec),
     };
     value.unwrap_or(Value::Null)
 }
@@ -271,6 +281,12 @@ fn with_generation(object: Object, generation: i64) -> Object {
             Object::ReferenceGrant(set(o, |o| &mut o.metadata, generation))
         }
         Object::EgressNetwork(o) => Object::EgressNetwork(set(o, |o| &mut o.metadata, generation)),
+        Object::AuthenticationPolicy(o) => {
+            Object::AuthenticationPolicy(set(o, |o| &mut o.metadata, generation))
+        }
+        Object::RateLimitPolicy(o) => {
+            Object::RateLimitPolicy(set(o, |o| &mut o.metadata, generation))
+        }
         Object::BackendTlsPolicy(o) => {
             Object::BackendTlsPolicy(set(o, |o| &mut o.metadata, generation))
         }

@@ -103,6 +103,8 @@ pub enum Reason {
     RouteReasonConflicted,
     /// A policy lost conflict resolution to an older one with the same target.
     Conflicted,
+    /// A policy's target does not exist (GEP-713).
+    TargetNotFound,
     /// A Gateway's `spec.tls.backend.clientCertificateRef` does not resolve to a usable
     /// certificate and key.
     InvalidClientCertificateRef,

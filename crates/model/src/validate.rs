@@ -150,6 +150,8 @@ pub(crate) fn object(object: &Object, errors: &mut FieldErrors) {
         }
         Object::EgressNetwork(network) => validate_egress_network(&network.spec, errors),
         Object::BackendTlsPolicy(policy) => validate_backend_tls_policy(&policy.spec, errors),
+        Object::AuthenticationPolicy(policy) => policies::authentication(&policy.spec, errors),
+        Object::RateLimitPolicy(policy) => policies::rate_limit(&policy.spec, errors),
         Object::Namespace(_)
         | Object::Service(_)
         | Object::EndpointSlice(_)
@@ -755,6 +757,7 @@ pub(crate) fn check_hostname(hostname: &str, path: &str, errors: &mut FieldError
 }
 
 pub(crate) mod filters;
+mod policies;
 
 #[cfg(test)]
 mod tests {

@@ -144,6 +144,18 @@ struct RunArgs {
     /// A fixed name resolution for the egress proxy, as HOST=IP; repeatable.
     #[arg(long = "resolve", value_name = "HOST=IP", value_parser = parse_resolve)]
     resolve: Vec<(String, std::net::IpAddr)>,
+    /// The Redis that `Global` limits of RateLimitPolicies count in, shared by every
+    /// replica (redis://HOST:PORT[/DB]). Without it, global limits are not enforced.
+    #[arg(long, value_name = "URL")]
+    rate_limit_redis: Option<String>,
+    /// Time allowed for an ExternalAuth service to answer before the request is denied.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    external_auth_timeout: std::time::Duration,
+}
+
+fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    model::parse_duration(value)
+        .ok_or_else(|| format!("{value:?} is not a duration such as 500ms, 5s or 1m"))
 }
 
 fn parse_resolve(value: &str) -> Result<(String, std::net::IpAddr), String> {

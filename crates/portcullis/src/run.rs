@@ -51,7 +51,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
-    let dataplane = dataplane::Dataplane::new(dataplane::Options::default());
+    let dataplane = dataplane::Dataplane::new(dataplane::Options {
+        rate_limit_redis: args.rate_limit_redis.clone(),
+        external_auth_timeout: args.external_auth_timeout,
+        ..dataplane::Options::default()
+    });
     let (state_tx, state_rx) = watch::channel(Arc::new(AdminState::default()));
     let admin = admin::serve(args.admin, state_rx.clone(), dataplane.clone())
         .await

@@ -66,6 +66,7 @@ pub(crate) fn compile_all(
     gateways: &mut BTreeMap<ObjectName, GatewayState>,
     options: &Options,
     policies: &crate::backend_tls::Policies,
+    attached: &crate::policies::Policies,
     status: &mut StatusSet,
 ) -> Routes {
     let mut ordered: Vec<(RouteKind, &ObjectName, Cow<'_, HttpRoute>)> = snapshot
@@ -102,6 +103,7 @@ pub(crate) fn compile_all(
             status,
             &mut routes,
             &mut resolver,
+            attached,
             flavor,
             route,
         );
@@ -221,6 +223,7 @@ fn compile_route(
     status: &mut StatusSet,
     routes: &mut Routes,
     resolver: &mut Resolver,
+    attached: &crate::policies::Policies,
     flavor: Flavor<'_>,
     route: &HttpRoute,
 ) {
@@ -240,7 +243,13 @@ fn compile_route(
         .iter()
         .flatten()
         .enumerate()
-        .map(|(index, rule)| compile_rule(snapshot, resolver, flavor, index, rule, &mut problems))
+        .map(|(index, rule)| {
+            let mut compiled = compile_rule(snapshot, resolver, flavor, index, rule, &mut problems);
+            if let Some(rule) = Arc::get_mut(&mut compiled.rule) {
+                rule.policies = attached.for_rule(flavor.kind, name, rule.id.rule_name.as_deref());
+            }
+            compiled
+        })
         .collect();
     let used_policies = resolver.take_used_policies();
     let mut attached_gateways = BTreeSet::new();
@@ -297,17 +306,37 @@ fn compile_route(
                 ));
             }
             claims.push((flavor.kind, attachment.hostnames.clone()));
-            if is_gateway_listener(&attachment.listener) {
+            let gateway_listener = is_gateway_listener(&attachment.listener);
+            if gateway_listener {
                 attached_gateways.insert(attachment.gateway.clone());
             }
+            // A Gateway's (or listener's) policies reach the rules it serves that have none
+            // of their own: those rules get a copy per listener.
+            let inherited = (gateway_listener && attached.any_on_gateways())
+                .then(|| attached.for_listener(&attachment.gateway, &attachment.listener));
+            let served: Vec<Arc<Rule>> = rules
+                .iter()
+                .map(|compiled| {
+                    let policies = inherited.as_ref().and_then(|inherited| {
+                        crate::policies::inherit(&compiled.rule.policies, inherited)
+                    });
+                    match policies {
+                        Some(policies) => Arc::new(Rule {
+                            policies,
+                            ..Rule::clone(&compiled.rule)
+                        }),
+                        None => compiled.rule.clone(),
+                    }
+                })
+                .collect();
             let bucket = routes.by_listener.entry(key).or_default();
             for hostname in &attachment.hostnames {
-                for compiled in &rules {
+                for (compiled, rule) in rules.iter().zip(&served) {
                     for (match_index, matcher) in compiled.matches.iter().enumerate() {
                         bucket.push(Candidate {
                             hostname: hostname.clone(),
                             matcher: matcher.clone(),
-                            rule: compiled.rule.clone(),
+                            rule: rule.clone(),
                             route_rank: rank,
                             match_index,
                         });
@@ -442,6 +471,7 @@ fn compile_rule(
             action,
             timeouts,
             retry,
+            policies: Default::default(),
         }),
         matches,
     }

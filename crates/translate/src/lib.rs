@@ -27,6 +27,7 @@ mod grants;
 mod http_route;
 mod listener_sets;
 mod mesh;
+mod policies;
 pub mod provision;
 mod stream_route;
 mod tls;
@@ -121,7 +122,15 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     let mut gateways = gateways::resolve(snapshot, &classes, options);
     let egress_networks = egress::resolve(snapshot, options, &mut status);
     let policies = backend_tls::Policies::resolve(snapshot);
-    let routes = http_route::compile_all(snapshot, &mut gateways, options, &policies, &mut status);
+    let attached = policies::Policies::resolve(snapshot, options, &mut status);
+    let routes = http_route::compile_all(
+        snapshot,
+        &mut gateways,
+        options,
+        &policies,
+        &attached,
+        &mut status,
+    );
     policies.write_status(snapshot, &routes.policy_ancestors, options, &mut status);
     let stream_routes = stream_route::compile_all(snapshot, &mut gateways, options, &mut status);
 

@@ -325,6 +325,7 @@ pub fn rule(name: &str, action: Action) -> Rule {
         action,
         timeouts: Timeouts::default(),
         retry: None,
+        policies: Default::default(),
     }
 }
 

@@ -19,6 +19,7 @@ fn rule(name: &str, index: usize) -> Arc<Rule> {
         action: Action::Invalid("test".into()),
         timeouts: Timeouts::default(),
         retry: None,
+        policies: Default::default(),
     })
 }
 

@@ -1,0 +1,113 @@
+//! What the schemas of our policy kinds cannot say: which targets exist as kinds, names that
+//! must be header names, and fields that go together.
+
+use super::{FieldErrors, HEADER_NAME};
+use crate::policy::{AuthenticationPolicySpec, ClientKeyType, RateLimitPolicySpec, TargetRef};
+
+/// Kinds a policy may target.
+const TARGET_KINDS: &str = "Gateway, HTTPRoute, GRPCRoute (group gateway.networking.k8s.io)";
+
+pub(crate) fn authentication(spec: &AuthenticationPolicySpec, errors: &mut FieldErrors) {
+    targets(&spec.target_refs, errors);
+    if spec.jwt.is_none() && spec.basic_auth.is_none() && spec.api_key.is_none() {
+        errors.push(
+            "spec",
+            "configures no method: set at least one of jwt, basicAuth, apiKey",
+        );
+    }
+    if let Some(jwt) = &spec.jwt {
+        if jwt.providers.is_empty() {
+            errors.push("spec.jwt.providers", "must list at least one provider");
+        }
+        for (i, provider) in jwt.providers.iter().enumerate() {
+            let path = format!("spec.jwt.providers[{i}]");
+            if let Some(kind) = provider.jwks.kind.as_deref()
+                && !matches!(kind, "ConfigMap" | "Secret")
+            {
+                errors.push(
+                    &format!("{path}.jwks.kind"),
+                    &format!("{kind:?} is not supported; supported: ConfigMap, Secret"),
+                );
+            }
+            for (c, claim) in provider.claim_to_headers.iter().flatten().enumerate() {
+                header_name(
+                    &claim.header,
+                    &format!("{path}.claimToHeaders[{c}].header"),
+                    errors,
+                );
+            }
+        }
+    }
+    if let Some(api_key) = &spec.api_key {
+        if api_key.credentials.is_empty() {
+            errors.push("spec.apiKey.credentials", "must name at least one Secret");
+        }
+        for (i, source) in api_key.extract_from.iter().flatten().enumerate() {
+            let path = format!("spec.apiKey.extractFrom[{i}]");
+            match (&source.header, &source.query_parameter) {
+                (Some(header), None) => header_name(header, &format!("{path}.header"), errors),
+                (None, Some(parameter)) if !parameter.is_empty() => {}
+                _ => errors.push(&path, "must set exactly one of header, queryParameter"),
+            }
+        }
+        if let Some(header) = &api_key.forward_client_id_header {
+            header_name(header, "spec.apiKey.forwardClientIdHeader", errors);
+        }
+    }
+}
+
+pub(crate) fn rate_limit(spec: &RateLimitPolicySpec, errors: &mut FieldErrors) {
+    targets(&spec.target_refs, errors);
+    if spec.limits.is_empty() {
+        errors.push("spec.limits", "must list at least one limit");
+    }
+    for (i, limit) in spec.limits.iter().enumerate() {
+        let path = format!("spec.limits[{i}]");
+        if limit.requests == 0 {
+            errors.push(&format!("{path}.requests"), "must be at least 1");
+        }
+        let Some(key) = &limit.client_key else {
+            continue;
+        };
+        match (key.kind, key.name.as_deref()) {
+            (ClientKeyType::ClientIp, None) => {}
+            (ClientKeyType::ClientIp, Some(_)) => errors.push(
+                &format!("{path}.clientKey.name"),
+                "is only for type Header or JWTClaim",
+            ),
+            (ClientKeyType::Header, Some(name)) => {
+                header_name(name, &format!("{path}.clientKey.name"), errors)
+            }
+            (ClientKeyType::JwtClaim, Some(name)) if !name.is_empty() => {}
+            (_, _) => errors.push(
+                &format!("{path}.clientKey.name"),
+                "is required for type Header or JWTClaim",
+            ),
+        }
+    }
+}
+
+fn targets(targets: &[TargetRef], errors: &mut FieldErrors) {
+    if targets.is_empty() || targets.len() > 16 {
+        errors.push("spec.targetRefs", "must have between 1 and 16 entries");
+    }
+    for (i, target) in targets.iter().enumerate() {
+        let supported = target.group == "gateway.networking.k8s.io"
+            && matches!(target.kind.as_str(), "Gateway" | "HTTPRoute" | "GRPCRoute");
+        if !supported {
+            errors.push(
+                &format!("spec.targetRefs[{i}]"),
+                &format!(
+                    "{}/{} cannot be targeted; supported: {TARGET_KINDS}",
+                    target.group, target.kind
+                ),
+            );
+        }
+    }
+}
+
+fn header_name(name: &str, path: &str, errors: &mut FieldErrors) {
+    if !HEADER_NAME.is_match(name) {
+        errors.push(path, &format!("{name:?} is not a valid header name"));
+    }
+}
