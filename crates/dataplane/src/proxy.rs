@@ -223,7 +223,7 @@ async fn admit(
         Some(policy) => {
             shared
                 .authenticator
-                .authenticate(policy, &mut parts)
+                .authenticate(&policy.policy, &mut parts)
                 .await?
         }
         None => None,
@@ -260,7 +260,7 @@ async fn admit(
         let client = connection.client.ip();
         admitted.quota = shared
             .limiter
-            .check(limits, client, &parts.headers, claims.as_ref())
+            .check(&limits.policy, client, &parts.headers, claims.as_ref())
             .await?;
     }
     Ok(Admission::Admitted(

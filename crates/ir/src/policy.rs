@@ -18,10 +18,20 @@ use serde::{Serialize, Serializer};
 pub struct RulePolicies {
     /// The AuthenticationPolicy that applies, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub authentication: Option<Arc<Authentication>>,
+    pub authentication: Option<Applied<Authentication>>,
     /// The RateLimitPolicy that applies, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<Arc<RateLimit>>,
+    pub rate_limit: Option<Applied<RateLimit>>,
+}
+
+/// A policy in effect, and the attachment that brought it (for `explain` and `/config`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Applied<T> {
+    /// The compiled policy.
+    pub policy: Arc<T>,
+    /// Its target that reaches the rule, such as `HTTPRoute default/app rule jwt` or
+    /// `Gateway default/edge listener http`.
+    pub via: Arc<str>,
 }
 
 /// A compiled AuthenticationPolicy: a request needs valid credentials for every method set.

@@ -262,12 +262,20 @@ pub enum ClientKeyType {
     JwtClaim,
 }
 
-/// The status of our policies: GEP-713's `PolicyStatus`, one entry per ancestor.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct PolicyStatus {
-    /// Per-ancestor conditions (free-form here; the controller writes them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ancestors: Option<Vec<serde_json::Value>>,
+/// The status of our policies: GEP-713's `PolicyStatus`, one entry per ancestor. Its
+/// shape is the Gateway API's own (as generated for BackendTLSPolicy, the standard policy
+/// kind), so tools that read policy status read ours.
+pub type PolicyStatus = crate::gw::backendtlspolicies::BackendTlsPolicyStatus;
+
+/// The CustomResourceDefinitions of our kinds, as YAML documents (what `deploy/` ships and
+/// `portcullis crds` prints).
+pub fn crds_yaml() -> String {
+    use kube::CustomResourceExt;
+    [AuthenticationPolicy::crd(), RateLimitPolicy::crd()]
+        .iter()
+        .map(|crd| serde_yaml_ng::to_string(crd).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("---\n")
 }
 
 impl LimitUnit {
@@ -278,5 +286,29 @@ impl LimitUnit {
             Self::Minute => 60,
             Self::Hour => 3600,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The chart ships the CRDs generated from these types; regenerate with
+    /// `PORTCULLIS_UPDATE_CRDS=1 cargo test -p model crds`.
+    #[test]
+    fn shipped_crds_match_the_types() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/chart/crds/portcullis.dev.yaml");
+        let generated = format!(
+            "# Generated from crates/model/src/policy.rs by `portcullis crds`; do not edit.\n{}",
+            super::crds_yaml()
+        );
+        if std::env::var_os("PORTCULLIS_UPDATE_CRDS").is_some() {
+            std::fs::write(&path, &generated).expect("write the CRDs");
+        }
+        let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            shipped == generated,
+            "{} is stale; regenerate it",
+            path.display()
+        );
     }
 }

@@ -121,6 +121,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
             id.namespace, id.name, id.rule, rule_name
         );
         println!("  match {}", serde_json::to_string(selected.matcher)?);
+        explain_admission(selected.rule);
         match &selected.rule.action {
             Action::Redirect(redirect) => {
                 println!("  redirect {}", serde_json::to_string(redirect)?)
@@ -178,4 +179,63 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The steps a request passes before it is forwarded, and where each comes from.
+fn explain_admission(rule: &ir::Rule) {
+    if let Some(applied) = &rule.policies.authentication {
+        let policy = &applied.policy;
+        let mut methods = Vec::new();
+        if let Some(jwt) = &policy.jwt {
+            let providers: Vec<&str> = jwt.providers.iter().map(|p| p.name.as_str()).collect();
+            methods.push(format!("JWT (providers {})", providers.join(", ")));
+        }
+        if let Some(basic) = &policy.basic {
+            methods.push(format!(
+                "basic auth (realm {:?}, {} users)",
+                basic.realm,
+                basic.users.len()
+            ));
+        }
+        if let Some(keys) = &policy.api_key {
+            methods.push(format!("API key ({} clients)", keys.keys.len()));
+        }
+        if methods.is_empty() {
+            methods.push("nothing compiled".to_string());
+        }
+        println!(
+            "  authentication: AuthenticationPolicy {} via {}: {}",
+            policy.policy,
+            applied.via,
+            methods.join(" and ")
+        );
+        if let Some(reason) = &policy.invalid {
+            println!("    invalid, every request gets 500: {reason}");
+        }
+    }
+    if let Some(auth) = &rule.filters.external_auth {
+        let protocol = match auth.protocol {
+            ir::AuthProtocol::Http { .. } => "HTTP",
+            ir::AuthProtocol::Grpc { .. } => "GRPC (ext_authz)",
+        };
+        println!(
+            "  external auth: {protocol} service {} (the rule's filter; fails closed)",
+            auth.backend.name
+        );
+    }
+    if let Some(applied) = &rule.policies.rate_limit {
+        let policy = &applied.policy;
+        for limit in &policy.limits {
+            let key = match &limit.key {
+                ir::ClientKey::Everyone => "all clients together".to_string(),
+                ir::ClientKey::ClientIp => "per client IP".to_string(),
+                ir::ClientKey::Header(name) => format!("per header {name}"),
+                ir::ClientKey::JwtClaim(claim) => format!("per JWT claim {claim}"),
+            };
+            println!(
+                "  rate limit: RateLimitPolicy {} via {}: {} requests per {:?}, {key} ({:?})",
+                policy.policy, applied.via, limit.requests, limit.window, limit.scope
+            );
+        }
+    }
 }

@@ -40,6 +40,9 @@ enum Command {
     /// Install the iptables rules that redirect a workload's outbound TCP to
     /// `run --outbound` (run inside the workload's network namespace).
     Init(InitArgs),
+    /// Print the CustomResourceDefinitions of our policy kinds (AuthenticationPolicy,
+    /// RateLimitPolicy), for `kubectl apply -f -`.
+    Crds,
 }
 
 #[derive(clap::Args, Debug)]
@@ -284,6 +287,10 @@ fn main() -> ExitCode {
         Command::Check(args) => check::check(&args),
         Command::Explain(args) => explain::explain(&args),
         Command::Init(args) => init::init(&args),
+        Command::Crds => {
+            print!("{}", model::policy::crds_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -457,3 +457,46 @@ async fn access_log_is_one_json_line_per_request_and_can_be_turned_off() {
         "access lines with --access-log off:\n{logs}"
     );
 }
+
+#[test]
+fn explain_shows_the_policies_of_a_request_and_where_they_attach() {
+    let manifests = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../translate/tests/fixtures/policies.yaml"
+    ))
+    .expect("fixture");
+    let request = |port: &str, host: &str, path: &str| {
+        let args = [
+            "--gateway",
+            "default/edge",
+            "--port",
+            port,
+            "--host",
+            host,
+            "--path",
+            path,
+        ];
+        explain(&manifests, &args)
+    };
+    // Rule `private` has its own JWT policy; the listener's rate limit reaches it too.
+    let (code, stdout) = request("80", "www.example.com", "/private/a");
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("authentication: AuthenticationPolicy default/private-jwt via HTTPRoute default/web rule private: JWT (providers test)"), "{stdout}");
+    assert!(stdout.contains("rate limit: RateLimitPolicy default/per-client via Gateway default/edge listener http: 10 requests per 1s, per client IP (Local)"), "{stdout}");
+    // Rule `public` on the other listener: only the Gateway's basic auth.
+    let (_, stdout) = request("8080", "www.example.com", "/x");
+    assert!(stdout.contains("authentication: AuthenticationPolicy default/gateway-basic via Gateway default/edge: basic auth (realm \"edge\", 1 users)"), "{stdout}");
+    assert!(!stdout.contains("rate limit"), "{stdout}");
+    // ExternalAuth and an invalid policy.
+    let (_, stdout) = request("80", "ext.example.com", "/grpc");
+    assert!(
+        stdout.contains("external auth: GRPC (ext_authz) service default/authz:9000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "invalid, every request gets 500: Secret default/no-such-secret does not exist"
+        ),
+        "{stdout}"
+    );
+}

@@ -65,14 +65,24 @@ impl Redis {
     async fn start() -> Self {
         let port = free_port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (.ci/run installs it)");
         let redis = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             assert!(Instant::now() < deadline, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -188,7 +198,11 @@ async fn started(dir: &std::path::Path, port: u16, args: &[&str]) -> Gateway {
     let gateway = Gateway::start_with(dir, args).await;
     let url = format!("http://127.0.0.1:{port}/key?api_key=key-aaa");
     gateway
-        .wait_until(|| async { send("GET", &url, &[], "").await.is_ok_and(|a| a.status == 200) })
+        .wait_until(|| async {
+            send("GET", &url, &[], "")
+                .await
+                .is_ok_and(|a| a.status == 200)
+        })
         .await;
     gateway
 }
@@ -201,13 +215,18 @@ async fn authentication_methods_accept_and_refuse() {
     let jwks = serde_json::json!({"keys": [key.jwk]});
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    support::replace(dir.path(), "all.yaml", &manifests(port, backend.port, &jwks));
+    support::replace(
+        dir.path(),
+        "all.yaml",
+        &manifests(port, backend.port, &jwks),
+    );
     let _gateway = started(dir.path(), port, &[]).await;
     let base = format!("http://127.0.0.1:{port}");
     let get = |path: &str, headers: Vec<(&'static str, String)>| {
         let url = format!("{base}{path}");
         async move {
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             send("GET", &url, &headers, "").await.expect("answer")
         }
     };
@@ -219,8 +238,14 @@ async fn authentication_methods_accept_and_refuse() {
     assert!(answer.body.contains("x-user: alice"), "{}", answer.body);
     let answer = get("/jwt", bearer(token(&key, "portcullis", -3600))).await;
     assert_eq!(answer.status, 401, "expired");
-    let challenge = answer.headers["www-authenticate"].to_str().unwrap_or_default().to_string();
-    assert!(challenge.contains("invalid_token") && challenge.contains("expired"), "{challenge}");
+    let challenge = answer.headers["www-authenticate"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        challenge.contains("invalid_token") && challenge.contains("expired"),
+        "{challenge}"
+    );
     let answer = get("/jwt", bearer(token(&key, "someone-else", 300))).await;
     assert_eq!(answer.status, 403, "wrong audience");
     let answer = get("/jwt", bearer(token(&stranger, "portcullis", 300))).await;
@@ -230,37 +255,74 @@ async fn authentication_methods_accept_and_refuse() {
     assert_eq!(answer.headers["www-authenticate"], "Bearer");
     let mut tampered = token(&key, "portcullis", 300);
     tampered.push('x');
-    assert_eq!(get("/jwt", bearer(tampered)).await.status, 401, "bad signature");
+    assert_eq!(
+        get("/jwt", bearer(tampered)).await.status,
+        401,
+        "bad signature"
+    );
 
     // Basic auth: bcrypt and {SHA}.
     let basic = |user: &str, password: &str| {
-        vec![("authorization", format!("Basic {}", STANDARD.encode(format!("{user}:{password}"))))]
+        vec![(
+            "authorization",
+            format!("Basic {}", STANDARD.encode(format!("{user}:{password}"))),
+        )]
     };
-    assert_eq!(get("/basic", basic("alice", "wonderland")).await.status, 200);
-    assert_eq!(get("/basic", basic("alice", "wonderland")).await.status, 200, "remembered");
+    assert_eq!(
+        get("/basic", basic("alice", "wonderland")).await.status,
+        200
+    );
+    assert_eq!(
+        get("/basic", basic("alice", "wonderland")).await.status,
+        200,
+        "remembered"
+    );
     assert_eq!(get("/basic", basic("bob", "builder")).await.status, 200);
     let answer = get("/basic", basic("alice", "looking-glass")).await;
     assert_eq!(answer.status, 401);
-    assert_eq!(answer.headers["www-authenticate"], "Basic realm=\"test\", charset=\"UTF-8\"");
+    assert_eq!(
+        answer.headers["www-authenticate"],
+        "Basic realm=\"test\", charset=\"UTF-8\""
+    );
     assert_eq!(get("/basic", basic("mallory", "builder")).await.status, 401);
     assert_eq!(get("/basic", vec![]).await.status, 401);
 
     // API keys, from a header or the query.
     let answer = get("/key", vec![("x-api-key", "key-aaa".into())]).await;
     assert_eq!(answer.status, 200);
-    assert!(answer.body.contains("x-client-id: client-a"), "{}", answer.body);
+    assert!(
+        answer.body.contains("x-client-id: client-a"),
+        "{}",
+        answer.body
+    );
     let answer = get("/key?api_key=key-bbb", vec![]).await;
     assert_eq!(answer.status, 200);
-    assert!(answer.body.contains("x-client-id: client-b"), "{}", answer.body);
-    assert_eq!(get("/key", vec![("x-api-key", "key-ccc".into())]).await.status, 401);
+    assert!(
+        answer.body.contains("x-client-id: client-b"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        get("/key", vec![("x-api-key", "key-ccc".into())])
+            .await
+            .status,
+        401
+    );
     assert_eq!(get("/key", vec![]).await.status, 401);
-
 
     // Refused requests never reach the backend.
     let before = backend.hits();
-    assert_eq!(get("/jwt", bearer(token(&key, "someone-else", 300))).await.status, 403);
+    assert_eq!(
+        get("/jwt", bearer(token(&key, "someone-else", 300)))
+            .await
+            .status,
+        403
+    );
     assert_eq!(get("/basic", basic("alice", "nope")).await.status, 401);
-    assert_eq!(get("/key", vec![("x-api-key", "nope".into())]).await.status, 401);
+    assert_eq!(
+        get("/key", vec![("x-api-key", "nope".into())]).await.status,
+        401
+    );
     assert_eq!(backend.hits(), before);
 }
 
@@ -270,7 +332,11 @@ async fn a_local_limit_holds_under_load() {
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let jwks = serde_json::json!({"keys": [signing_key("k1").jwk]});
-    support::replace(dir.path(), "all.yaml", &manifests(port, backend.port, &jwks));
+    support::replace(
+        dir.path(),
+        "all.yaml",
+        &manifests(port, backend.port, &jwks),
+    );
     let _gateway = started(dir.path(), port, &[]).await;
     let url = format!("http://127.0.0.1:{port}/local");
 
@@ -329,7 +395,11 @@ async fn a_global_limit_is_shared_by_two_gateways() {
     for _ in 0..2 {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        support::replace(dir.path(), "all.yaml", &manifests(port, backend.port, &jwks));
+        support::replace(
+            dir.path(),
+            "all.yaml",
+            &manifests(port, backend.port, &jwks),
+        );
         gateways.push(started(dir.path(), port, &["--rate-limit-redis", &redis_url]).await);
         ports.push(port);
         dirs.push(dir);
@@ -340,7 +410,9 @@ async fn a_global_limit_is_shared_by_two_gateways() {
     for round in 0..20 {
         for port in &ports {
             let url = format!("http://127.0.0.1:{port}/global");
-            let answer = send("GET", &url, &[("x-client", "c1")], "").await.expect("answer");
+            let answer = send("GET", &url, &[("x-client", "c1")], "")
+                .await
+                .expect("answer");
             match answer.status {
                 200 => allowed += 1,
                 429 => {
@@ -354,7 +426,9 @@ async fn a_global_limit_is_shared_by_two_gateways() {
     assert_eq!((allowed, refused), (30, 10));
     // Another client has its own count.
     let url = format!("http://127.0.0.1:{}/global", ports[0]);
-    let answer = send("GET", &url, &[("x-client", "c2")], "").await.expect("answer");
+    let answer = send("GET", &url, &[("x-client", "c2")], "")
+        .await
+        .expect("answer");
     assert_eq!(answer.status, 200);
     drop(gateways);
 }

@@ -63,6 +63,12 @@ pub const WATCHED: &[Watched] = &[
     Watched::new(Kind::ConfigMap, "v1", "configmaps"),
     Watched::new(Kind::EgressNetwork, "v1alpha1", "egressnetworks"),
     Watched::new(Kind::BackendTlsPolicy, "v1", "backendtlspolicies"),
+    Watched::new(
+        Kind::AuthenticationPolicy,
+        "v1alpha1",
+        "authenticationpolicies",
+    ),
+    Watched::new(Kind::RateLimitPolicy, "v1alpha1", "ratelimitpolicies"),
 ];
 
 /// What the cluster holds, as translate's input plus the problems found on the way.
@@ -130,6 +136,8 @@ impl Watched {
                 | Kind::TcpRoute
                 | Kind::EgressNetwork
                 | Kind::BackendTlsPolicy
+                | Kind::AuthenticationPolicy
+                | Kind::RateLimitPolicy
         )
     }
 

@@ -21,8 +21,8 @@ use std::time::Duration;
 use base64::Engine;
 use http::HeaderName;
 use ir::{
-    ApiKeys, Authentication, BasicAuth, ClientKey, Jwt, JwtKey, JwtProvider, KeySource, Limit,
-    LimitScope, PasswordHash, RateLimit, RouteKind, RulePolicies,
+    ApiKeys, Applied, Authentication, BasicAuth, ClientKey, Jwt, JwtKey, JwtProvider, KeySource,
+    Limit, LimitScope, PasswordHash, RateLimit, RouteKind, RulePolicies,
 };
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -53,6 +53,19 @@ enum Target {
 pub(crate) struct Policies {
     authentication: BTreeMap<Target, Arc<Authentication>>,
     rate_limits: BTreeMap<Target, Arc<RateLimit>>,
+}
+
+// === impl Target ===
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gateway(name) => write!(f, "Gateway {name}"),
+            Self::Listener(name, listener) => write!(f, "Gateway {name} listener {listener}"),
+            Self::Route(kind, name) => write!(f, "{kind} {name}"),
+            Self::Rule(kind, name, rule) => write!(f, "{kind} {name} rule {rule}"),
+        }
+    }
 }
 
 // === impl Policies ===
@@ -176,11 +189,14 @@ fn pick<T>(
     map: &BTreeMap<Target, Arc<T>>,
     specific: Option<&Target>,
     whole: &Target,
-) -> Option<Arc<T>> {
+) -> Option<Applied<T>> {
     specific
-        .and_then(|t| map.get(t))
-        .or_else(|| map.get(whole))
-        .cloned()
+        .and_then(|t| map.get(t).map(|p| (t, p)))
+        .or_else(|| map.get(whole).map(|p| (whole, p)))
+        .map(|(target, policy)| Applied {
+            policy: Arc::clone(policy),
+            via: target.to_string().into(),
+        })
 }
 
 /// A rule's policies with the listener's filled in where the rule has none of a kind.

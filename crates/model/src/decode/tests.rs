@@ -344,3 +344,79 @@ spec:
         );
     }
 }
+
+#[test]
+fn policies_are_checked_like_any_kind() {
+    let text = "\
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthenticationPolicy
+metadata: {name: empty}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: TCPRoute, name: db}]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthenticationPolicy
+metadata: {name: keys}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: app}]
+  apiKey:
+    credentials: [{name: keys}]
+    extractFrom: [{header: x-key, queryParameter: key}]
+    forwardClientIdHeader: \"bad header\"
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: limits}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  limits:
+  - {scope: Local, requests: 10, unit: Day}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: keyed}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  limits:
+  - {scope: Local, requests: 10, unit: Second}
+  - {scope: Global, requests: 10, unit: Second, clientKey: {type: Header}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: unknown}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  limits: [{scope: Local, requests: 10, unit: Second, burst: 5}]
+";
+    let errors = errors(text);
+    let expect = |prefix: &str, text: &str| {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(prefix) && e.contains(text)),
+            "{prefix} … {text}: {errors:#?}"
+        );
+    };
+    expect("m.yaml:4: spec:", "configures no method");
+    expect(
+        "m.yaml:5: spec.targetRefs[0]:",
+        "gateway.networking.k8s.io/TCPRoute cannot be targeted",
+    );
+    expect(
+        "m.yaml:14: spec.apiKey.extractFrom[0]:",
+        "exactly one of header, queryParameter",
+    );
+    expect(
+        "m.yaml:15: spec.apiKey.forwardClientIdHeader:",
+        "not a valid header name",
+    );
+    expect(
+        "m.yaml:23: spec.limits[0].unit:",
+        "`Second`, `Minute`, `Hour`",
+    );
+    expect(
+        "m.yaml:32: spec.limits[1].clientKey.name:",
+        "required for type Header",
+    );
+    expect("m.yaml:39: spec.limits[0]", "burst");
+}
