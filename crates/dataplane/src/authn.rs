@@ -7,19 +7,24 @@
 //! that could not be compiled answers 500 for every request, so that a broken policy never
 //! opens a route. Each configured method must accept the request.
 //!
+//! Remote JWKS (`remoteJWKS`) are fetched on first use and kept for the provider's refresh
+//! time; a fetch that fails keeps the last keys (or, without any, refuses the token with
+//! 401) and is not retried for a second. HTTPS fetches trust the system's CA bundle
+//! (`SSL_CERT_FILE` first), as `wellKnownCACertificates: System` does.
+//!
 //! bcrypt is slow on purpose (tens of milliseconds), so it runs on the blocking pool, and
 //! the users whose password was just verified are remembered (by a SHA-256 of user,
 //! password and stored hash) for a minute, bounded, so a busy client does not pay it on
 //! every request.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use ir::{ApiKeys, Authentication, BasicAuth, Jwt, KeySource, PasswordHash};
+use ir::{ApiKeys, Authentication, BasicAuth, Jwt, JwtKey, JwtKeys, KeySource, PasswordHash};
 use jsonwebtoken::errors::ErrorKind;
 use serde_json::{Map, Value};
 use sha2::Digest;
@@ -38,7 +43,23 @@ const VERIFIED_MAX: usize = 10_000;
 #[derive(Default)]
 pub(crate) struct Authenticator {
     verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Remote JWKS by URL: when they were last fetched (or tried) and the keys.
+    remote: Mutex<HashMap<String, Fetched>>,
 }
+
+/// A remote JWKS as last fetched.
+#[derive(Clone)]
+struct Fetched {
+    tried: Instant,
+    keys: Option<Arc<Vec<JwtKey>>>,
+}
+
+/// The longest JWKS document read.
+const JWKS_LIMIT: usize = 1024 * 1024;
+/// Time allowed to fetch a JWKS.
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least time between two attempts to fetch one JWKS after a failure.
+const JWKS_RETRY: Duration = Duration::from_secs(1);
 
 impl Authenticator {
     /// Checks `parts` against `policy`, adding the headers the policy forwards. Returns the
@@ -60,10 +81,58 @@ impl Authenticator {
         if let Some(keys) = &policy.api_key {
             api_key(&policy.policy, keys, parts)?;
         }
-        match &policy.jwt {
-            Some(jwt) => jwt_claims(&policy.policy, jwt, &mut parts.headers).map(Some),
-            None => Ok(None),
+        let Some(jwt) = &policy.jwt else {
+            return Ok(None);
+        };
+        let mut keys = Vec::with_capacity(jwt.providers.len());
+        for provider in &jwt.providers {
+            keys.push(match &provider.keys {
+                JwtKeys::Static(keys) => Some(Arc::clone(keys)),
+                JwtKeys::Remote { uri, refresh } => self.remote_keys(uri, *refresh).await,
+            });
         }
+        jwt_claims(&policy.policy, jwt, &keys, &mut parts.headers).map(Some)
+    }
+
+    /// The keys at `uri`, fetched when there are none yet or they are older than `refresh`.
+    async fn remote_keys(&self, uri: &str, refresh: Duration) -> Option<Arc<Vec<JwtKey>>> {
+        let now = Instant::now();
+        let cached = self
+            .remote
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(uri)
+            .cloned();
+        if let Some(cached) = &cached {
+            let fresh = cached.keys.is_some() && now - cached.tried < refresh;
+            let resting = cached.keys.is_none() && now - cached.tried < JWKS_RETRY;
+            if fresh || resting {
+                return cached.keys.clone();
+            }
+        }
+        let keys = match tokio::time::timeout(JWKS_TIMEOUT, fetch_jwks(uri)).await {
+            Ok(Ok(keys)) => Some(Arc::new(keys)),
+            Ok(Err(error)) => {
+                tracing::warn!(%uri, %error, "cannot fetch JWKS");
+                cached.and_then(|c| c.keys)
+            }
+            Err(_) => {
+                tracing::warn!(%uri, "fetching JWKS timed out");
+                cached.and_then(|c| c.keys)
+            }
+        };
+        let mut remote = self.remote.lock().unwrap_or_else(PoisonError::into_inner);
+        if remote.len() >= 1_000 && !remote.contains_key(uri) {
+            remote.clear();
+        }
+        remote.insert(
+            uri.to_string(),
+            Fetched {
+                tried: now,
+                keys: keys.clone(),
+            },
+        );
+        keys
     }
 
     async fn basic(
@@ -139,6 +208,68 @@ impl Authenticator {
         }
         ok
     }
+}
+
+/// Fetches and parses a JWKS over HTTP/1.1 (HTTPS with the system's roots).
+async fn fetch_jwks(uri: &str) -> Result<Vec<JwtKey>, String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    use hyper_util::rt::TokioIo;
+    let parsed: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let https = parsed.scheme_str() == Some("https");
+    let host = parsed
+        .host()
+        .ok_or("the URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parsed.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let authority = parsed.authority().map_or(host.clone(), |a| a.to_string());
+    let request = http::Request::get(parsed.path_and_query().map_or("/", |p| p.as_str()))
+        .header(header::HOST, authority)
+        .header(header::ACCEPT, "application/json")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let response = if https {
+        let roots = crate::forward::system_roots()
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(Arc::clone(roots))
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("bad server name: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    }
+    .map_err(|e| e.to_string())?;
+    if response.status() != http::StatusCode::OK {
+        return Err(format!("answered {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), JWKS_LIMIT)
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    JwtKey::parse_set(&body)
 }
 
 /// The credentials after `scheme` in `Authorization` (the scheme compares without case).
@@ -217,7 +348,12 @@ fn percent_decode(text: &str) -> Option<String> {
 
 /// Verifies the bearer token against the providers, in order; the first that verifies it
 /// wins. Claims named in `claimToHeaders` are then set on the request.
-fn jwt_claims(policy: &str, jwt: &Jwt, headers: &mut HeaderMap) -> Result<Claims, ProxyError> {
+fn jwt_claims(
+    policy: &str,
+    jwt: &Jwt,
+    keys: &[Option<Arc<Vec<JwtKey>>>],
+    headers: &mut HeaderMap,
+) -> Result<Claims, ProxyError> {
     let refuse = |reason: &str, description: &str| ProxyError::Unauthenticated {
         policy: policy.to_string(),
         reason: reason.to_string(),
@@ -241,8 +377,12 @@ fn jwt_claims(policy: &str, jwt: &Jwt, headers: &mut HeaderMap) -> Result<Claims
         0,
         refuse("no key verifies the token", "the token is not valid"),
     );
-    for provider in &jwt.providers {
-        let keys = provider.keys.iter().filter(|key| {
+    for (provider, keys) in jwt.providers.iter().zip(keys) {
+        let Some(keys) = keys else {
+            // The provider's keys could not be fetched: it verifies nothing.
+            continue;
+        };
+        let keys = keys.iter().filter(|key| {
             key.algorithm == header.alg
                 && match (&header.kid, &key.id) {
                     (Some(wanted), Some(id)) => wanted == id,

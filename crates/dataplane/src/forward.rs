@@ -29,6 +29,7 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::outlier::Outliers;
 
+pub(crate) use origination::system_roots;
 use origination::{ClientKey, TlsConnection, TlsConnector};
 pub use origination::{HandshakeError, SettingsError};
 

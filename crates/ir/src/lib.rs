@@ -36,8 +36,8 @@ pub use filter::{
 };
 pub use hostname::{Hostname, HostnameMatch};
 pub use policy::{
-    ApiKeys, Applied, Authentication, BasicAuth, ClientKey, Jwt, JwtKey, JwtProvider, KeySource,
-    Limit, LimitScope, PasswordHash, RateLimit, RulePolicies,
+    ApiKeys, Applied, Authentication, BasicAuth, ClientKey, Jwt, JwtKey, JwtKeys, JwtProvider,
+    KeySource, Limit, LimitScope, PasswordHash, RateLimit, RulePolicies,
 };
 pub use route::{
     Action, Candidate, HeaderMatch, HttpMatch, HttpRequestParts, PathMatch, QueryMatch, Retry,

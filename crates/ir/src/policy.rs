@@ -74,12 +74,27 @@ pub struct JwtProvider {
     /// Accepted `aud` values; empty accepts any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
-    /// The keys of its JWKS.
-    #[serde(serialize_with = "serialize_key_ids")]
-    pub keys: Vec<JwtKey>,
+    /// Its keys, or where to fetch them.
+    pub keys: JwtKeys,
     /// Claims copied into request headers.
     #[serde(serialize_with = "serialize_claim_headers")]
     pub claim_to_headers: Vec<(String, HeaderName)>,
+}
+
+/// Where a provider's keys are.
+#[derive(Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum JwtKeys {
+    /// Read from a ConfigMap or Secret with the config.
+    Static(#[serde(serialize_with = "serialize_key_ids")] Arc<Vec<JwtKey>>),
+    /// Fetched from an HTTP(S) URL by the data plane and kept for `refresh`.
+    #[serde(rename_all = "camelCase")]
+    Remote {
+        /// The JWKS URL.
+        uri: String,
+        /// How long fetched keys are used before they are fetched again.
+        refresh: Duration,
+    },
 }
 
 /// One key of a JWKS.
@@ -188,6 +203,56 @@ pub enum ClientKey {
     JwtClaim(String),
 }
 
+// === impl JwtKey ===
+
+impl JwtKey {
+    /// The signing keys of a JWKS document (keys marked for encryption are left out). A key
+    /// without `alg` gets the one its type allows (RFC 7518): RS256, ES256/ES384 by curve,
+    /// EdDSA, HS256.
+    pub fn parse_set(document: &[u8]) -> Result<Vec<JwtKey>, String> {
+        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+        use jsonwebtoken::{Algorithm, DecodingKey};
+        let set: JwkSet =
+            serde_json::from_slice(document).map_err(|e| format!("not a JWKS: {e}"))?;
+        let keys = set
+            .keys
+            .iter()
+            .filter(|jwk| jwk.common.public_key_use != Some(PublicKeyUse::Encryption))
+            .map(|jwk| {
+                let id = jwk.common.key_id.clone();
+                let named = id.as_deref().unwrap_or("without kid");
+                let algorithm = match jwk.common.key_algorithm {
+                    Some(algorithm) => {
+                        Algorithm::try_from(algorithm).map_err(|e| format!("key {named}: {e}"))?
+                    }
+                    None => match &jwk.algorithm {
+                        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                        AlgorithmParameters::EllipticCurve(ec)
+                            if ec.curve == EllipticCurve::P256 =>
+                        {
+                            Algorithm::ES256
+                        }
+                        AlgorithmParameters::EllipticCurve(ec)
+                            if ec.curve == EllipticCurve::P384 =>
+                        {
+                            Algorithm::ES384
+                        }
+                        AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                        AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
+                        _ => return Err(format!("key {named}: unsupported key type")),
+                    },
+                };
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {named}: {e}"))?;
+                Ok(JwtKey { id, algorithm, key })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if keys.is_empty() {
+            return Err("the JWKS has no signing keys".into());
+        }
+        Ok(keys)
+    }
+}
+
 // === impl RulePolicies ===
 
 impl RulePolicies {
@@ -218,7 +283,13 @@ impl std::fmt::Debug for JwtProvider {
             .field("name", &self.name)
             .field("issuer", &self.issuer)
             .field("audiences", &self.audiences)
-            .field("keys", &self.keys.len())
+            .field(
+                "keys",
+                &match &self.keys {
+                    JwtKeys::Static(keys) => format!("{} keys", keys.len()),
+                    JwtKeys::Remote { uri, .. } => uri.clone(),
+                },
+            )
             .finish()
     }
 }
@@ -244,7 +315,7 @@ impl std::fmt::Debug for ApiKeys {
 // Secrets never appear in `/config` or `explain` output: only key ids, user names and
 // client ids do.
 
-fn serialize_key_ids<S: Serializer>(keys: &[JwtKey], s: S) -> Result<S::Ok, S::Error> {
+fn serialize_key_ids<S: Serializer>(keys: &Arc<Vec<JwtKey>>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(keys.iter().map(|k| k.id.as_deref().unwrap_or("-")))
 }
 

@@ -107,8 +107,16 @@ pub struct JwtProvider {
     /// Accepted `aud` values; unset accepts any audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audiences: Option<Vec<String>>,
-    /// Where the JSON Web Key Set is.
-    pub jwks: JwksRef,
+    /// The JSON Web Key Set in a ConfigMap or Secret; exactly one of `jwks`, `remoteJWKS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksRef>,
+    /// The JSON Web Key Set at a URL, fetched by the data plane and cached.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "remoteJWKS"
+    )]
+    pub remote_jwks: Option<RemoteJwks>,
     /// Claims copied into request headers for the backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_to_headers: Option<Vec<ClaimToHeader>>,
@@ -126,6 +134,17 @@ pub struct JwksRef {
     /// The data key; default `jwks.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// A JWKS fetched over HTTP(S).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteJwks {
+    /// An `http://` or `https://` URL (HTTPS trusts the Mozilla root certificates).
+    pub uri: String,
+    /// How long fetched keys are used before they are fetched again; default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_duration: Option<String>,
 }
 
 /// One claim to copy into a header.

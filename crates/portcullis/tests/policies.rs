@@ -432,3 +432,113 @@ async fn a_global_limit_is_shared_by_two_gateways() {
     assert_eq!(answer.status, 200);
     drop(gateways);
 }
+
+/// A JWKS server whose document can be replaced; counts fetches.
+struct JwksServer {
+    port: u16,
+    document: Arc<std::sync::Mutex<String>>,
+    fetches: Arc<AtomicU64>,
+}
+
+impl JwksServer {
+    async fn start(document: String) -> Self {
+        use http_body_util::Full;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let document = Arc::new(std::sync::Mutex::new(document));
+        let fetches = Arc::new(AtomicU64::new(0));
+        let (served, counter) = (document.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (served, counter) = (served.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_request| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let body = served.lock().expect("lock").clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            port,
+            document,
+            fetches,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_jwks_are_fetched_cached_and_refreshed() {
+    let backend = Echo::start().await;
+    let (first, second) = (signing_key("first"), signing_key("second"));
+    let jwks = JwksServer::start(serde_json::json!({"keys": [first.jwk]}).to_string()).await;
+    let port = free_port();
+    let mut yaml = support::gateway_yaml(port);
+    yaml.push_str(&support::service_yaml("backend", backend.port));
+    yaml.push_str(&format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: app}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthenticationPolicy
+metadata: {{name: remote}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: edge}}]
+  jwt:
+    providers:
+    - name: remote
+      audiences: [portcullis]
+      remoteJWKS: {{uri: 'http://127.0.0.1:{}/jwks.json', cacheDuration: 1s}}
+",
+        jwks.port
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::replace(dir.path(), "all.yaml", &yaml);
+    let gateway = Gateway::start(dir.path()).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let call = |key: &SigningKey| {
+        let header = format!("Bearer {}", token(key, "portcullis", 300));
+        let url = url.clone();
+        async move {
+            send("GET", &url, &[("authorization", header.as_str())], "")
+                .await
+                .map(|a| a.status)
+                .unwrap_or(0)
+        }
+    };
+    gateway
+        .wait_until(|| async { call(&first).await == 200 })
+        .await;
+    let fetched = jwks.fetches.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        assert_eq!(call(&first).await, 200);
+    }
+    assert_eq!(
+        jwks.fetches.load(Ordering::Relaxed),
+        fetched,
+        "the keys are cached"
+    );
+
+    // The issuer rotates its key: after the cache duration, new tokens verify.
+    *jwks.document.lock().expect("lock") = serde_json::json!({"keys": [second.jwk]}).to_string();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(call(&second).await, 200);
+    assert_eq!(call(&first).await, 401, "the old key is gone");
+    assert!(jwks.fetches.load(Ordering::Relaxed) > fetched);
+}

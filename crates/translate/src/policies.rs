@@ -21,11 +21,9 @@ use std::time::Duration;
 use base64::Engine;
 use http::HeaderName;
 use ir::{
-    ApiKeys, Applied, Authentication, BasicAuth, ClientKey, Jwt, JwtKey, JwtProvider, KeySource,
-    Limit, LimitScope, PasswordHash, RateLimit, RouteKind, RulePolicies,
+    ApiKeys, Applied, Authentication, BasicAuth, ClientKey, Jwt, JwtKey, JwtKeys, JwtProvider,
+    KeySource, Limit, LimitScope, PasswordHash, RateLimit, RouteKind, RulePolicies,
 };
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use model::policy::{
     AuthenticationPolicySpec, ClientKeyType, LimitScope as SpecScope, RateLimitPolicySpec,
     TargetRef,
@@ -529,55 +527,39 @@ fn jwt_provider(
     namespace: &str,
     spec: &model::policy::JwtProvider,
 ) -> Result<JwtProvider, String> {
-    let source = ObjectName::new(namespace, &spec.jwks.name);
-    let key = spec.jwks.key.as_deref().unwrap_or("jwks.json");
-    let document = match spec.jwks.kind.as_deref().unwrap_or("ConfigMap") {
-        "Secret" => secret_value(snapshot, &source, key)?,
-        _ => {
-            let map = snapshot
-                .config_maps
-                .get(&source)
-                .ok_or_else(|| format!("ConfigMap {source} does not exist"))?;
-            map.data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|v| v.clone().into_bytes())
-                .ok_or_else(|| format!("ConfigMap {source} has no key {key}"))?
-        }
-    };
-    let set: JwkSet = serde_json::from_slice(&document).map_err(|e| {
-        format!(
-            "provider {}: {source} key {key} is not a JWKS: {e}",
-            spec.name
-        )
-    })?;
-    let keys = set
-        .keys
-        .iter()
-        .filter(|jwk| {
-            jwk.common.public_key_use != Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
-        })
-        .map(|jwk| {
-            let id = jwk.common.key_id.clone();
-            let named = id.as_deref().unwrap_or("without kid");
-            let algorithm = match jwk.common.key_algorithm {
-                Some(algorithm) => {
-                    Algorithm::try_from(algorithm).map_err(|e| format!("key {named}: {e}"))?
+    let keys = match (&spec.jwks, &spec.remote_jwks) {
+        (Some(jwks), _) => {
+            let source = ObjectName::new(namespace, &jwks.name);
+            let key = jwks.key.as_deref().unwrap_or("jwks.json");
+            let document = match jwks.kind.as_deref().unwrap_or("ConfigMap") {
+                "Secret" => secret_value(snapshot, &source, key)?,
+                _ => {
+                    let map = snapshot
+                        .config_maps
+                        .get(&source)
+                        .ok_or_else(|| format!("ConfigMap {source} does not exist"))?;
+                    map.data
+                        .as_ref()
+                        .and_then(|d| d.get(key))
+                        .map(|v| v.clone().into_bytes())
+                        .ok_or_else(|| format!("ConfigMap {source} has no key {key}"))?
                 }
-                None => default_algorithm(&jwk.algorithm)
-                    .ok_or_else(|| format!("key {named}: unsupported key type"))?,
             };
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {named}: {e}"))?;
-            Ok(JwtKey { id, algorithm, key })
-        })
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(|e| format!("provider {}: {source} key {key}: {e}", spec.name))?;
-    if keys.is_empty() {
-        return Err(format!(
-            "provider {}: {source} key {key} has no signing keys",
-            spec.name
-        ));
-    }
+            let keys = JwtKey::parse_set(&document)
+                .map_err(|e| format!("provider {}: {source} key {key}: {e}", spec.name))?;
+            JwtKeys::Static(Arc::new(keys))
+        }
+        (None, Some(remote)) => JwtKeys::Remote {
+            uri: remote.uri.clone(),
+            refresh: remote
+                .cache_duration
+                .as_deref()
+                .and_then(model::parse_duration)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(300)),
+        },
+        (None, None) => return Err(format!("provider {} has no keys", spec.name)),
+    };
     let claim_to_headers = spec
         .claim_to_headers
         .iter()
@@ -591,21 +573,6 @@ fn jwt_provider(
         keys,
         claim_to_headers,
     })
-}
-
-/// The algorithm of a JWK without `alg`: the one its key type allows (RFC 7518).
-fn default_algorithm(parameters: &AlgorithmParameters) -> Option<Algorithm> {
-    match parameters {
-        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
-        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
-            EllipticCurve::P256 => Some(Algorithm::ES256),
-            EllipticCurve::P384 => Some(Algorithm::ES384),
-            _ => None,
-        },
-        AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
-        AlgorithmParameters::OctetKey(_) => Some(Algorithm::HS256),
-        _ => None,
-    }
 }
 
 /// Parses an htpasswd file: `user:hash` lines; `#` comments and blank lines are skipped.

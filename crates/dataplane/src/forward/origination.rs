@@ -214,7 +214,7 @@ fn roots(tls: &BackendTls) -> Result<Arc<RootCertStore>, SettingsError> {
 
 /// The system trust store, read once: `SSL_CERT_FILE`, else the usual bundle locations of
 /// Linux distributions.
-fn system_roots() -> &'static Result<Arc<RootCertStore>, String> {
+pub(crate) fn system_roots() -> &'static Result<Arc<RootCertStore>, String> {
     static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let candidates = std::env::var_os("SSL_CERT_FILE")

@@ -21,7 +21,32 @@ pub(crate) fn authentication(spec: &AuthenticationPolicySpec, errors: &mut Field
         }
         for (i, provider) in jwt.providers.iter().enumerate() {
             let path = format!("spec.jwt.providers[{i}]");
-            if let Some(kind) = provider.jwks.kind.as_deref()
+            match (&provider.jwks, &provider.remote_jwks) {
+                (Some(_), None) => {}
+                (None, Some(remote)) => {
+                    let (scheme, rest) = remote.uri.split_once("://").unwrap_or_default();
+                    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                    if !matches!(scheme, "http" | "https")
+                        || authority.is_empty()
+                        || remote.uri.contains(char::is_whitespace)
+                    {
+                        errors.push(
+                            &format!("{path}.remoteJWKS.uri"),
+                            "must be an absolute http:// or https:// URL",
+                        );
+                    }
+                    if let Some(duration) = &remote.cache_duration
+                        && crate::parse_duration(duration).is_none_or(|d| d.is_zero())
+                    {
+                        errors.push(
+                            &format!("{path}.remoteJWKS.cacheDuration"),
+                            "must be a positive duration such as 30s or 5m",
+                        );
+                    }
+                }
+                _ => errors.push(&path, "must set exactly one of jwks, remoteJWKS"),
+            }
+            if let Some(kind) = provider.jwks.as_ref().and_then(|j| j.kind.as_deref())
                 && !matches!(kind, "ConfigMap" | "Secret")
             {
                 errors.push(
