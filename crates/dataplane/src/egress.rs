@@ -23,7 +23,7 @@
 //! egress, where the address comes from the client). Under `Deny`, a TLS connection without
 //! SNI and a request to an IP-literal host are denied too: no route can have named them.
 
-mod listeners;
+pub(crate) mod listeners;
 mod metrics;
 
 use std::net::SocketAddr;

@@ -36,6 +36,8 @@ mod error;
 mod ext_auth;
 mod filters;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 mod listener;
 mod metrics;

@@ -233,14 +233,14 @@ async fn proxy_request(
 }
 
 /// Where a proxy request goes.
-struct ProxyTarget {
+pub(crate) struct ProxyTarget {
     host: Hostname,
     port: u16,
 }
 
 /// The target of a CONNECT (`host:port`, port required) or of an absolute-form `http://`
 /// request, whose `Host` header, when present, must name the same host.
-fn proxy_target<B>(request: &Request<B>) -> Result<ProxyTarget, &'static str> {
+pub(crate) fn proxy_target<B>(request: &Request<B>) -> Result<ProxyTarget, &'static str> {
     let uri = request.uri();
     let authority = uri
         .authority()
