@@ -25,6 +25,7 @@ use ir::{Backend, BackendProtocol, BackendTarget, TlsCertificate, WeightedBacken
 use tokio::net::TcpStream;
 
 use crate::Options;
+use crate::balance::{Algorithm, Loads};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::outlier::Outliers;
@@ -55,6 +56,9 @@ pub struct Upstreams {
     cursors: Arc<Mutex<HashMap<String, usize>>>,
     /// Passive health of the endpoints.
     pub outliers: Arc<Outliers>,
+    /// How endpoints are chosen, and their load.
+    algorithm: Algorithm,
+    loads: Arc<Loads>,
 }
 
 // === impl Upstreams ===
@@ -87,17 +91,33 @@ impl Upstreams {
                 options.outlier_consecutive_failures,
                 options.outlier_base_ejection,
             )),
+            algorithm: options.load_balancer,
+            loads: Arc::default(),
         }
     }
 
-    /// Chooses the next endpoint of `backend`, round robin, passing over ejected endpoints
-    /// (all of them are used when all are ejected).
+    /// Chooses an endpoint of `backend` (`balance.rs`), passing over ejected endpoints (all
+    /// of them are used when all are ejected).
     pub fn endpoint(&self, backend: &Backend) -> Result<SocketAddr, ProxyError> {
         let count = backend.endpoints.len();
         if count == 0 {
             return Err(ProxyError::NoEndpoints {
                 backend: backend.name.clone(),
             });
+        }
+        if self.algorithm == Algorithm::PeakEwma {
+            let mut healthy: Vec<SocketAddr> = backend
+                .endpoints
+                .iter()
+                .map(|e| e.addr)
+                .filter(|addr| !self.outliers.is_ejected(*addr))
+                .collect();
+            if healthy.is_empty() {
+                healthy = backend.endpoints.iter().map(|e| e.addr).collect();
+            }
+            if let Some(chosen) = self.loads.choose(&healthy) {
+                return Ok(chosen);
+            }
         }
         let start = {
             // A poisoned map only holds counters; keep using it.
@@ -128,6 +148,25 @@ impl Upstreams {
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         *request.uri_mut() = endpoint_uri(endpoint, request.uri())?;
+        let in_flight = self.loads.start(endpoint);
+        let response = self
+            .exchange(backend, client_certificate, endpoint, request)
+            .await;
+        match &response {
+            Ok(_) => in_flight.answered(),
+            Err(error) if error.fault() == crate::error::Fault::Upstream => in_flight.failed(),
+            Err(_) => {}
+        }
+        response
+    }
+
+    async fn exchange(
+        &self,
+        backend: &Backend,
+        client_certificate: Option<&Arc<TlsCertificate>>,
+        endpoint: SocketAddr,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let protocol = backend.protocol;
         if let Some(tls) = &backend.tls {
             let key = ClientKey {
@@ -456,7 +495,10 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_rotate_round_robin() {
-        let upstreams = Upstreams::new(&Options::default());
+        let upstreams = Upstreams::new(&Options {
+            load_balancer: crate::LoadBalancer::RoundRobin,
+            ..Options::default()
+        });
         let backend = backend(&[1, 2, 3]);
         let ports: Vec<u16> = (0..6)
             .filter_map(|_| upstreams.endpoint(&backend).ok())

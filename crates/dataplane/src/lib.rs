@@ -29,6 +29,7 @@
 //! Must not depend on: `model`, `translate`, `sources`, kube.
 
 mod authn;
+mod balance;
 mod body;
 mod cors;
 mod egress;
@@ -62,6 +63,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 
+pub use balance::Algorithm as LoadBalancer;
 pub use egress::{DecisionKey, OutboundSettings, Verdict};
 pub use error::{EGRESS_ERROR_HEADER, Fault, ProxyError};
 
@@ -110,6 +112,8 @@ pub struct Options {
     /// The Redis that global rate limits count in (`redis://host:port`); without it they
     /// are not enforced.
     pub rate_limit_redis: Option<String>,
+    /// How an endpoint of a backend is chosen.
+    pub load_balancer: LoadBalancer,
 }
 
 /// A bind address of the config that could not be bound. It is retried on the next
@@ -382,6 +386,7 @@ impl Default for Options {
             outlier_base_ejection: Duration::from_secs(30),
             external_auth_timeout: Duration::from_secs(5),
             rate_limit_redis: None,
+            load_balancer: LoadBalancer::default(),
         }
     }
 }

@@ -151,9 +151,31 @@ struct RunArgs {
     /// replica (redis://HOST:PORT[/DB]). Without it, global limits are not enforced.
     #[arg(long, value_name = "URL")]
     rate_limit_redis: Option<String>,
+    /// How an endpoint of a backend is chosen: power of two choices over peak-EWMA latency
+    /// (Linkerd's default), or round robin.
+    #[arg(long, value_enum, default_value_t = Balancer::PeakEwma)]
+    load_balancer: Balancer,
     /// Time allowed for an ExternalAuth service to answer before the request is denied.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     external_auth_timeout: std::time::Duration,
+}
+
+/// `--load-balancer`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Balancer {
+    /// Power of two choices over peak-EWMA latency and requests in flight.
+    PeakEwma,
+    /// Each endpoint in turn.
+    RoundRobin,
+}
+
+impl From<Balancer> for dataplane::LoadBalancer {
+    fn from(balancer: Balancer) -> Self {
+        match balancer {
+            Balancer::PeakEwma => Self::PeakEwma,
+            Balancer::RoundRobin => Self::RoundRobin,
+        }
+    }
 }
 
 fn parse_duration(value: &str) -> Result<std::time::Duration, String> {

@@ -54,6 +54,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let dataplane = dataplane::Dataplane::new(dataplane::Options {
         rate_limit_redis: args.rate_limit_redis.clone(),
         external_auth_timeout: args.external_auth_timeout,
+        load_balancer: args.load_balancer.into(),
         ..dataplane::Options::default()
     });
     let (state_tx, state_rx) = watch::channel(Arc::new(AdminState::default()));

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dataplane::{LoadBalancer, Options};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -151,7 +152,11 @@ async fn an_endpoint_that_keeps_failing_is_ejected() {
         PathMatch::prefix("/"),
         retrying("pair", &[refused, good], None),
     )];
-    let gateway = Gateway::start(config(vec![listener(None, routes)])).await;
+    let options = Options {
+        load_balancer: LoadBalancer::RoundRobin,
+        ..Options::default()
+    };
+    let gateway = Gateway::with_options(options, config(vec![listener(None, routes)])).await;
     let mut statuses = Vec::new();
     for _ in 0..20 {
         statuses.push(gateway.get("example.com", "/").await.status);
@@ -168,4 +173,75 @@ async fn an_endpoint_that_keeps_failing_is_ejected() {
         "{statuses:?}"
     );
     assert_eq!(good_seen.load(Ordering::SeqCst), 15);
+}
+
+/// An upstream that answers after `delay`, counting requests.
+async fn slow(delay: Duration) -> (SocketAddr, Arc<AtomicU32>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let service = service_fn(move |_request: hyper::Request<hyper::body::Incoming>| {
+                    let count = Arc::clone(&count);
+                    async move {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn the_default_balancer_prefers_the_faster_endpoint_and_avoids_a_failing_one() {
+    let (slow_addr, slow_seen) = slow(Duration::from_millis(40)).await;
+    let (fast_addr, fast_seen) = slow(Duration::ZERO).await;
+    let refused: SocketAddr = ([127, 0, 0, 1], unused_port()).into();
+    let routes = vec![
+        route(
+            None,
+            PathMatch::prefix("/speed"),
+            retrying("speed", &[slow_addr, fast_addr], None),
+        ),
+        route(
+            None,
+            PathMatch::prefix("/pair"),
+            retrying("pair", &[refused, fast_addr], None),
+        ),
+    ];
+    let gateway = Gateway::start(config(vec![listener(None, routes)])).await;
+    for _ in 0..100 {
+        assert_eq!(
+            gateway.get("example.com", "/speed").await.status,
+            StatusCode::OK
+        );
+    }
+    let (slow, fast) = (
+        slow_seen.load(Ordering::SeqCst),
+        fast_seen.load(Ordering::SeqCst),
+    );
+    // Round robin would give each 50; peak EWMA goes back to the slow one only when its
+    // estimate has decayed.
+    assert!(fast >= 85, "fast {fast}, slow {slow}");
+
+    let mut failed = 0;
+    for _ in 0..20 {
+        if gateway.get("example.com", "/pair").await.status != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed <= 1,
+        "a refusing endpoint is avoided after it fails: {failed} failed"
+    );
 }

@@ -209,15 +209,17 @@ async fn h2c_backends_get_http2_and_endpoints_rotate() {
         BackendProtocol::H2c,
         &[one.addr, two.addr],
     );
-    let gateway = Gateway::start(config(vec![listener(
+    // Round robin, so that the rotation over one multiplexed connection per endpoint shows.
+    let options = dataplane::Options {
+        load_balancer: dataplane::LoadBalancer::RoundRobin,
+        ..dataplane::Options::default()
+    };
+    let routes = vec![route(
         None,
-        vec![route(
-            None,
-            PathMatch::prefix("/"),
-            forward("h2c", vec![weighted(1, both)]),
-        )],
-    )]))
-    .await;
+        PathMatch::prefix("/"),
+        forward("h2c", vec![weighted(1, both)]),
+    )];
+    let gateway = Gateway::with_options(options, config(vec![listener(None, routes)])).await;
 
     let mut seen = Vec::new();
     for _ in 0..4 {
