@@ -173,13 +173,19 @@ impl Dataplane {
     pub fn new(options: Options) -> Self {
         let upstreams = Upstreams::new(&options);
         let mirrors = Mirrors::new(upstreams.clone(), &options);
+        let requests = metrics::RequestMetrics::default();
+        requests.register_counter(
+            "outlier_ejections",
+            "Endpoints ejected after consecutive failures",
+            upstreams.outliers.ejections.clone(),
+        );
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(ir::Config::default()),
             certificates: ArcSwap::from_pointee(tls::Certificates::empty()),
             upstreams,
             mirrors,
             decisions: egress::Decisions::default(),
-            requests: metrics::RequestMetrics::default(),
+            requests,
             retry_budget: retry::Budget::default(),
             authenticator: authn::Authenticator::default(),
             limiter: rate_limit::Limiter::new(options.rate_limit_redis.clone()),

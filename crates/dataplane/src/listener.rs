@@ -178,6 +178,7 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = socket.accept() => match accepted {
                 Ok((stream, client)) => {
+                    shared.requests.accepted(bind);
                     // The watchers are taken here, not in the task, so that a drain that starts
                     // while the task has not run yet still reaches this connection.
                     let watchers = Watchers {
@@ -418,6 +419,7 @@ async fn serve_tls(
     let limit = shared.options.tls_handshake_timeout;
     match tls::handshake(&servers.tls, stream, limit).await {
         Ok((stream, session)) => {
+            shared.requests.handshake(bind, true);
             let builder = if session.http2 {
                 &servers.http2
             } else {
@@ -436,6 +438,7 @@ async fn serve_tls(
         Err(error) => {
             // Scanners, plain-text clients and clients that distrust the certificate are
             // routine; they are not worth more than a debug line.
+            shared.requests.handshake(bind, false);
             let cause = std::error::Error::source(&error).map(ToString::to_string);
             tracing::debug!(%client, %bind, %error, ?cause, "TLS handshake failed");
         }

@@ -1,5 +1,7 @@
-//! Request metrics, per route and backend: counts by status class and latency histograms,
-//! in the Prometheus text format `/metrics` serves.
+//! The data plane's metrics, in the Prometheus text format `/metrics` serves: requests per
+//! route and backend (counts by status class, latency histograms, in flight), retries per
+//! route, upstream connection failures per backend, outlier ejections, rate-limit refusals
+//! per policy, and per listening socket the connections accepted and TLS handshakes.
 //!
 //! Labels come from the config (route kind, namespace and name, the backend's
 //! `namespace/name:port`) and the status class, so their number is bounded by the config,
@@ -14,6 +16,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -37,10 +40,41 @@ struct LatencyLabels {
 
 type Latencies = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
-/// The request metrics of a data plane.
+/// A backend, `namespace/name:port`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+/// A listening socket.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BindLabels {
+    bind: String,
+}
+
+/// A listening socket and how a handshake ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    bind: String,
+    result: &'static str,
+}
+
+/// A policy, `namespace/name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+/// The metrics of a data plane.
 pub struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Latencies,
+    in_flight: Gauge,
+    retries: Family<LatencyLabels, Counter>,
+    connect_errors: Family<BackendLabels, Counter>,
+    connections: Family<BindLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    rate_limited: Family<PolicyLabels, Counter>,
     registry: Mutex<Registry>,
 }
 
@@ -61,9 +95,51 @@ impl Default for RequestMetrics {
             "Time from request to response headers, by route",
             latency.clone(),
         );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests waiting for their response headers",
+            in_flight.clone(),
+        );
+        let retries = Family::<LatencyLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Retried upstream attempts, by route",
+            retries.clone(),
+        );
+        let connect_errors = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "upstream_connect_errors",
+            "Failed connections to endpoints (refused, unreachable, timed out), by backend",
+            connect_errors.clone(),
+        );
+        let connections = Family::<BindLabels, Counter>::default();
+        registry.register(
+            "listener_connections",
+            "Connections accepted, by listening socket",
+            connections.clone(),
+        );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes of clients, by listening socket and result",
+            handshakes.clone(),
+        );
+        let rate_limited = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429, by RateLimitPolicy",
+            rate_limited.clone(),
+        );
         Self {
             requests,
             latency,
+            in_flight,
+            retries,
+            connect_errors,
+            connections,
+            handshakes,
+            rate_limited,
             registry: Mutex::new(registry),
         }
     }
@@ -105,6 +181,69 @@ impl RequestMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Registers a counter kept elsewhere (the outlier ejections).
+    pub(crate) fn register_counter(&self, name: &str, help: &str, counter: Counter) {
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        registry.register(name, help, counter);
+    }
+
+    /// A request started waiting for its response headers; it stops when this is dropped.
+    pub(crate) fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// A retry of a rule's request.
+    pub(crate) fn retried(&self, route: &RouteId) {
+        self.retries
+            .get_or_create(&LatencyLabels {
+                route_kind: kind_name(route.kind),
+                route_namespace: route.namespace.clone(),
+                route_name: route.name.clone(),
+            })
+            .inc();
+    }
+
+    /// A failed connection to an endpoint of `backend`.
+    pub(crate) fn connect_failed(&self, backend: &str) {
+        let backend = if backend.starts_with("original-destination") {
+            "original-destination".to_string()
+        } else {
+            backend.to_string()
+        };
+        self.connect_errors
+            .get_or_create(&BackendLabels { backend })
+            .inc();
+    }
+
+    /// A connection accepted on `bind`.
+    pub(crate) fn accepted(&self, bind: std::net::SocketAddr) {
+        self.connections
+            .get_or_create(&BindLabels {
+                bind: bind.to_string(),
+            })
+            .inc();
+    }
+
+    /// A client's TLS handshake on `bind` ended.
+    pub(crate) fn handshake(&self, bind: std::net::SocketAddr, ok: bool) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                bind: bind.to_string(),
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// A request refused by a rate limit of `policy`.
+    pub(crate) fn rate_limited(&self, policy: &str) {
+        self.rate_limited
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_string(),
+            })
+            .inc();
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
         let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
@@ -117,6 +256,15 @@ impl RequestMetrics {
             Some(body) => body.to_string(),
             None => text,
         }
+    }
+}
+
+/// Holds one request in `portcullis_requests_in_flight`.
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

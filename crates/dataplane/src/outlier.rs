@@ -38,6 +38,8 @@ pub struct Outliers {
     threshold: u32,
     base: Duration,
     endpoints: Mutex<HashMap<SocketAddr, Health>>,
+    /// Ejections so far (`portcullis_outlier_ejections_total`).
+    pub ejections: prometheus_client::metrics::counter::Counter,
 }
 
 impl Outliers {
@@ -47,6 +49,7 @@ impl Outliers {
             threshold: threshold.max(1),
             base,
             endpoints: Mutex::default(),
+            ejections: prometheus_client::metrics::counter::Counter::default(),
         }
     }
 
@@ -69,6 +72,7 @@ impl Outliers {
                 }
                 health.consecutive_failures = 0;
                 health.ejections = (health.ejections + 1).min(MAX_MULTIPLIER);
+                self.ejections.inc();
                 health.ejected_until = Some(Instant::now() + self.base * health.ejections);
                 tracing::warn!(%endpoint, ejections = health.ejections, "endpoint ejected after consecutive failures");
                 true

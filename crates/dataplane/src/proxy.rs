@@ -65,6 +65,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    let _in_flight = shared.requests.in_flight();
     // One snapshot for the whole request: a reload while it is in flight does not affect it.
     let config = shared.config.load_full();
     let mut log = AccessLog::new(&connection, &request);
@@ -261,7 +262,8 @@ async fn admit(
         admitted.quota = shared
             .limiter
             .check(&limits.policy, client, &parts.headers, claims.as_ref())
-            .await?;
+            .await
+            .inspect_err(|_| shared.requests.rate_limited(&limits.policy.policy))?;
     }
     Ok(Admission::Admitted(
         Request::from_parts(parts, body),
@@ -332,6 +334,11 @@ async fn forward(
                 ProxyError::BackendTimeout { endpoint }
             })
             .await;
+            if let Err(ProxyError::ConnectionRefused { .. } | ProxyError::UpstreamConnect { .. }) =
+                &result
+            {
+                shared.requests.connect_failed(&backend.name);
+            }
             let outcome = match &result {
                 Ok(response) => outlier::of_status(response.status().as_u16()),
                 Err(error) if error.fault() == Fault::Upstream => outlier::Outcome::Failed,
@@ -348,6 +355,7 @@ async fn forward(
             match again {
                 Some(next) if retryable && shared.retry_budget.withdraw() => {
                     retries_left -= 1;
+                    shared.requests.retried(&rule.id);
                     request = next;
                     if let Some(retry) = &rule.retry {
                         tokio::time::sleep(retry.backoff).await;

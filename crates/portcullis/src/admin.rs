@@ -27,6 +27,12 @@ pub struct AdminState {
     pub status: StatusDocument,
     /// Number of reloads applied.
     pub reloads: u64,
+    /// Reloads in which a manifest was rejected (its last good version stayed in use).
+    pub rejected_reloads: u64,
+    /// How long the last reload took (translate, bind, apply), in seconds.
+    pub last_reload_seconds: f64,
+    /// How long its translation took, in seconds.
+    pub last_translate_seconds: f64,
     /// Kubernetes mode: the status writer's counters.
     pub status_writer: Option<Arc<sources::kube::StatusMetrics>>,
 }
@@ -95,8 +101,11 @@ fn handle(
 fn metrics(state: &AdminState, dataplane: &dataplane::Dataplane) -> String {
     use std::fmt::Write;
     let mut out = format!(
-        "# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n",
+        "# HELP portcullis_config_reloads_total Configurations applied.\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# HELP portcullis_config_reloads_rejected_total Reloads in which a manifest was rejected and its last good version kept.\n# TYPE portcullis_config_reloads_rejected_total counter\nportcullis_config_reloads_rejected_total {}\n# HELP portcullis_config_reload_seconds How long the last reload took.\n# TYPE portcullis_config_reload_seconds gauge\nportcullis_config_reload_seconds {}\n# HELP portcullis_translate_seconds How long the last translation took.\n# TYPE portcullis_translate_seconds gauge\nportcullis_translate_seconds {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n",
         state.reloads,
+        state.rejected_reloads,
+        state.last_reload_seconds,
+        state.last_translate_seconds,
         dataplane.mirror_drops()
     );
     status_writer_metrics(state, &mut out);

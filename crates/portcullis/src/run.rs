@@ -86,6 +86,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         stamper: Stamper::default(),
         state: state_tx,
         reloads: 0,
+        rejected_reloads: 0,
         status_writer: None,
         provisioning: None,
     };
@@ -157,6 +158,7 @@ struct Control {
     stamper: Stamper,
     state: watch::Sender<Arc<AdminState>>,
     reloads: u64,
+    rejected_reloads: u64,
     /// Kubernetes mode: where status goes besides `/status`.
     status_writer: Option<sources::kube::StatusWriter>,
     /// Kubernetes mode with provisioning: what each Gateway's pods run.
@@ -189,6 +191,7 @@ impl Control {
         // bindable later (or leaves the spec) is picked up.
         self.options.unusable_addresses.clear();
         let mut translation = translate::translate(snapshot, &self.options);
+        let translated = started.elapsed();
         // Bind, and retranslate while new addresses turn out unusable: each round adds at
         // least one address to the unusable set, so this ends.
         loop {
@@ -218,6 +221,9 @@ impl Control {
         let mut status = translation.status;
         self.stamper.stamp(&mut status, &now.to_string());
         self.reloads += 1;
+        if !errors.is_empty() {
+            self.rejected_reloads += 1;
+        }
         let document = status::document(snapshot, &status, errors, warnings);
         if let Some(writer) = &self.status_writer {
             writer.submit(document.objects.clone());
@@ -234,6 +240,9 @@ impl Control {
             config: serde_json::to_value(&translation.config).unwrap_or_default(),
             status: document,
             reloads: self.reloads,
+            rejected_reloads: self.rejected_reloads,
+            last_reload_seconds: started.elapsed().as_secs_f64(),
+            last_translate_seconds: translated.as_secs_f64(),
             status_writer: self.status_writer.as_ref().map(|w| w.metrics().clone()),
         };
         self.state.send_replace(Arc::new(state));

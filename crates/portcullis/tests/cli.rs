@@ -500,3 +500,104 @@ fn explain_shows_the_policies_of_a_request_and_where_they_attach() {
         "{stdout}"
     );
 }
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_connections_retries_connect_errors_ejections_and_reloads() {
+    let upstream = support::Upstream::start("up").await;
+    let refused = support::free_port();
+    let port = support::free_port();
+    let slice = |name: &str, target: u16| {
+        format!(
+            "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}, labels: {{kubernetes.io/service-name: pair}}}}
+addressType: IPv4
+ports: [{{port: {target}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+        )
+    };
+    let manifests = format!(
+        "{}---
+apiVersion: v1
+kind: Service
+metadata: {{name: pair}}
+spec: {{ports: [{{port: 80}}]}}
+{}{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: retried}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+  - backendRefs: [{{name: pair, port: 80}}]
+    retry: {{attempts: 1, backoff: 1ms}}
+",
+        support::gateway_yaml(port),
+        slice("pair-refused", refused),
+        slice("pair-good", upstream.port),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::replace(dir.path(), "all.yaml", &manifests);
+    let gateway =
+        support::Gateway::start_with(dir.path(), &["--load-balancer", "round-robin"]).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    gateway
+        .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(s, _)| s == 200) })
+        .await;
+    // Round robin: every other first attempt meets the refusing endpoint and is retried on
+    // the other one; after five failures in a row the refusing endpoint is ejected.
+    for _ in 0..10 {
+        let (status, _) = get(&url, &[]).await.expect("answer");
+        assert_eq!(status, 200);
+    }
+    let (_, metrics) = gateway.admin("/metrics").await;
+    let bind = format!("127.0.0.1:{port}");
+    assert!(
+        sample(
+            &metrics,
+            &format!("portcullis_listener_connections_total{{bind=\"{bind}\"}}")
+        ) >= 10.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "portcullis_upstream_connect_errors_total{backend=\"default/pair:80\"}"
+        ) >= 5.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "portcullis_retries_total{route_kind=\"HTTPRoute\",route_namespace=\"default\",route_name=\"retried\"}"
+        ) >= 5.0
+    );
+    assert_eq!(sample(&metrics, "portcullis_outlier_ejections_total"), 1.0);
+    assert_eq!(sample(&metrics, "portcullis_requests_in_flight"), 0.0);
+    assert!(sample(&metrics, "portcullis_config_reloads_total") >= 1.0);
+    assert!(sample(&metrics, "portcullis_translate_seconds") > 0.0);
+
+    // A broken manifest is rejected and counted; the last good config stays.
+    support::replace(
+        dir.path(),
+        "broken.yaml",
+        "kind: HTTPRoute\napiVersion: gateway.networking.k8s.io/v1\nmetadata: {name: x}\nspec: {rules: 3}\n",
+    );
+    gateway
+        .wait_until(|| async {
+            let (_, metrics) = gateway.admin("/metrics").await;
+            sample(&metrics, "portcullis_config_reloads_rejected_total") >= 1.0
+        })
+        .await;
+    assert_eq!(get(&url, &[]).await.map(|(s, _)| s), Ok(200));
+}

@@ -176,6 +176,19 @@ async fn sni_of_no_listener_fails_the_handshake_and_nothing_else() {
         client.get("a.example.com", "/").await.status,
         StatusCode::OK
     );
+
+    // One refused handshake, two completed, each counted for the socket.
+    let metrics = gateway.dataplane.request_metrics();
+    let count = |result: &str| {
+        let prefix =
+            format!("portcullis_tls_handshakes_total{{bind=\"{BIND}\",result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    assert_eq!(count("failed"), Some(1), "{metrics}");
+    assert_eq!(count("ok"), Some(2), "{metrics}");
 }
 
 #[tokio::test]
