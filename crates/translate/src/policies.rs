@@ -322,44 +322,41 @@ fn find_target(
             }
         }
         "HTTPRoute" | "GRPCRoute" => {
-            let (kind, parents, rule_names): (_, Vec<ParentReference>, Vec<Option<String>>) =
-                if target.kind == "HTTPRoute" {
-                    let route = snapshot
-                        .http_routes
+            // The two route kinds have distinct generated types of the same shape.
+            macro_rules! parts {
+                ($routes:expr, $kind:literal) => {{
+                    let route = $routes
                         .get(&name)
-                        .ok_or_else(|| format!("HTTPRoute {name} does not exist"))?;
-                    let parents = route.spec.parent_refs.iter().flatten().map(|p| {
-                        parent_reference(
-                            namespace,
-                            p.group.as_deref(),
-                            p.kind.as_deref(),
-                            p.namespace.as_deref(),
-                            &p.name,
-                            p.section_name.as_deref(),
-                            p.port,
-                        )
-                    });
-                    let rules = route.spec.rules.iter().flatten().map(|r| r.name.clone());
-                    ("HTTPRoute", parents.collect(), rules.collect())
-                } else {
-                    let route = snapshot
-                        .grpc_routes
-                        .get(&name)
-                        .ok_or_else(|| format!("GRPCRoute {name} does not exist"))?;
-                    let parents = route.spec.parent_refs.iter().flatten().map(|p| {
-                        parent_reference(
-                            namespace,
-                            p.group.as_deref(),
-                            p.kind.as_deref(),
-                            p.namespace.as_deref(),
-                            &p.name,
-                            p.section_name.as_deref(),
-                            p.port,
-                        )
-                    });
-                    let rules = route.spec.rules.iter().flatten().map(|r| r.name.clone());
-                    ("GRPCRoute", parents.collect(), rules.collect())
-                };
+                        .ok_or_else(|| format!("{} {name} does not exist", $kind))?;
+                    let parents: Vec<ParentReference> = route
+                        .spec
+                        .parent_refs
+                        .iter()
+                        .flatten()
+                        .map(|p| ParentReference {
+                            group: p.group.clone().unwrap_or_else(|| GATEWAY_GROUP.into()),
+                            kind: p.kind.clone().unwrap_or_else(|| "Gateway".into()),
+                            namespace: Some(p.namespace.clone().unwrap_or(namespace.into())),
+                            name: p.name.clone(),
+                            section_name: p.section_name.clone(),
+                            port: p.port,
+                        })
+                        .collect();
+                    let rules: Vec<Option<String>> = route
+                        .spec
+                        .rules
+                        .iter()
+                        .flatten()
+                        .map(|r| r.name.clone())
+                        .collect();
+                    ($kind, parents, rules)
+                }};
+            }
+            let (kind, parents, rule_names) = if target.kind == "HTTPRoute" {
+                parts!(snapshot.http_routes, "HTTPRoute")
+            } else {
+                parts!(snapshot.grpc_routes, "GRPCRoute")
+            };
             match section {
                 None => Ok((Target::Route(kind, name), parents)),
                 Some(rule) => {
@@ -373,25 +370,6 @@ fn find_target(
         other => Err(format!(
             "{other} cannot be targeted; supported: Gateway, HTTPRoute, GRPCRoute"
         )),
-    }
-}
-
-fn parent_reference(
-    namespace: &str,
-    group: Option<&str>,
-    kind: Option<&str>,
-    parent_namespace: Option<&str>,
-    name: &str,
-    section: Option<&str>,
-    port: Option<i32>,
-) -> ParentReference {
-    ParentReference {
-        group: group.unwrap_or(GATEWAY_GROUP).to_string(),
-        kind: kind.unwrap_or("Gateway").to_string(),
-        namespace: Some(parent_namespace.unwrap_or(namespace).to_string()),
-        name: name.to_string(),
-        section_name: section.map(str::to_string),
-        port,
     }
 }
 

@@ -23,6 +23,12 @@ use crate::support::{
 /// An upstream that answers 503 to its first `failures` requests, then 200 with the body it
 /// received; counts requests.
 async fn flaky(failures: u32) -> (SocketAddr, Arc<AtomicU32>) {
+    upstream(failures, Duration::ZERO).await
+}
+
+/// An upstream that echoes the request body after `delay`, with 503 for the first
+/// `failures` requests, counting requests.
+async fn upstream(failures: u32, delay: Duration) -> (SocketAddr, Arc<AtomicU32>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(AtomicU32::new(0));
@@ -35,6 +41,7 @@ async fn flaky(failures: u32) -> (SocketAddr, Arc<AtomicU32>) {
                     let count = Arc::clone(&count);
                     async move {
                         let n = count.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
                         let body = request
                             .into_body()
                             .collect()
@@ -177,29 +184,7 @@ async fn an_endpoint_that_keeps_failing_is_ejected() {
 
 /// An upstream that answers after `delay`, counting requests.
 async fn slow(delay: Duration) -> (SocketAddr, Arc<AtomicU32>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = Arc::new(AtomicU32::new(0));
-    let count = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let count = Arc::clone(&count);
-            tokio::spawn(async move {
-                let service = service_fn(move |_request: hyper::Request<hyper::body::Incoming>| {
-                    let count = Arc::clone(&count);
-                    async move {
-                        count.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(delay).await;
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
+    upstream(0, delay).await
 }
 
 #[tokio::test]

@@ -107,25 +107,7 @@ impl Upstream {
         let listener = TcpListener::bind((ip, 0)).await.expect("bind upstream");
         let port = listener.local_addr().expect("addr").port();
         let hits = Arc::new(AtomicU64::new(0));
-        let counter = hits.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |_request| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        async move {
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from(name),
-                            )))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = spawn_server(listener, hits.clone(), move |_| Bytes::from(name));
         Self { port, hits, task }
     }
 
@@ -324,31 +306,13 @@ impl Echo {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
         let port = listener.local_addr().expect("addr").port();
         let hits = Arc::new(AtomicU64::new(0));
-        let counter = hits.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: hyper::Request<_>| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        let lines: String = request
-                            .headers()
-                            .iter()
-                            .map(|(n, v)| {
-                                format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes()))
-                            })
-                            .collect();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from(lines),
-                            )))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let task = spawn_server(listener, hits.clone(), |request| {
+            let lines: String = request
+                .headers()
+                .iter()
+                .map(|(n, v)| format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            Bytes::from(lines)
         });
         Self { port, hits, task }
     }
@@ -362,4 +326,33 @@ impl Drop for Echo {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves HTTP/1.1 and h2c on `listener`, answering every request with the body `answer`
+/// makes from it and counting requests in `hits`.
+fn spawn_server<F>(
+    listener: TcpListener,
+    hits: Arc<AtomicU64>,
+    answer: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(&hyper::Request<hyper::body::Incoming>) -> Bytes + Clone + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (hits, answer) = (hits.clone(), answer.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    let body = answer(&request);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }
