@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use support::{Echo, Gateway, free_port, send};
+use support::{Gateway, Upstream, free_port, send};
 
 /// What the HTTP authorization service saw: request target, headers, body.
 type Seen = Arc<Mutex<Vec<(String, hyper::HeaderMap, Bytes)>>>;
@@ -212,7 +212,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_and_grpc_services_approve_deny_and_fail_closed() {
-    let backend = Echo::start().await;
+    let backend = Upstream::echo_headers().await;
     let (http_port, http_seen) = http_authz().await;
     let (grpc_port, grpc_service) = grpc_authz().await;
     // Nothing listens there: the service is down.

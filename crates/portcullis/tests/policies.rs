@@ -15,7 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha1::Digest;
 
-use support::{Echo, Gateway, free_port, send};
+use support::{Gateway, Upstream, free_port, send};
 
 /// A signing key and its JWK.
 struct SigningKey {
@@ -209,7 +209,7 @@ async fn started(dir: &std::path::Path, port: u16, args: &[&str]) -> Gateway {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn authentication_methods_accept_and_refuse() {
-    let backend = Echo::start().await;
+    let backend = Upstream::echo_headers().await;
     let key = signing_key("k1");
     let stranger = signing_key("k2");
     let jwks = serde_json::json!({"keys": [key.jwk]});
@@ -328,7 +328,7 @@ async fn authentication_methods_accept_and_refuse() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_limit_holds_under_load() {
-    let backend = Echo::start().await;
+    let backend = Upstream::echo_headers().await;
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let jwks = serde_json::json!({"keys": [signing_key("k1").jwk]});
@@ -387,7 +387,7 @@ async fn a_local_limit_holds_under_load() {
 async fn a_global_limit_is_shared_by_two_gateways() {
     let redis = Redis::start().await;
     let redis_url = format!("redis://127.0.0.1:{}", redis.port);
-    let backend = Echo::start().await;
+    let backend = Upstream::echo_headers().await;
     let jwks = serde_json::json!({"keys": [signing_key("k1").jwk]});
     let mut gateways = Vec::new();
     let mut ports = Vec::new();
@@ -480,7 +480,7 @@ impl JwksServer {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn remote_jwks_are_fetched_cached_and_refreshed() {
-    let backend = Echo::start().await;
+    let backend = Upstream::echo_headers().await;
     let (first, second) = (signing_key("first"), signing_key("second"));
     let jwks = JwksServer::start(serde_json::json!({"keys": [first.jwk]}).to_string()).await;
     let port = free_port();

@@ -111,6 +111,22 @@ impl Upstream {
         Self { port, hits, task }
     }
 
+    /// An upstream that answers with the request's headers, one `name: value` line each.
+    pub async fn echo_headers() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let port = listener.local_addr().expect("addr").port();
+        let hits = Arc::new(AtomicU64::new(0));
+        let task = spawn_server(listener, hits.clone(), |request| {
+            let lines: String = request
+                .headers()
+                .iter()
+                .map(|(n, v)| format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            Bytes::from(lines)
+        });
+        Self { port, hits, task }
+    }
+
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }
@@ -291,41 +307,6 @@ pub async fn send(
         headers: parts.headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
-}
-
-/// An upstream that answers with the request's headers, one `name: value` line each, and
-/// counts hits.
-pub struct Echo {
-    pub port: u16,
-    hits: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Echo {
-    pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-        let port = listener.local_addr().expect("addr").port();
-        let hits = Arc::new(AtomicU64::new(0));
-        let task = spawn_server(listener, hits.clone(), |request| {
-            let lines: String = request
-                .headers()
-                .iter()
-                .map(|(n, v)| format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())))
-                .collect();
-            Bytes::from(lines)
-        });
-        Self { port, hits, task }
-    }
-
-    pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Serves HTTP/1.1 and h2c on `listener`, answering every request with the body `answer`
