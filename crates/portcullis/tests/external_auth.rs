@@ -331,3 +331,67 @@ async fn http_and_grpc_services_approve_deny_and_fail_closed() {
     assert_eq!(answer.status, 403);
     assert_eq!(backend.hits(), before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_slower_than_the_timeout_denies() {
+    let backend = Upstream::echo_headers().await;
+    // An authorization service that accepts connections and never answers in time.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let slow = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_request: hyper::Request<hyper::body::Incoming>| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let port = free_port();
+    let mut yaml = support::gateway_yaml(port);
+    yaml.push_str(&support::service_yaml("backend", backend.port));
+    yaml.push_str(&support::service_yaml("authz", slow));
+    yaml.push_str(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: guarded}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /guarded}}]
+    filters:
+    - type: ExternalAuth
+      externalAuth: {protocol: HTTP, backendRef: {name: authz, port: 80}}
+    backendRefs: [{name: backend, port: 80}]
+  - backendRefs: [{name: backend, port: 80}]
+",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::replace(dir.path(), "all.yaml", &yaml);
+    let gateway = Gateway::start_with(dir.path(), &["--external-auth-timeout", "300ms"]).await;
+    let open = format!("http://127.0.0.1:{port}/open");
+    gateway
+        .wait_until(|| async {
+            send("GET", &open, &[], "")
+                .await
+                .is_ok_and(|a| a.status == 200)
+        })
+        .await;
+    let started = std::time::Instant::now();
+    let answer = send("GET", &format!("http://127.0.0.1:{port}/guarded"), &[], "")
+        .await
+        .expect("answer");
+    assert_eq!(answer.status, 403);
+    // Denied by the timeout, not by the service's ten seconds.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(
+        backend.hits(),
+        1,
+        "only the readiness request reached the backend"
+    );
+}
