@@ -40,6 +40,7 @@ mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 mod grpc;
+mod limits;
 mod listener;
 mod metrics;
 mod mirror;
@@ -114,6 +115,11 @@ pub struct Options {
     pub rate_limit_redis: Option<String>,
     /// How an endpoint of a backend is chosen.
     pub load_balancer: LoadBalancer,
+    /// Client connections served at once, over all sockets; at the limit, new connections
+    /// wait in the listen backlog.
+    pub max_connections: usize,
+    /// Streams an HTTP/2 client may have open at once on one connection.
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// A bind address of the config that could not be bound. It is retried on the next
@@ -146,6 +152,10 @@ struct Shared {
     authenticator: authn::Authenticator,
     /// RateLimitPolicy counters.
     limiter: rate_limit::Limiter,
+    /// The process-wide connection limit.
+    connection_slots: limits::ConnectionSlots,
+    /// HTTP/2 connections closed for cancelling too many of their streams early.
+    reset_abuse: prometheus_client::metrics::counter::Counter,
 }
 
 struct Inner {
@@ -179,6 +189,18 @@ impl Dataplane {
             "Endpoints ejected after consecutive failures",
             upstreams.outliers.ejections.clone(),
         );
+        let connection_slots = limits::ConnectionSlots::new(options.max_connections);
+        requests.register_gauge(
+            "connections_open",
+            "Client connections being served, over all sockets",
+            connection_slots.open_gauge(),
+        );
+        let reset_abuse = prometheus_client::metrics::counter::Counter::default();
+        requests.register_counter(
+            "http2_premature_reset_closes",
+            "HTTP/2 connections closed for cancelling most of their streams right after opening them",
+            reset_abuse.clone(),
+        );
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(ir::Config::default()),
             certificates: ArcSwap::from_pointee(tls::Certificates::empty()),
@@ -189,6 +211,8 @@ impl Dataplane {
             retry_budget: retry::Budget::default(),
             authenticator: authn::Authenticator::default(),
             limiter: rate_limit::Limiter::new(options.rate_limit_redis.clone()),
+            connection_slots,
+            reset_abuse,
             options,
         });
         Self {
@@ -393,6 +417,8 @@ impl Default for Options {
             external_auth_timeout: Duration::from_secs(5),
             rate_limit_redis: None,
             load_balancer: LoadBalancer::default(),
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 100,
         }
     }
 }

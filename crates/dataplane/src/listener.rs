@@ -34,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
 use crate::error::ProxyError;
+use crate::limits::ResetWatch;
 use crate::peek::{self, Rewind};
 use crate::proxy::{self, Connection};
 use crate::stream::{self, Accepted, TlsRoute};
@@ -176,8 +177,13 @@ async fn accept_loop(
             // A dropped sender (the data plane itself was dropped) also stops the loop.
             _ = &mut stopped => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = socket.accept() => match accepted {
-                Ok((stream, client)) => {
+            // A slot of the connection limit first: at the limit, connections wait in the
+            // backlog until a served one ends.
+            accepted = async {
+                let slot = shared.connection_slots.acquire().await;
+                (slot, socket.accept().await)
+            } => match accepted {
+                (slot, Ok((stream, client))) => {
                     shared.requests.accepted(bind);
                     // The watchers are taken here, not in the task, so that a drain that starts
                     // while the task has not run yet still reaches this connection.
@@ -192,9 +198,12 @@ async fn accept_loop(
                         (bind, client, None),
                         stream,
                     );
-                    connections.spawn(serving);
+                    connections.spawn(async move {
+                        serving.await;
+                        drop(slot);
+                    });
                 }
-                Err(error) => {
+                (_, Err(error)) => {
                     tracing::warn!(%bind, %error, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 }
@@ -217,7 +226,10 @@ fn server_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(shared.options.http2_max_concurrent_streams);
     builder
 }
 
@@ -460,25 +472,46 @@ async fn serve_http<I>(
     let client = connection.client;
     let tunnel = connection.tunnel.clone();
     let http2_only = connection.tls.as_ref().is_some_and(|session| session.http2);
-    let service = service_fn(move |request| {
-        let shared = Arc::clone(&shared);
-        let connection = connection.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(shared, connection, request).await) }
-    });
+    let resets = Arc::new(ResetWatch::default());
+    let abuse = shared.reset_abuse.clone();
+    let service = {
+        let resets = Arc::clone(&resets);
+        service_fn(move |request| {
+            let shared = Arc::clone(&shared);
+            let connection = connection.clone();
+            let stream = resets.open();
+            async move {
+                let response = proxy::handle(shared, connection, request).await;
+                stream.finished();
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
     // HTTP/1.1 connections are served with upgrades, so that WebSocket handshakes can switch
     // protocols (`upgrade.rs`). That mode ignores `http1_only` and tells HTTP/1.1 from HTTP/2
     // by the first bytes instead; clients that chose `http/1.1` by ALPN send HTTP/1.1, so
     // nothing changes for them. Connections that chose `h2` stay strictly HTTP/2: HTTP/2 has
     // no Upgrade, and WebSockets over HTTP/2 (RFC 8441) are out of scope.
-    let result = if http2_only {
-        http.watch(builder.serve_connection(io, service).into_owned())
-            .await
-    } else {
-        let serving = builder.serve_connection_with_upgrades(io, service);
-        http.watch(serving.into_owned()).await
+    let serving = async {
+        if http2_only {
+            http.watch(builder.serve_connection(io, service).into_owned())
+                .await
+        } else {
+            let serving = builder.serve_connection_with_upgrades(io, service);
+            http.watch(serving.into_owned()).await
+        }
     };
-    if let Err(error) = result {
-        tracing::debug!(%client, %error, "connection ended with an error");
+    tokio::select! {
+        result = serving => {
+            if let Err(error) = result {
+                tracing::debug!(%client, %error, "connection ended with an error");
+            }
+        }
+        () = resets.tripped() => {
+            // Dropping the connection closes it; its streams were mostly cancelled anyway.
+            abuse.inc();
+            tracing::warn!(%client, "closing a connection that cancels most of its streams");
+        }
     }
     if let Some(tunnel) = tunnel.take() {
         tunnel.relay().await;

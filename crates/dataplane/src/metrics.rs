@@ -187,6 +187,12 @@ impl RequestMetrics {
         registry.register(name, help, counter);
     }
 
+    /// Registers a gauge kept elsewhere (open connections).
+    pub(crate) fn register_gauge(&self, name: &str, help: &str, gauge: Gauge) {
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        registry.register(name, help, gauge);
+    }
+
     /// A request started waiting for its response headers; it stops when this is dropped.
     pub(crate) fn in_flight(&self) -> InFlight {
         self.in_flight.inc();

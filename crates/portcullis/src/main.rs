@@ -158,6 +158,20 @@ struct RunArgs {
     /// Time allowed for an ExternalAuth service to answer before the request is denied.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     external_auth_timeout: std::time::Duration,
+    /// Time a client has to send a request's headers (HTTP/1.1), also the longest an idle
+    /// keep-alive connection stays open; slower clients are disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// Client connections served at once over all sockets; more wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Streams one HTTP/2 client connection may have open at once.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    http2_max_concurrent_streams: u32,
+    /// Time in-flight requests get to finish on shutdown (SIGTERM), and connections of a
+    /// listener removed from the config before they are closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: std::time::Duration,
 }
 
 /// `--load-balancer`.

@@ -24,8 +24,6 @@ use crate::status::{self, Stamper};
 
 /// How long the directory must be quiet before a reload.
 const DEBOUNCE: Duration = Duration::from_millis(100);
-/// Time given to in-flight requests on shutdown.
-const DRAIN: Duration = Duration::from_secs(10);
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -55,6 +53,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         rate_limit_redis: args.rate_limit_redis.clone(),
         external_auth_timeout: args.external_auth_timeout,
         load_balancer: args.load_balancer.into(),
+        header_read_timeout: args.header_read_timeout,
+        max_connections: args.max_connections,
+        http2_max_concurrent_streams: args.http2_max_concurrent_streams,
+        drain_timeout: args.drain_timeout,
         ..dataplane::Options::default()
     });
     let (state_tx, state_rx) = watch::channel(Arc::new(AdminState::default()));
@@ -114,7 +116,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         draining.ready = false;
         *state = Arc::new(draining);
     });
-    dataplane.shutdown(DRAIN).await;
+    dataplane.shutdown(args.drain_timeout).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -48,12 +48,15 @@ pub(crate) async fn transparent_accept_loop(
 ) {
     let local = socket.local_addr().ok();
     loop {
+        // Outbound connections count against the same connection limit as inbound ones.
+        let slot = shared.connection_slots.acquire().await;
         match socket.accept().await {
             Ok((stream, client)) => {
                 let shared = Arc::clone(&shared);
                 let settings = Arc::clone(&settings);
                 tokio::spawn(async move {
                     serve_transparent(shared, settings, local, client, stream).await;
+                    drop(slot);
                 });
             }
             Err(error) => {
@@ -126,12 +129,14 @@ pub(crate) async fn explicit_accept_loop(
         .header_read_timeout(shared.options.header_read_timeout);
     let builder = builder.http1_only();
     loop {
+        let slot = shared.connection_slots.acquire().await;
         match socket.accept().await {
             Ok((stream, client)) => {
                 let shared = Arc::clone(&shared);
                 let settings = Arc::clone(&settings);
                 let builder = builder.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let _ = stream.set_nodelay(true);
                     let service = service_fn(move |request| {
                         let shared = Arc::clone(&shared);
