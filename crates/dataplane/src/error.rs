@@ -378,6 +378,12 @@ impl ProxyError {
         )
     }
 
+    /// Whether the request was sent but failed before a response came (the backend closed
+    /// or reset the connection): another attempt is safe only for idempotent requests.
+    pub fn may_have_reached_backend(&self) -> bool {
+        matches!(self, Self::Upstream { .. })
+    }
+
     /// Classifies a client-pool error for `endpoint`: refused connections, other connect
     /// failures, and failures after the request was sent are told apart.
     pub(crate) fn from_client(

@@ -99,6 +99,16 @@ impl Upstreams {
     /// Chooses an endpoint of `backend` (`balance.rs`), passing over ejected endpoints (all
     /// of them are used when all are ejected).
     pub fn endpoint(&self, backend: &Backend) -> Result<SocketAddr, ProxyError> {
+        self.endpoint_avoiding(backend, &[])
+    }
+
+    /// Like [`Upstreams::endpoint`], but endpoints in `tried` (the ones a retried request
+    /// already failed on) are chosen only when no other endpoint is healthy.
+    pub fn endpoint_avoiding(
+        &self,
+        backend: &Backend,
+        tried: &[SocketAddr],
+    ) -> Result<SocketAddr, ProxyError> {
         let count = backend.endpoints.len();
         if count == 0 {
             return Err(ProxyError::NoEndpoints {
@@ -112,6 +122,9 @@ impl Upstreams {
                 .map(|e| e.addr)
                 .filter(|addr| !self.outliers.is_ejected(*addr))
                 .collect();
+            if healthy.iter().any(|addr| !tried.contains(addr)) {
+                healthy.retain(|addr| !tried.contains(addr));
+            }
             if healthy.is_empty() {
                 healthy = backend.endpoints.iter().map(|e| e.addr).collect();
             }
@@ -130,9 +143,14 @@ impl Upstreams {
             *cursor = cursor.wrapping_add(1);
             start
         };
-        let healthy = (0..count)
-            .map(|offset| backend.endpoints[start.wrapping_add(offset) % count].addr)
-            .find(|addr| !self.outliers.is_ejected(*addr));
+        let in_turn = || {
+            (0..count)
+                .map(|offset| backend.endpoints[start.wrapping_add(offset) % count].addr)
+                .filter(|addr| !self.outliers.is_ejected(*addr))
+        };
+        let healthy = in_turn()
+            .find(|addr| !tried.contains(addr))
+            .or_else(|| in_turn().next());
         Ok(healthy.unwrap_or(backend.endpoints[start % count].addr))
     }
 

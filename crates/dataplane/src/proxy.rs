@@ -317,10 +317,13 @@ async fn forward(
             },
             None => (body, None),
         };
+        let idempotent = is_idempotent(&parts.method);
         let mut request = Request::from_parts(parts, body);
         let mut retries_left = rule.retry.as_ref().map_or(0, |r| r.attempts);
+        let mut tried = Vec::new();
         loop {
-            let endpoint = shared.upstreams.endpoint(&backend)?;
+            let endpoint = shared.upstreams.endpoint_avoiding(&backend, &tried)?;
+            tried.push(endpoint);
             log.endpoint = Some(endpoint);
             log.attempts += 1;
             let again = match (&replay, retries_left) {
@@ -350,7 +353,9 @@ async fn forward(
                     .retry
                     .as_ref()
                     .is_some_and(|r| r.codes.contains(&response.status().as_u16())),
-                Err(error) => error.retry(),
+                // A request that may have reached the backend is retried only when repeating
+                // it is harmless: its method is idempotent (RFC 9110, section 9.2.2).
+                Err(error) => error.retry() || (idempotent && error.may_have_reached_backend()),
             };
             match again {
                 Some(next) if retryable && shared.retry_budget.withdraw() => {
@@ -395,6 +400,14 @@ async fn forward(
     let tunnel = Tunnel::new(websocket.client, &mut response, connection.client, endpoint);
     connection.tunnel.put(tunnel);
     Ok(prepare_switch(response, chosen))
+}
+
+/// Whether repeating a request with `method` has the same effect as sending it once.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// A copy of `request` (method, target, version, headers) with `body`, for a retry.

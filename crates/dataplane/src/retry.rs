@@ -2,9 +2,11 @@
 //! load during an outage.
 //!
 //! A request is retried only when its body fits the replay limit (it is buffered once and
-//! sent again from memory), when the failure happened before the backend could have acted on
-//! it (a refused or failed connection) or the response status is one of the rule's `codes`,
-//! and when the budget has a token. Every first attempt adds a fifth of a token and every
+//! sent again from memory); when the failure happened before the backend could have acted on
+//! it (a refused or failed connection), or the connection broke after an idempotent request
+//! was sent (a backend that died mid-request), or the response status is one of the rule's
+//! `codes`; and when the budget has a token. A retry goes to an endpoint the request has not
+//! failed on yet, where the backend has one. Every first attempt adds a fifth of a token and every
 //! retry takes one, so retries stay near 20% of the request rate on top of a small reserve,
 //! as Linkerd's and Envoy's budgets do; an outage then costs at most that much extra load.
 

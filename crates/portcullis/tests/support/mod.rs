@@ -320,9 +320,13 @@ where
     F: Fn(&hyper::Request<hyper::body::Incoming>) -> Bytes + Clone + Send + Sync + 'static,
 {
     tokio::spawn(async move {
+        // The connections belong to the accept task: aborting it (dropping the Upstream)
+        // closes them all, as a backend process that dies would.
+        let mut connections = tokio::task::JoinSet::new();
         while let Ok((stream, _)) = listener.accept().await {
+            while connections.try_join_next().is_some() {}
             let (hits, answer) = (hits.clone(), answer.clone());
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                     hits.fetch_add(1, Ordering::Relaxed);
                     let body = answer(&request);
