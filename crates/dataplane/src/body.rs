@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -43,12 +43,89 @@ where
 /// Sets `failed` when `body` fails. A request whose body broke (a bad chunk size, a client that
 /// went away) is the client's doing, even though the upstream client is the one that reports
 /// it; the flag lets the request path answer 400 instead of blaming the backend.
-pub fn flag_errors(body: ProxyBody, failed: Arc<AtomicBool>) -> ProxyBody {
+///
+/// Also adds the length of every data frame to `received`, for the access log.
+pub fn flag_errors(
+    body: ProxyBody,
+    failed: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+) -> ProxyBody {
     body.map_err(move |error| {
         failed.store(true, Ordering::Relaxed);
         error
     })
+    .map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            received.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        frame
+    })
     .boxed_unsync()
+}
+
+/// Calls `done` with the bytes of data `body` carried once it has ended, or once it is
+/// dropped before its end (the client went away): the access log line and the span of a
+/// request are finished when its response has been sent, not when its headers were.
+pub fn on_end<F>(body: ProxyBody, done: F) -> ProxyBody
+where
+    F: FnOnce(u64) + Send + Unpin + 'static,
+{
+    Observed {
+        inner: body,
+        sent: 0,
+        done: Some(done),
+    }
+    .boxed_unsync()
+}
+
+struct Observed<F: FnOnce(u64)> {
+    inner: ProxyBody,
+    sent: u64,
+    done: Option<F>,
+}
+
+impl<F: FnOnce(u64)> Observed<F> {
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.sent);
+        }
+    }
+}
+
+impl<F: FnOnce(u64) + Unpin> Body for Observed<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<F: FnOnce(u64)> Drop for Observed<F> {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// The outcome of [`buffer_bounded`].

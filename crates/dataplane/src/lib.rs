@@ -53,6 +53,7 @@ mod retry;
 mod sni;
 mod stream;
 mod tls;
+mod trace;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -67,6 +68,7 @@ use tokio::task::JoinSet;
 pub use balance::Algorithm as LoadBalancer;
 pub use egress::{DecisionKey, OutboundSettings, Verdict};
 pub use error::{EGRESS_ERROR_HEADER, Fault, ProxyError};
+pub use trace::TracingOptions;
 
 use forward::Upstreams;
 use listener::Listener;
@@ -120,6 +122,8 @@ pub struct Options {
     pub max_connections: usize,
     /// Streams an HTTP/2 client may have open at once on one connection.
     pub http2_max_concurrent_streams: u32,
+    /// Where request spans are exported; `None`: tracing is off.
+    pub tracing: Option<TracingOptions>,
 }
 
 /// A bind address of the config that could not be bound. It is retried on the next
@@ -156,6 +160,8 @@ struct Shared {
     connection_slots: limits::ConnectionSlots,
     /// HTTP/2 connections closed for cancelling too many of their streams early.
     reset_abuse: prometheus_client::metrics::counter::Counter,
+    /// Request spans, when tracing is on.
+    tracer: Option<trace::Tracer>,
 }
 
 struct Inner {
@@ -201,6 +207,17 @@ impl Dataplane {
             "HTTP/2 connections closed for cancelling most of their streams right after opening them",
             reset_abuse.clone(),
         );
+        let dropped_spans = prometheus_client::metrics::counter::Counter::default();
+        requests.register_counter(
+            "trace_spans_dropped",
+            "Spans not exported: the export queue was full or the collector failed",
+            dropped_spans.clone(),
+        );
+        let tracer = options.tracing.as_ref().and_then(|tracing| {
+            trace::Tracer::start(tracing, dropped_spans)
+                .inspect_err(|error| tracing::error!(%error, "tracing is off"))
+                .ok()
+        });
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(ir::Config::default()),
             certificates: ArcSwap::from_pointee(tls::Certificates::empty()),
@@ -213,6 +230,7 @@ impl Dataplane {
             limiter: rate_limit::Limiter::new(options.rate_limit_redis.clone()),
             connection_slots,
             reset_abuse,
+            tracer,
             options,
         });
         Self {
@@ -419,6 +437,7 @@ impl Default for Options {
             load_balancer: LoadBalancer::default(),
             max_connections: 10_000,
             http2_max_concurrent_streams: 100,
+            tracing: None,
         }
     }
 }

@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -36,6 +36,7 @@ use crate::outlier;
 use crate::rate_limit;
 use crate::redirect::{self, RedirectRequest};
 use crate::tls::{self, Session};
+use crate::trace::{self, ActiveSpan};
 use crate::upgrade::{self, Requested, Tunnel};
 
 /// What the accept loop knows about a connection.
@@ -62,17 +63,32 @@ pub struct Connection {
 pub async fn handle(
     shared: Arc<Shared>,
     connection: Connection,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let _in_flight = shared.requests.in_flight();
     // One snapshot for the whole request: a reload while it is in flight does not affect it.
     let config = shared.config.load_full();
+    let mut span = shared
+        .tracer
+        .as_ref()
+        .map(|tracer| tracer.begin(request.headers_mut()));
     let mut log = AccessLog::new(&connection, &request);
+    log.trace_id = match &span {
+        Some(span) => Some(span.trace_id()),
+        None => trace::trace_id_of(request.headers()),
+    };
     // Decided before any step can fail, so that every error ends a gRPC call in gRPC's terms.
     let grpc = grpc::is_grpc_request(request.headers());
     let body_failed = Arc::new(AtomicBool::new(false));
-    let request = request.map(|b| body::flag_errors(body::boxed(b), Arc::clone(&body_failed)));
+    let received = Arc::new(AtomicU64::new(0));
+    let request = request.map(|b| {
+        body::flag_errors(
+            body::boxed(b),
+            Arc::clone(&body_failed),
+            Arc::clone(&received),
+        )
+    });
     let response = match proxy(&shared, &config, &connection, &mut log, request).await {
         Ok(response) => response,
         Err(error) => {
@@ -91,15 +107,33 @@ pub async fn handle(
             }
         }
     };
-    let elapsed = started.elapsed();
-    log.record(&response, elapsed);
+    let to_headers = started.elapsed();
     shared.requests.record(
         log.route.as_ref().map(|rule| &rule.id),
         log.backend.as_deref(),
         response.status().as_u16(),
-        elapsed,
+        to_headers,
     );
-    response
+    let logging = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO);
+    if !logging && span.is_none() {
+        return response;
+    }
+    log.answered(&response, to_headers);
+    if let Some(span) = &mut span {
+        log.describe(span);
+    }
+    // The line and the span are finished once the response body has been sent.
+    response.map(|body| {
+        body::on_end(body, move |sent| {
+            let elapsed = started.elapsed();
+            if logging {
+                log.record(received.load(Ordering::Relaxed), sent, elapsed);
+            }
+            if let (Some(span), Some(tracer)) = (span, shared.tracer.as_ref()) {
+                span.end(tracer, log.span_name(), log.status, sent);
+            }
+        })
+    })
 }
 
 async fn proxy(
@@ -653,6 +687,9 @@ async fn deadline<T>(
 
 // === impl AccessLog ===
 
+/// The target of access-log events.
+const ACCESS_LOG: &str = "portcullis::access";
+
 /// One access-log line, filled in as the request moves through the steps.
 struct AccessLog {
     client: SocketAddr,
@@ -660,6 +697,7 @@ struct AccessLog {
     /// The SNI of a TLS connection (`-` without SNI), `None` on plain connections.
     server_name: Option<String>,
     method: Method,
+    authority: Option<String>,
     target: String,
     version: Version,
     route: Option<Arc<Rule>>,
@@ -669,6 +707,14 @@ struct AccessLog {
     attempts: u32,
     error: Option<String>,
     fault: Option<crate::error::Fault>,
+    /// The W3C trace id of the request (its own span's when tracing is on).
+    trace_id: Option<String>,
+    /// The response status, once answered.
+    status: u16,
+    /// The `grpc-status` in the response headers, if any.
+    grpc_status: Option<String>,
+    /// Time to the response headers.
+    to_headers: Duration,
 }
 
 impl AccessLog {
@@ -683,11 +729,23 @@ impl AccessLog {
                 .as_ref()
                 .map_or_else(|| "-".to_string(), ToString::to_string)
         });
+        let authority = request
+            .uri()
+            .authority()
+            .map(|authority| authority.as_str().to_string())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|host| host.to_str().ok())
+                    .map(ToString::to_string)
+            });
         Self {
             client: connection.client,
             bind: connection.bind,
             server_name,
             method: request.method().clone(),
+            authority,
             target,
             version: request.version(),
             route: None,
@@ -696,37 +754,89 @@ impl AccessLog {
             attempts: 0,
             error: None,
             fault: None,
+            trace_id: None,
+            status: 0,
+            grpc_status: None,
+            to_headers: Duration::ZERO,
         }
     }
 
-    /// Writes the line. `grpc_status` is the one in the response headers: the gateway's own
-    /// Trailers-Only answers, whose HTTP status is always 200, and backends' Trailers-Only ones
-    /// (a status in trailers is sent after this line).
-    fn record(&self, response: &Response<ProxyBody>, elapsed: Duration) {
-        let grpc_status = response
+    /// Takes what the line needs from the response headers. `grpc_status` is the one in the
+    /// headers: the gateway's own Trailers-Only answers, whose HTTP status is always 200, and
+    /// backends' Trailers-Only ones (a status in trailers comes after the body).
+    fn answered(&mut self, response: &Response<ProxyBody>, to_headers: Duration) {
+        self.status = response.status().as_u16();
+        self.grpc_status = response
             .headers()
             .get("grpc-status")
-            .and_then(|value| value.to_str().ok());
-        let route = self
-            .route
+            .and_then(|value| value.to_str().ok())
+            .map(ToString::to_string);
+        self.to_headers = to_headers;
+    }
+
+    fn route_name(&self) -> Option<String> {
+        self.route
             .as_ref()
-            .map(|rule| format!("{}/{}#{}", rule.id.namespace, rule.id.name, rule.id.rule));
+            .map(|rule| format!("{}/{}#{}", rule.id.namespace, rule.id.name, rule.id.rule))
+    }
+
+    /// The span's name: the method and the route that served the request (the matched
+    /// route stands for OpenTelemetry's `http.route`, which has no raw paths).
+    fn span_name(&self) -> String {
+        match self.route_name() {
+            Some(route) => format!("{} {route}", self.method),
+            None => self.method.to_string(),
+        }
+    }
+
+    /// Sets the span's request attributes (OpenTelemetry's HTTP semantic conventions).
+    fn describe(&self, span: &mut ActiveSpan) {
+        span.set("http.request.method", self.method.as_str());
+        let path = self.target.split('?').next().unwrap_or_default();
+        span.set("url.path", path);
+        if let Some(authority) = &self.authority {
+            span.set("server.address", authority);
+        }
+        span.set("client.address", &self.client.ip().to_string());
+        if let Some(route) = self.route_name() {
+            span.set("portcullis.route", &route);
+        }
+        if let Some(backend) = &self.backend {
+            span.set("portcullis.backend", backend);
+        }
+        if let Some(endpoint) = self.endpoint {
+            span.set("network.peer.address", &endpoint.ip().to_string());
+            span.set("network.peer.port", &endpoint.port().to_string());
+        }
+        if let Some(error) = &self.error {
+            span.set("error.type", error);
+        }
+    }
+
+    /// Writes the line, once the response body has been sent.
+    fn record(&self, received: u64, sent: u64, elapsed: Duration) {
+        let route = self.route_name();
         tracing::info!(
-            target: "portcullis::access",
+            target: ACCESS_LOG,
             client = %self.client,
             bind = %self.bind,
             tls_server_name = self.server_name.as_deref(),
             method = %self.method,
+            authority = self.authority.as_deref().unwrap_or("-"),
             target = %self.target,
             version = ?self.version,
-            status = response.status().as_u16(),
-            grpc_status,
+            status = self.status,
+            grpc_status = self.grpc_status.as_deref(),
             route = route.as_deref().unwrap_or("-"),
             backend = self.backend.as_deref().unwrap_or("-"),
             endpoint = ?self.endpoint,
             attempts = self.attempts,
             error = self.error.as_deref().unwrap_or("-"),
             fault = ?self.fault,
+            trace_id = self.trace_id.as_deref().unwrap_or("-"),
+            bytes_received = received,
+            bytes_sent = sent,
+            response_headers_ms = self.to_headers.as_secs_f64() * 1000.0,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
         );
     }

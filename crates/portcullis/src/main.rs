@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Serve the Gateways of a directory of manifests (reloading on change) or of a
     /// Kubernetes cluster (`--kube`).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Translate a directory offline and print every resource's status; exits non-zero when
     /// a manifest is invalid or a resource is not accepted.
     Check(CheckArgs),
@@ -172,6 +172,41 @@ struct RunArgs {
     /// listener removed from the config before they are closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: std::time::Duration,
+    /// Export a span per request to this OpenTelemetry collector (OTLP over gRPC,
+    /// `http://HOST:PORT`), continuing the W3C `traceparent` of each request. Off by default.
+    #[arg(long, value_name = "URL", value_parser = parse_otlp_endpoint)]
+    otlp_endpoint: Option<String>,
+    /// The share of new traces (requests without a `traceparent`) that are sampled; a
+    /// caller's sampling decision is always followed.
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = parse_ratio, requires = "otlp_endpoint")]
+    otlp_sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "portcullis",
+        requires = "otlp_endpoint"
+    )]
+    otlp_service_name: String,
+}
+
+fn parse_otlp_endpoint(value: &str) -> Result<String, String> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|error| format!("{value:?} is not a URL: {error}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(value.to_string()),
+        _ => Err(format!(
+            "{value:?} is not an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{value:?} is not a number from 0 to 1")),
+    }
 }
 
 /// `--load-balancer`.
@@ -318,7 +353,7 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             // Held until the process ends: dropping it flushes the log writer.
             let _flush = init_logging(args.log_format, args.access_log);
-            run::run(args)
+            run::run(*args)
         }
         Command::Check(args) => check::check(&args),
         Command::Explain(args) => explain::explain(&args),

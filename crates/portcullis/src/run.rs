@@ -57,6 +57,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections,
         http2_max_concurrent_streams: args.http2_max_concurrent_streams,
         drain_timeout: args.drain_timeout,
+        tracing: args
+            .otlp_endpoint
+            .clone()
+            .map(|endpoint| dataplane::TracingOptions {
+                endpoint,
+                sample_ratio: args.otlp_sample_ratio,
+                service_name: args.otlp_service_name.clone(),
+            }),
         ..dataplane::Options::default()
     });
     let (state_tx, state_rx) = watch::channel(Arc::new(AdminState::default()));

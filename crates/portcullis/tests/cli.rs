@@ -401,6 +401,9 @@ async fn metrics_count_requests_per_route_backend_and_status_class() {
 
 /// Runs the gateway with `args`, sends one request, stops it with SIGTERM and returns what it
 /// wrote to stderr.
+/// A W3C trace context sent by a client.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 async fn logs_of_one_request(args: &[&str]) -> String {
     let upstream = Upstream::start("up").await;
     let port = free_port();
@@ -429,6 +432,10 @@ async fn logs_of_one_request(args: &[&str]) -> String {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // One request with a body and a trace context, for the byte counts and the trace id.
+    let traced = [("traceparent", TRACEPARENT)];
+    let answer = support::send("POST", &url, &traced, "hello").await;
+    assert_eq!(answer.map(|a| a.status), Ok(200));
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -450,6 +457,30 @@ async fn access_log_is_one_json_line_per_request_and_can_be_turned_off() {
     assert_eq!(entry["fields"]["method"], "GET", "{line}");
     assert_eq!(entry["fields"]["route"], "default/web#0", "{line}");
     assert_eq!(entry["fields"]["backend"], "default/up:80", "{line}");
+    assert_eq!(entry["fields"]["bytes_sent"], 2, "{line}");
+    assert_eq!(entry["fields"]["trace_id"], "-", "{line}");
+    assert!(entry["fields"]["duration_ms"].as_f64().is_some(), "{line}");
+    assert!(
+        entry["fields"]["response_headers_ms"].as_f64().is_some(),
+        "{line}"
+    );
+    let traced = logs
+        .lines()
+        .filter(|l| l.contains(r#""target":"portcullis::access""#))
+        .find(|l| l.contains(r#""method":"POST""#))
+        .unwrap_or_else(|| panic!("no access line for the POST in\n{logs}"));
+    let entry: serde_json::Value = serde_json::from_str(traced).expect("JSON");
+    assert_eq!(entry["fields"]["bytes_received"], 5, "{traced}");
+    assert_eq!(
+        entry["fields"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{traced}"
+    );
+    assert!(
+        entry["fields"]["authority"]
+            .as_str()
+            .is_some_and(|authority| authority.starts_with("127.0.0.1:")),
+        "{traced}"
+    );
 
     let logs = logs_of_one_request(&["--log-format", "json", "--access-log", "off"]).await;
     assert!(
