@@ -175,6 +175,7 @@ fn backend(addr: SocketAddr, tls: Option<BackendTls>) -> Arc<Backend> {
         protocol: BackendProtocol::Http1,
         endpoints: vec![Endpoint { addr }],
         tls: tls.map(Arc::new),
+        health: None,
     })
 }
 

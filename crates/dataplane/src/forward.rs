@@ -28,6 +28,7 @@ use crate::Options;
 use crate::balance::{Algorithm, Loads};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::health::HealthChecks;
 use crate::outlier::Outliers;
 
 pub(crate) use origination::system_roots;
@@ -56,6 +57,8 @@ pub struct Upstreams {
     cursors: Arc<Mutex<HashMap<String, usize>>>,
     /// Passive health of the endpoints.
     pub outliers: Arc<Outliers>,
+    /// Active health of the endpoints (HealthCheckPolicy).
+    pub(crate) health: Arc<HealthChecks>,
     /// How endpoints are chosen, and their load.
     algorithm: Algorithm,
     loads: Arc<Loads>,
@@ -93,11 +96,12 @@ impl Upstreams {
             )),
             algorithm: options.load_balancer,
             loads: Arc::default(),
+            health: Arc::default(),
         }
     }
 
-    /// Chooses an endpoint of `backend` (`balance.rs`), passing over ejected endpoints (all
-    /// of them are used when all are ejected).
+    /// Chooses an endpoint of `backend` (`balance.rs`), passing over ejected endpoints and
+    /// those failing their health checks (all of them are used when none is left).
     pub fn endpoint(&self, backend: &Backend) -> Result<SocketAddr, ProxyError> {
         self.endpoint_avoiding(backend, &[])
     }
@@ -115,12 +119,15 @@ impl Upstreams {
                 backend: backend.name.clone(),
             });
         }
+        let usable = |addr: &SocketAddr| {
+            !self.outliers.is_ejected(*addr) && !self.health.is_down(&backend.name, *addr)
+        };
         if self.algorithm == Algorithm::PeakEwma {
             let mut healthy: Vec<SocketAddr> = backend
                 .endpoints
                 .iter()
                 .map(|e| e.addr)
-                .filter(|addr| !self.outliers.is_ejected(*addr))
+                .filter(usable)
                 .collect();
             if healthy.iter().any(|addr| !tried.contains(addr)) {
                 healthy.retain(|addr| !tried.contains(addr));
@@ -146,7 +153,7 @@ impl Upstreams {
         let in_turn = || {
             (0..count)
                 .map(|offset| backend.endpoints[start.wrapping_add(offset) % count].addr)
-                .filter(|addr| !self.outliers.is_ejected(*addr))
+                .filter(usable)
         };
         let healthy = in_turn()
             .find(|addr| !tried.contains(addr))
@@ -394,6 +401,7 @@ pub fn original_destination(destination: SocketAddr) -> Backend {
         protocol: BackendProtocol::Http1,
         endpoints: vec![ir::Endpoint { addr: destination }],
         tls: None,
+        health: None,
     }
 }
 
@@ -450,6 +458,7 @@ mod tests {
                 })
                 .collect(),
             tls: None,
+            health: None,
         }
     }
 

@@ -40,6 +40,7 @@ mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 mod grpc;
+mod health;
 mod limits;
 mod listener;
 mod metrics;
@@ -195,6 +196,16 @@ impl Dataplane {
             "Endpoints ejected after consecutive failures",
             upstreams.outliers.ejections.clone(),
         );
+        requests.register_counter(
+            "health_check_failures",
+            "Failed active health-check probes",
+            upstreams.health.failures.clone(),
+        );
+        requests.register_gauge(
+            "endpoints_unhealthy",
+            "Endpoints out of load balancing because they fail their health checks",
+            upstreams.health.unhealthy.clone(),
+        );
         let connection_slots = limits::ConnectionSlots::new(options.max_connections);
         requests.register_gauge(
             "connections_open",
@@ -283,6 +294,10 @@ impl Dataplane {
                 .iter()
                 .filter_map(|addr| sockets.open.remove(addr))
                 .collect();
+            shared
+                .upstreams
+                .health
+                .reconcile(&config, &shared.upstreams);
             shared.store(config, certificates);
             for (addr, socket) in bound {
                 match Listener::spawn(Arc::clone(shared), addr, socket) {

@@ -175,6 +175,7 @@ mod tests {
             protocol: ir::BackendProtocol::Http1,
             endpoints: Vec::new(),
             tls: None,
+            health: None,
         });
         let mirror = Mirror {
             backend,

@@ -59,6 +59,57 @@ pub struct Backend {
     /// TLS towards the endpoints, when a BackendTLSPolicy targets this Service port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Arc<BackendTls>>,
+    /// Active health checks of the endpoints, when a HealthCheckPolicy targets this Service
+    /// port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Arc<HealthCheck>>,
+}
+
+/// Active health checking, from the HealthCheckPolicy that won for a Service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// `namespace/name` of the policy, for logs and `/config`.
+    pub policy: String,
+    /// Time between two probes of an endpoint.
+    pub interval: std::time::Duration,
+    /// Time allowed for one probe.
+    pub timeout: std::time::Duration,
+    /// Consecutive failures that make a healthy endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive passes that make an unhealthy endpoint healthy.
+    pub healthy_threshold: u32,
+    /// How an endpoint is probed.
+    pub probe: Probe,
+}
+
+/// How a [`HealthCheck`] probes an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Probe {
+    /// An HTTP GET of `path` with `Host: host`, over the backend's protocol (and TLS); it
+    /// passes with one of `statuses` (empty: any 2xx or 3xx).
+    Http {
+        /// Path and query.
+        path: String,
+        /// The Host header.
+        host: String,
+        /// The statuses that pass.
+        statuses: Vec<u16>,
+    },
+    /// A TCP connection; it passes when the endpoint accepts.
+    Tcp,
+}
+
+impl Probe {
+    /// Whether an HTTP probe's answer passes.
+    pub fn passes(&self, status: u16) -> bool {
+        match self {
+            Self::Http { statuses, .. } if statuses.is_empty() => (200..400).contains(&status),
+            Self::Http { statuses, .. } => statuses.contains(&status),
+            Self::Tcp => true,
+        }
+    }
 }
 
 /// TLS origination to a backend, from the BackendTLSPolicy that won for its Service port.

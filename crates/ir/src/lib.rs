@@ -26,8 +26,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use backend::{
-    Backend, BackendProtocol, BackendTarget, BackendTls, BackendTrust, Endpoint, InvalidBackend,
-    SubjectAltName, WeightedBackend,
+    Backend, BackendProtocol, BackendTarget, BackendTls, BackendTrust, Endpoint, HealthCheck,
+    InvalidBackend, Probe, SubjectAltName, WeightedBackend,
 };
 pub use egress::{Egress, EgressNetwork, EgressPort, NetworkRange, Protocol, TrafficPolicy};
 pub use filter::{

@@ -208,6 +208,11 @@ fn decode_document(doc: &Document, fields: &mut FieldErrors) -> Result<Option<Ob
             object.metadata = metadata;
             Object::RateLimitPolicy(Arc::new(object))
         }),
+        Kind::HealthCheckPolicy => custom(doc, fields, |metadata, spec| {
+            let mut object = policy::HealthCheckPolicy::new("", spec);
+            object.metadata = metadata;
+            Object::HealthCheckPolicy(Arc::new(object))
+        }),
     };
     let Some(object) = object else {
         return Ok(None);
@@ -263,6 +268,7 @@ fn known_kind(group: &str, version: &str, kind: &str) -> Option<Kind> {
         (POLICY_GROUP, "v1alpha1", "EgressNetwork") => Some(Kind::EgressNetwork),
         (policy::GROUP, "v1alpha1", "AuthenticationPolicy") => Some(Kind::AuthenticationPolicy),
         (policy::GROUP, "v1alpha1", "RateLimitPolicy") => Some(Kind::RateLimitPolicy),
+        (policy::GROUP, "v1alpha1", "HealthCheckPolicy") => Some(Kind::HealthCheckPolicy),
         _ => None,
     }
 }
@@ -423,6 +429,10 @@ fn with_default_namespace(object: Object) -> Object {
         Object::RateLimitPolicy(mut o) => {
             set(&mut Arc::make_mut(&mut o).metadata);
             Object::RateLimitPolicy(o)
+        }
+        Object::HealthCheckPolicy(mut o) => {
+            set(&mut Arc::make_mut(&mut o).metadata);
+            Object::HealthCheckPolicy(o)
         }
         other @ (Object::GatewayClass(_) | Object::Namespace(_)) => other,
     }

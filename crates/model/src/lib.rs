@@ -83,6 +83,8 @@ pub enum Kind {
     AuthenticationPolicy,
     /// `portcullis.dev` RateLimitPolicy.
     RateLimitPolicy,
+    /// `portcullis.dev` HealthCheckPolicy.
+    HealthCheckPolicy,
 }
 
 /// Identifies one object: kind, namespace (empty for cluster-scoped kinds) and name.
@@ -133,6 +135,8 @@ pub enum Object {
     AuthenticationPolicy(Arc<policy::AuthenticationPolicy>),
     /// A RateLimitPolicy.
     RateLimitPolicy(Arc<policy::RateLimitPolicy>),
+    /// A HealthCheckPolicy.
+    HealthCheckPolicy(Arc<policy::HealthCheckPolicy>),
 }
 
 // === impl Kind ===
@@ -158,6 +162,7 @@ impl Kind {
             Self::EgressNetwork => "EgressNetwork",
             Self::AuthenticationPolicy => "AuthenticationPolicy",
             Self::RateLimitPolicy => "RateLimitPolicy",
+            Self::HealthCheckPolicy => "HealthCheckPolicy",
         }
     }
 
@@ -175,7 +180,9 @@ impl Kind {
             | Self::BackendTlsPolicy => GATEWAY_GROUP,
             Self::EndpointSlice => "discovery.k8s.io",
             Self::EgressNetwork => egress::POLICY_GROUP,
-            Self::AuthenticationPolicy | Self::RateLimitPolicy => policy::GROUP,
+            Self::AuthenticationPolicy | Self::RateLimitPolicy | Self::HealthCheckPolicy => {
+                policy::GROUP
+            }
             Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "",
         }
     }
@@ -194,7 +201,9 @@ impl Kind {
             Self::TcpRoute => "gateway.networking.k8s.io/v1alpha2",
             Self::EndpointSlice => "discovery.k8s.io/v1",
             Self::EgressNetwork => "policy.linkerd.io/v1alpha1",
-            Self::AuthenticationPolicy | Self::RateLimitPolicy => "portcullis.dev/v1alpha1",
+            Self::AuthenticationPolicy | Self::RateLimitPolicy | Self::HealthCheckPolicy => {
+                "portcullis.dev/v1alpha1"
+            }
             Self::Namespace | Self::Service | Self::Secret | Self::ConfigMap => "v1",
         }
     }
@@ -257,6 +266,7 @@ impl Object {
             Self::EgressNetwork(o) => &o.metadata,
             Self::AuthenticationPolicy(o) => &o.metadata,
             Self::RateLimitPolicy(o) => &o.metadata,
+            Self::HealthCheckPolicy(o) => &o.metadata,
         }
     }
 
@@ -280,6 +290,7 @@ impl Object {
             Self::EgressNetwork(_) => Kind::EgressNetwork,
             Self::AuthenticationPolicy(_) => Kind::AuthenticationPolicy,
             Self::RateLimitPolicy(_) => Kind::RateLimitPolicy,
+            Self::HealthCheckPolicy(_) => Kind::HealthCheckPolicy,
         }
     }
 

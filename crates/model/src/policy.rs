@@ -6,6 +6,8 @@
 //!   file in a Secret), API keys (Secrets mapping client ids to keys).
 //! - `RateLimitPolicy`: request limits per window, local to each process or shared by every
 //!   replica through Redis, for all clients together or per client key.
+//! - `HealthCheckPolicy`: active health checks (HTTP or TCP probes) of a Service's
+//!   endpoints; it targets Services, like BackendTLSPolicy.
 //!
 //! The CRDs in `deploy/crds/` are generated from these types (`portcullis crds`), so their
 //! OpenAPI schema and this decoder can never disagree. Checks a schema cannot express are in
@@ -71,13 +73,75 @@ pub struct RateLimitPolicySpec {
     pub limits: Vec<Limit>,
 }
 
+/// Active health checking of a Service's endpoints: each data plane probes every endpoint
+/// it routes to on an interval, and stops sending requests to endpoints that fail (unless
+/// every endpoint of the backend fails, when it goes on using them all).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "HealthCheckPolicy",
+    plural = "healthcheckpolicies",
+    namespaced,
+    derive = "Default",
+    derive = "PartialEq",
+    status = "PolicyStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckPolicySpec {
+    /// Services in the policy's namespace (group `""`, kind `Service`), all their ports or
+    /// one port by its name in `sectionName`. A policy for a port wins over one for the
+    /// whole Service; between equals, the oldest wins.
+    #[schemars(length(min = 1, max = 16))]
+    pub target_refs: Vec<TargetRef>,
+    /// Time between two probes of an endpoint; default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Time allowed for one probe; default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Consecutive failed probes that make a healthy endpoint unhealthy; default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub unhealthy_threshold: Option<u32>,
+    /// Consecutive passed probes that make an unhealthy endpoint healthy again; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub healthy_threshold: Option<u32>,
+    /// Probe with an HTTP GET (over the backend's protocol and TLS); exactly one of `http`,
+    /// `tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    /// Probe by opening a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+}
+
+/// `spec.http` of a HealthCheckPolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHealthCheck {
+    /// The path (and query) requested, starting with `/`.
+    pub path: String,
+    /// The Host header sent; default the Service's `name.namespace` name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The statuses that pass; default any 2xx or 3xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_statuses: Option<Vec<u16>>,
+}
+
+/// `spec.tcp` of a HealthCheckPolicy: the endpoint passes when it accepts a connection.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TcpHealthCheck {}
+
 /// GEP-713's `LocalPolicyTargetReferenceWithSectionName`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetRef {
-    /// `gateway.networking.k8s.io`.
+    /// `gateway.networking.k8s.io` (or `""` for a Service).
     pub group: String,
-    /// `Gateway`, `HTTPRoute` or `GRPCRoute`.
+    /// `Gateway`, `HTTPRoute` or `GRPCRoute` (or `Service` for a HealthCheckPolicy).
     pub kind: String,
     /// The target's name, in the policy's namespace.
     pub name: String,
@@ -290,11 +354,15 @@ pub type PolicyStatus = crate::gw::backendtlspolicies::BackendTlsPolicyStatus;
 /// `portcullis crds` prints).
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;
-    [AuthenticationPolicy::crd(), RateLimitPolicy::crd()]
-        .iter()
-        .map(|crd| serde_yaml_ng::to_string(crd).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("---\n")
+    [
+        AuthenticationPolicy::crd(),
+        RateLimitPolicy::crd(),
+        HealthCheckPolicy::crd(),
+    ]
+    .iter()
+    .map(|crd| serde_yaml_ng::to_string(crd).unwrap_or_default())
+    .collect::<Vec<_>>()
+    .join("---\n")
 }
 
 impl LimitUnit {

@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub authentication_policies: BTreeMap<ObjectName, Arc<crate::policy::AuthenticationPolicy>>,
     /// RateLimitPolicies.
     pub rate_limit_policies: BTreeMap<ObjectName, Arc<crate::policy::RateLimitPolicy>>,
+    /// HealthCheckPolicies.
+    pub health_check_policies: BTreeMap<ObjectName, Arc<crate::policy::HealthCheckPolicy>>,
 }
 
 /// The decoded contents of a set of files, with the bookkeeping a standalone control plane
@@ -118,6 +120,7 @@ impl Snapshot {
             Kind::EgressNetwork => self.egress_networks.contains_key(&name),
             Kind::AuthenticationPolicy => self.authentication_policies.contains_key(&name),
             Kind::RateLimitPolicy => self.rate_limit_policies.contains_key(&name),
+            Kind::HealthCheckPolicy => self.health_check_policies.contains_key(&name),
         }
     }
 
@@ -145,6 +148,7 @@ impl Snapshot {
             Object::EgressNetwork(o) => drop(self.egress_networks.insert(name, o)),
             Object::AuthenticationPolicy(o) => drop(self.authentication_policies.insert(name, o)),
             Object::RateLimitPolicy(o) => drop(self.rate_limit_policies.insert(name, o)),
+            Object::HealthCheckPolicy(o) => drop(self.health_check_policies.insert(name, o)),
         }
     }
 }
@@ -252,6 +256,7 @@ fn spec_of(object: &Object) -> Value {
         Object::EgressNetwork(o) => serde_json::to_value(&o.spec),
         Object::AuthenticationPolicy(o) => serde_json::to_value(&o.spec),
         Object::RateLimitPolicy(o) => serde_json::to_value(&o.spec),
+        Object::HealthCheckPolicy(o) => serde_json::to_value(&o.spec),
     };
     value.unwrap_or(Value::Null)
 }
@@ -286,6 +291,9 @@ fn with_generation(object: Object, generation: i64) -> Object {
         }
         Object::RateLimitPolicy(o) => {
             Object::RateLimitPolicy(set(o, |o| &mut o.metadata, generation))
+        }
+        Object::HealthCheckPolicy(o) => {
+            Object::HealthCheckPolicy(set(o, |o| &mut o.metadata, generation))
         }
         Object::BackendTlsPolicy(o) => {
             Object::BackendTlsPolicy(set(o, |o| &mut o.metadata, generation))

@@ -152,6 +152,7 @@ pub(crate) fn object(object: &Object, errors: &mut FieldErrors) {
         Object::BackendTlsPolicy(policy) => validate_backend_tls_policy(&policy.spec, errors),
         Object::AuthenticationPolicy(policy) => policies::authentication(&policy.spec, errors),
         Object::RateLimitPolicy(policy) => policies::rate_limit(&policy.spec, errors),
+        Object::HealthCheckPolicy(policy) => policies::health_check(&policy.spec, errors),
         Object::Namespace(_)
         | Object::Service(_)
         | Object::EndpointSlice(_)

@@ -69,6 +69,7 @@ pub const WATCHED: &[Watched] = &[
         "authenticationpolicies",
     ),
     Watched::new(Kind::RateLimitPolicy, "v1alpha1", "ratelimitpolicies"),
+    Watched::new(Kind::HealthCheckPolicy, "v1alpha1", "healthcheckpolicies"),
 ];
 
 /// What the cluster holds, as translate's input plus the problems found on the way.
@@ -138,6 +139,7 @@ impl Watched {
                 | Kind::BackendTlsPolicy
                 | Kind::AuthenticationPolicy
                 | Kind::RateLimitPolicy
+                | Kind::HealthCheckPolicy
         )
     }
 

@@ -11,6 +11,7 @@ use model::{GATEWAY_GROUP, ObjectName, Snapshot};
 
 use crate::backend_tls::Policies;
 use crate::grants;
+use crate::health::HealthPolicies;
 
 /// A backendRef in kind-independent form.
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +43,8 @@ pub(crate) struct Resolver<'p> {
     cache: BTreeMap<(ObjectName, i32, bool), Cached>,
     /// BackendTLSPolicies; without them no backend speaks TLS.
     policies: Option<&'p Policies>,
+    /// HealthCheckPolicies; without them no endpoint is probed.
+    health: Option<&'p HealthPolicies>,
     /// The BackendTLSPolicies applied since the last [`Resolver::take_used_policies`].
     used: BTreeSet<ObjectName>,
 }
@@ -49,10 +52,12 @@ pub(crate) struct Resolver<'p> {
 // === impl Resolver ===
 
 impl<'p> Resolver<'p> {
-    /// A resolver whose backends speak TLS where a BackendTLSPolicy says so.
-    pub(crate) fn with_policies(policies: &'p Policies) -> Self {
+    /// A resolver whose backends speak TLS where a BackendTLSPolicy says so, and are
+    /// health checked where a HealthCheckPolicy says so.
+    pub(crate) fn with_policies(policies: &'p Policies, health: &'p HealthPolicies) -> Self {
         Self {
             policies: Some(policies),
+            health: Some(health),
             ..Self::default()
         }
     }
@@ -188,6 +193,9 @@ impl<'p> Resolver<'p> {
             protocol,
             endpoints: endpoints(snapshot, &name, service_port),
             tls,
+            health: self
+                .health
+                .and_then(|h| h.for_port(&name, service_port.name.as_deref())),
         });
         self.used.extend(policy.clone());
         self.cache

@@ -65,7 +65,10 @@ pub(crate) fn compile_all(
     snapshot: &Snapshot,
     gateways: &mut BTreeMap<ObjectName, GatewayState>,
     options: &Options,
-    policies: &crate::backend_tls::Policies,
+    (policies, health): (
+        &crate::backend_tls::Policies,
+        &crate::health::HealthPolicies,
+    ),
     attached: &crate::policies::Policies,
     status: &mut StatusSet,
 ) -> Routes {
@@ -86,7 +89,7 @@ pub(crate) fn compile_all(
         crate::oldest_first((&a.metadata, a_name), (&b.metadata, b_name))
     });
     let mut routes = Routes::default();
-    let mut resolver = Resolver::with_policies(policies);
+    let mut resolver = Resolver::with_policies(policies, health);
     for (rank, (kind, name, route)) in ordered.iter().enumerate() {
         let parents = mesh_parents(name, route);
         let flavor = Flavor {

@@ -24,6 +24,7 @@ mod egress;
 mod frontend_tls;
 mod gateways;
 mod grants;
+mod health;
 mod http_route;
 mod listener_sets;
 mod mesh;
@@ -122,12 +123,14 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     let mut gateways = gateways::resolve(snapshot, &classes, options);
     let egress_networks = egress::resolve(snapshot, options, &mut status);
     let policies = backend_tls::Policies::resolve(snapshot);
+    let health = health::HealthPolicies::resolve(snapshot);
+    health.write_status(snapshot, options, &mut status);
     let attached = policies::Policies::resolve(snapshot, options, &mut status);
     let routes = http_route::compile_all(
         snapshot,
         &mut gateways,
         options,
-        &policies,
+        (&policies, &health),
         &attached,
         &mut status,
     );

@@ -84,6 +84,7 @@ fn tls_backend(addr: SocketAddr, protocol: BackendProtocol, tls: BackendTls) -> 
         protocol,
         endpoints: vec![Endpoint { addr }],
         tls: Some(Arc::new(tls)),
+        health: None,
     })
 }
 

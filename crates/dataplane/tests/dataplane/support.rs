@@ -293,6 +293,7 @@ pub fn backend(name: &str, protocol: BackendProtocol, endpoints: &[SocketAddr]) 
         protocol,
         endpoints: endpoints.iter().map(|&addr| Endpoint { addr }).collect(),
         tls: None,
+        health: None,
     })
 }
 

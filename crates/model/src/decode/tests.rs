@@ -420,3 +420,61 @@ spec:
     );
     expect("m.yaml:39: spec.limits[0]", "burst");
 }
+
+#[test]
+fn health_check_policies_are_checked() {
+    let text = "\
+apiVersion: portcullis.dev/v1alpha1
+kind: HealthCheckPolicy
+metadata: {name: both}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  interval: soon
+  unhealthyThreshold: 0
+  http: {path: healthz, expectedStatuses: [200, 700]}
+  tcp: {}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: HealthCheckPolicy
+metadata: {name: neither}
+spec:
+  targetRefs: [{group: '', kind: Service, name: app}]
+  timeout: 0s
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: HealthCheckPolicy
+metadata: {name: good}
+spec:
+  targetRefs: [{group: '', kind: Service, name: app, sectionName: http}]
+  http: {path: /healthz}
+";
+    let errors = errors(text);
+    let expect = |prefix: &str, text: &str| {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(prefix) && e.contains(text)),
+            "{prefix} … {text}: {errors:#?}"
+        );
+    };
+    expect(
+        "m.yaml:5: spec.targetRefs[0]:",
+        "gateway.networking.k8s.io/Gateway cannot be targeted; supported: Service",
+    );
+    expect("m.yaml:6: spec.interval:", "positive duration");
+    expect("m.yaml:7: spec.unhealthyThreshold:", "from 1 to 100");
+    expect("m.yaml:8: spec.http.path:", "must start with /");
+    expect(
+        "m.yaml:8: spec.http.expectedStatuses[1]:",
+        "700 is not an HTTP status",
+    );
+    expect("m.yaml:4: spec:", "exactly one of http, tcp");
+    expect("m.yaml:16: spec.timeout:", "positive duration");
+    expect("m.yaml:14: spec:", "exactly one of http, tcp");
+    assert!(
+        !errors
+            .iter()
+            .any(|e| e.contains("good") || e.starts_with("m.yaml:2")),
+        "the valid policy was refused: {errors:#?}"
+    );
+}

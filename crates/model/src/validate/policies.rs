@@ -2,7 +2,9 @@
 //! must be header names, and fields that go together.
 
 use super::{FieldErrors, HEADER_NAME};
-use crate::policy::{AuthenticationPolicySpec, ClientKeyType, RateLimitPolicySpec, TargetRef};
+use crate::policy::{
+    AuthenticationPolicySpec, ClientKeyType, HealthCheckPolicySpec, RateLimitPolicySpec, TargetRef,
+};
 
 /// Kinds a policy may target.
 const TARGET_KINDS: &str = "Gateway, HTTPRoute, GRPCRoute (group gateway.networking.k8s.io)";
@@ -108,6 +110,60 @@ pub(crate) fn rate_limit(spec: &RateLimitPolicySpec, errors: &mut FieldErrors) {
                 &format!("{path}.clientKey.name"),
                 "is required for type Header or JWTClaim",
             ),
+        }
+    }
+}
+
+pub(crate) fn health_check(spec: &HealthCheckPolicySpec, errors: &mut FieldErrors) {
+    if spec.target_refs.is_empty() || spec.target_refs.len() > 16 {
+        errors.push("spec.targetRefs", "must have between 1 and 16 entries");
+    }
+    for (i, target) in spec.target_refs.iter().enumerate() {
+        if !matches!(target.group.as_str(), "" | "core") || target.kind != "Service" {
+            errors.push(
+                &format!("spec.targetRefs[{i}]"),
+                &format!(
+                    "{}/{} cannot be targeted; supported: Service (group \"\")",
+                    target.group, target.kind
+                ),
+            );
+        }
+    }
+    for (field, value) in [("interval", &spec.interval), ("timeout", &spec.timeout)] {
+        if let Some(value) = value
+            && crate::parse_duration(value).is_none_or(|d| d.is_zero())
+        {
+            errors.push(
+                &format!("spec.{field}"),
+                "must be a positive duration such as 500ms or 5s",
+            );
+        }
+    }
+    for (field, value) in [
+        ("unhealthyThreshold", spec.unhealthy_threshold),
+        ("healthyThreshold", spec.healthy_threshold),
+    ] {
+        if value.is_some_and(|n| !(1..=100).contains(&n)) {
+            errors.push(&format!("spec.{field}"), "must be from 1 to 100");
+        }
+    }
+    if spec.http.is_some() == spec.tcp.is_some() {
+        errors.push("spec", "must set exactly one of http, tcp");
+    }
+    if let Some(http) = &spec.http {
+        if !http.path.starts_with('/') || http.path.contains(char::is_whitespace) {
+            errors.push(
+                "spec.http.path",
+                &format!("{:?} must start with / and hold no whitespace", http.path),
+            );
+        }
+        for (s, status) in http.expected_statuses.iter().flatten().enumerate() {
+            if !(100..=599).contains(status) {
+                errors.push(
+                    &format!("spec.http.expectedStatuses[{s}]"),
+                    &format!("{status} is not an HTTP status (100 to 599)"),
+                );
+            }
         }
     }
 }
