@@ -3,7 +3,8 @@
 //! calendar-v2 uses to reach it through the egress proxy. Nothing contacts the real host:
 //! portcullis resolves the name to this server (`--resolve`).
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,12 +83,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// How a workload reaches an HTTPS API: through the explicit egress proxy.
+/// How a workload reaches an HTTPS API.
 pub struct LlmClient {
-    pub proxy: SocketAddr,
+    pub route: Route,
     pub roots: Arc<rustls::RootCertStore>,
     pub host: String,
     pub port: u16,
+}
+
+/// How a workload's connections leave it.
+pub enum Route {
+    /// Through the explicit egress proxy (HTTP CONNECT).
+    Proxy(SocketAddr),
+    /// Straight to the host's address, as a pod does; a sidecar intercepts the connection.
+    /// Names resolve through this table (no DNS here), as `/etc/hosts` would.
+    Direct(BTreeMap<String, IpAddr>),
 }
 
 impl LlmClient {
@@ -111,7 +121,18 @@ impl LlmClient {
 
     /// POSTs `body` to `https://host:port/path` through the proxy; the response body.
     pub async fn post(&self, host: &str, path: &str, body: &str) -> anyhow::Result<String> {
-        let tunnel = connect(self.proxy, &format!("{host}:{}", self.port)).await?;
+        let tunnel = match &self.route {
+            Route::Proxy(proxy) => connect(*proxy, &format!("{host}:{}", self.port)).await?,
+            Route::Direct(hosts) => {
+                let ip = hosts
+                    .get(host)
+                    .with_context(|| format!("{host} does not resolve"))?;
+                tokio::time::timeout(PATIENCE, TcpStream::connect((*ip, self.port)))
+                    .await
+                    .context("connect timed out")?
+                    .with_context(|| format!("connecting to {host} ({ip})"))?
+            }
+        };
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(Arc::clone(&self.roots))

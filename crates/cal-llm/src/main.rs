@@ -11,7 +11,9 @@
 //! With `--serve` everything keeps running afterwards, for `curl`.
 
 mod calendar;
+mod in_pods;
 mod llm;
+mod pods;
 mod web;
 
 use std::collections::BTreeMap;
@@ -58,6 +60,10 @@ struct DemoArgs {
     /// Keep serving after the checks, until interrupted.
     #[arg(long)]
     serve: bool,
+    /// Run each workload in a network namespace of its own with a transparent sidecar, as
+    /// pods in a cluster (needs root, iproute2, iptables and setpriv).
+    #[arg(long)]
+    netns: bool,
 }
 
 fn main() -> ExitCode {
@@ -90,6 +96,9 @@ impl Drop for Portcullis {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
+    if args.netns {
+        return in_pods::demo(args).await;
+    }
     let addr = |text: &str| -> anyhow::Result<SocketAddr> { Ok(text.parse()?) };
     // The workloads.
     let pki = llm::Pki::new(&["api.mistral.ai", "example.com"])?;
@@ -101,7 +110,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     pki.serve(addr(OTHER_HOST)?, "this answer must never arrive")
         .await?;
     let llm = Arc::new(llm::LlmClient {
-        proxy: addr(PROXY)?,
+        route: llm::Route::Proxy(addr(PROXY)?),
         roots: Arc::clone(&pki.roots),
         host: "api.mistral.ai".into(),
         port: addr(LLM)?.port(),
@@ -117,13 +126,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     web::serve(addr(WEB_APP)?, calendar.clone()).await?;
 
     // The gateway.
-    let binary = match args.portcullis {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .context("the executable has no directory")?
-            .join("portcullis"),
-    };
+    let binary = portcullis_binary(args.portcullis.as_deref())?;
     let resolve = [
         format!("api.mistral.ai={}", addr(LLM)?.ip()),
         format!("example.com={}", addr(OTHER_HOST)?.ip()),
@@ -157,9 +160,35 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     );
 
     let mut ok = true;
-    ok &= ingress().await;
-    ok &= canary(calendar, args.calls).await;
+    ok &= ingress(GATEWAY_ADDRESS).await;
+    ok &= canary(calendar, args.calls, CALENDAR_CLUSTER_IP).await;
+    println!(
+        "\n3. egress: EgressNetwork apps/deny-all, TLSRoute allow-mistral-ai-access, via the proxy at {PROXY}"
+    );
     ok &= egress(&llm).await;
+    ok &= egress_metrics(ADMIN).await;
+    conclude(ok);
+    if args.serve {
+        println!(
+            "serving until interrupted; try: curl -H 'Host: www.cal-llm.com' http://{GATEWAY_ADDRESS}:8080/"
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    Ok(ok)
+}
+
+/// The portcullis binary: `--portcullis`, or the one next to this executable.
+fn portcullis_binary(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path.to_path_buf()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("the executable has no directory")?
+            .join("portcullis")),
+    }
+}
+
+fn conclude(ok: bool) {
     println!(
         "{}",
         if ok {
@@ -168,13 +197,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             "\nSOMETHING DID NOT BEHAVE"
         }
     );
-    if args.serve {
-        println!(
-            "serving until interrupted; try: curl -H 'Host: www.cal-llm.com' http://{GATEWAY_ADDRESS}:8080/"
-        );
-        tokio::signal::ctrl_c().await?;
-    }
-    Ok(ok)
 }
 
 async fn wait_ready() -> anyhow::Result<()> {
@@ -198,11 +220,11 @@ fn report(ok: bool, line: &str) -> bool {
     ok
 }
 
-async fn ingress() -> bool {
+async fn ingress(gateway: &str) -> bool {
     println!(
-        "\n1. ingress: Gateway apps/eg at {GATEWAY_ADDRESS}:8080, HTTPRoute web-app for www.cal-llm.com"
+        "\n1. ingress: Gateway apps/eg at {gateway}:8080, HTTPRoute web-app for www.cal-llm.com"
     );
-    let page = format!("http://{GATEWAY_ADDRESS}:8080/");
+    let page = format!("http://{gateway}:8080/");
     let mut ok = match get(&page, Some("www.cal-llm.com")).await {
         Ok((status, body)) => {
             let sessions = body.matches("<li>").count();
@@ -228,9 +250,9 @@ async fn ingress() -> bool {
     ok
 }
 
-async fn canary(calendar: tonic::transport::Channel, calls: u32) -> bool {
+async fn canary(calendar: tonic::transport::Channel, calls: u32, cluster_ip: &str) -> bool {
     println!(
-        "\n2. mesh: GRPCRoute calendar on Service calendar:8080 ({CALENDAR_CLUSTER_IP}), weights 40/60"
+        "\n2. mesh: GRPCRoute calendar on Service calendar:8080 ({cluster_ip}), weights 40/60"
     );
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     let mut failures = 0;
@@ -254,19 +276,22 @@ async fn canary(calendar: tonic::transport::Channel, calls: u32) -> bool {
     )
 }
 
+/// Egress from a workload: the API allowed, another host denied.
 async fn egress(llm: &llm::LlmClient) -> bool {
-    println!(
-        "\n3. egress: EgressNetwork apps/deny-all, TLSRoute allow-mistral-ai-access, via the proxy at {PROXY}"
-    );
-    let mut ok = match llm.summarize("the Cal-LLM conference").await {
-        Ok(summary) => report(true, &format!("api.mistral.ai:8443 allowed: {summary:?}")),
-        Err(error) => report(false, &format!("api.mistral.ai:8443: {error:#}")),
+    let port = llm.port;
+    let ok = match llm.summarize("the Cal-LLM conference").await {
+        Ok(summary) => report(true, &format!("api.mistral.ai:{port} allowed: {summary:?}")),
+        Err(error) => report(false, &format!("api.mistral.ai:{port}: {error:#}")),
     };
-    ok &= match llm.post("example.com", "/", "{}").await {
-        Ok(body) => report(false, &format!("example.com:8443 was allowed: {body}")),
-        Err(error) => report(true, &format!("example.com:8443 denied ({error:#})")),
-    };
-    let metrics = get(&format!("http://{ADMIN}/metrics"), None).await;
+    ok & match llm.post("example.com", "/", "{}").await {
+        Ok(body) => report(false, &format!("example.com:{port} was allowed: {body}")),
+        Err(error) => report(true, &format!("example.com:{port} denied ({error:#})")),
+    }
+}
+
+/// The egress decisions in the proxy's metrics, a denial among them.
+async fn egress_metrics(admin: &str) -> bool {
+    let metrics = get(&format!("http://{admin}/metrics"), None).await;
     let decisions: Vec<String> = match metrics {
         Ok((_, body)) => body
             .lines()
@@ -275,7 +300,7 @@ async fn egress(llm: &llm::LlmClient) -> bool {
             .collect(),
         Err(_) => Vec::new(),
     };
-    ok &= report(
+    let ok = report(
         decisions.iter().any(|l| l.contains(r#"decision="deny""#)),
         "every decision is in /metrics:",
     );

@@ -37,3 +37,42 @@ fn the_three_patterns_behave() {
         );
     }
 }
+
+/// The same story in pods: one network namespace per workload, transparent sidecars, the
+/// calendar split at a ClusterIP no interface has, egress by SNI to a pod outside the
+/// cluster networks. Needs root (CI runs as root).
+#[test]
+fn the_three_patterns_behave_in_pods_with_sidecars() {
+    let demo = Path::new(env!("CARGO_BIN_EXE_cal-llm"));
+    let portcullis = demo
+        .parent()
+        .expect("the binaries' directory")
+        .join("portcullis");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cal-llm");
+    let output = Command::new(demo)
+        .arg("demo")
+        .arg("--netns")
+        .arg("--portcullis")
+        .arg(&portcullis)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for expected in [
+        "[ok] Host www.cal-llm.com: 200, 3 sessions listed",
+        "[ok] Host www.example.com: 404",
+        "10.96.0.10:8080, from the web-app pod",
+        "calls on one connection: calendar",
+        "[ok] api.mistral.ai:443 allowed",
+        "[ok] example.com:443 denied",
+        "all three patterns behave",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing in:\n{stdout}"
+        );
+    }
+}

@@ -300,3 +300,42 @@ async fn a_client_cancelling_most_of_its_streams_is_disconnected() {
     let (status, body) = get(&url, &[]).await.expect("others are served");
     assert_eq!((status, body.as_str()), (200, "slow"));
 }
+
+/// An HTTP/1.1 keep-alive connection left idle is closed once `--header-read-timeout`
+/// passes without the next request's headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
+    let upstream = Upstream::start("up").await;
+    let (_gateway, url, _dir) = gateway_to(upstream.port, &["--header-read-timeout", "1s"]).await;
+    let port: u16 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .expect("port");
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = [0u8; 1024];
+    let read = stream.read(&mut answer).await.expect("answer");
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    let idle = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut answer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle connection stayed open for 10 s");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before the timeout",
+        idle.elapsed()
+    );
+}
