@@ -8,6 +8,10 @@ Scenarios (each proxy configured natively for the same job, one worker thread ea
   D  A over TLS: the proxy terminates TLS 1.3 (ECDSA P-256) and forwards plain HTTP/1.1
      (`direct` stays plain HTTP: the upstream has no TLS)
 
+Route scale (`--route-scale`): portcullis alone with 10, 1,000 and 5,000 HTTPRoutes (one
+hostname each): idle RSS after loading, req/s on one of the routes, peak RSS, and the time
+from writing a new route's file to the route answering (p50/p99 over 50 changes).
+
 For every scenario and target: requests/s, p50 and p99 latency (wrk), the proxy's CPU time
 per request (from /proc/PID/stat, every process of the proxy), its peak RSS (VmHWM), and
 errors; the median of several repeats with the spread (min-max of requests/s), and ratios
@@ -385,12 +389,129 @@ def to_ms(text):
     return float(text)
 
 
+def scale_config(directory, count, port):
+    """A Gateway, one Service and `count` HTTPRoutes, route i for host r<i>.example.com."""
+    routes = "".join(f"""---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r{i}, namespace: default}}
+spec:
+  parentRefs: [{{name: bench}}]
+  hostnames: [r{i}.example.com]
+  rules: [{{backendRefs: [{{name: a, port: 80}}]}}]
+""" for i in range(count))
+    (directory / "base.yaml").write_text(f"""apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: Same}}}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: a, namespace: default}}
+spec: {{ports: [{{port: 80, targetPort: {UPSTREAM_A[1]}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: a, namespace: default, labels: {{kubernetes.io/service-name: a}}}}
+addressType: IPv4
+ports: [{{port: {UPSTREAM_A[1]}}}]
+endpoints: [{{addresses: ["{UPSTREAM_A[0]}"]}}]
+""")
+    (directory / "routes.yaml").write_text(routes)
+
+
+def answers(port, host):
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
+        with urllib.request.urlopen(request, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def route_scale(args, bench):
+    port = PORTS["portcullis"]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    results = []
+    for count in (10, 1000, 5000):
+        directory = bench.work / f"scale-{count}"
+        directory.mkdir()
+        scale_config(directory, count, port)
+        process = bench.start([str(target / "release" / "portcullis"), "run", "--config", str(directory),
+                               "--admin", "127.0.0.1:18199", "--workers", "1", "--access-log", "off"],
+                              env=dict(os.environ, PORTCULLIS_LOG="error"))
+        last = f"r{count - 1}.example.com"
+        deadline = time.time() + 60
+        while not answers(port, last):
+            if time.time() > deadline:
+                sys.exit(f"{count} routes: {last} never answered")
+            time.sleep(0.05)
+        time.sleep(1)
+        idle = rss_kib(process.pid)
+        host = f"r{count // 2}.example.com"
+        out = subprocess.run([need("wrk"), "-t2", f"-c{args.connections}", f"-d{args.seconds}s",
+                              "-H", f"Host: {host}", f"http://127.0.0.1:{port}/"],
+                             capture_output=True, text=True, check=True).stdout
+        rps = next(float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec:"))
+        # File change to served: a new route in a new file (written, then renamed into place).
+        latencies = []
+        for k in range(50):
+            name = f"new{k}.example.com"
+            temporary = directory / f".new{k}.tmp"
+            temporary.write_text(f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: new{k}, namespace: default}}
+spec:
+  parentRefs: [{{name: bench}}]
+  hostnames: [{name}]
+  rules: [{{backendRefs: [{{name: a, port: 80}}]}}]
+""")
+            started = time.monotonic()
+            os.rename(temporary, directory / f"new{k}.yaml")
+            while not answers(port, name):
+                if time.monotonic() - started > 30:
+                    sys.exit(f"{count} routes: {name} never answered")
+                time.sleep(0.001)
+            latencies.append((time.monotonic() - started) * 1000)
+        peak = peak_rss_kib(process.pid)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+        bench.processes.remove(process)
+        latencies.sort()
+        results.append((count, idle, rps, peak, latencies[len(latencies) // 2],
+                        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]))
+        print(f"{count} routes: {rps:.0f} req/s", file=sys.stderr)
+    print(f"### Route scale: portcullis alone, {args.seconds} s of wrk -t2 -c{args.connections} per size\n")
+    print("| HTTPRoutes | idle RSS MiB | req/s | vs 10 routes | peak RSS MiB | change to served p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for count, idle, rps, peak, p50, p99 in results:
+        print(f"| {count} | {idle / 1024:.1f} | {rps:.0f} | {rps / results[0][2]:.2f} | {peak / 1024:.1f} | "
+              f"{p50:.0f} | {p99:.0f} |")
+    print()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--scenarios", default="ABD")
+    parser.add_argument("--route-scale", action="store_true", help="only the route-scale run")
     args = parser.parse_args()
     for tool in ("nginx", "haproxy", "wrk", "envoy"):
         need(tool)
@@ -402,6 +523,9 @@ def main():
             bench.certificate()
             bench.upstreams()
             wait_http(UPSTREAM_A[1], HOST)
+            if args.route_scale:
+                route_scale(args, bench)
+                return
             rows = {}
             for scenario in args.scenarios:
                 for repeat in range(args.repeats):
