@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn the_three_patterns_behave() {
+/// Runs `cal-llm demo` with `extra` arguments; its stdout, once it exited 0.
+fn run_demo(extra: &[&str]) -> String {
     let demo = Path::new(env!("CARGO_BIN_EXE_cal-llm"));
     let portcullis = demo
         .parent()
@@ -14,15 +14,22 @@ fn the_three_patterns_behave() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cal-llm");
     let output = Command::new(demo)
         .arg("demo")
+        .args(extra)
         .arg("--portcullis")
         .arg(&portcullis)
         .arg("--config")
         .arg(&config)
         .output()
         .expect("run the demo (cargo test --workspace builds portcullis too)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
+#[test]
+fn the_three_patterns_behave() {
+    let stdout = run_demo(&[]);
     for expected in [
         "[ok] Host www.cal-llm.com: 200, 3 sessions listed",
         "[ok] Host www.example.com: 404",
@@ -43,24 +50,7 @@ fn the_three_patterns_behave() {
 /// cluster networks. Needs root (CI runs as root).
 #[test]
 fn the_three_patterns_behave_in_pods_with_sidecars() {
-    let demo = Path::new(env!("CARGO_BIN_EXE_cal-llm"));
-    let portcullis = demo
-        .parent()
-        .expect("the binaries' directory")
-        .join("portcullis");
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cal-llm");
-    let output = Command::new(demo)
-        .arg("demo")
-        .arg("--netns")
-        .arg("--portcullis")
-        .arg(&portcullis)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("run the demo");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = run_demo(&["--netns"]);
     for expected in [
         "[ok] Host www.cal-llm.com: 200, 3 sessions listed",
         "[ok] Host www.example.com: 404",

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{Gateway, Upstream, free_port, get};
+use support::{Gateway, Upstream, free_port, get, sample};
 
 fn manifests(port: u16, upstream: u16, field: &str) -> String {
     format!(
@@ -532,40 +532,13 @@ fn explain_shows_the_policies_of_a_request_and_where_they_attach() {
     );
 }
 
-/// The value of the first sample whose line starts with `prefix`.
-fn sample(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix} in\n{metrics}"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_show_connections_retries_connect_errors_ejections_and_reloads() {
     let upstream = support::Upstream::start("up").await;
     let refused = support::free_port();
     let port = support::free_port();
-    let slice = |name: &str, target: u16| {
-        format!(
-            "---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}, labels: {{kubernetes.io/service-name: pair}}}}
-addressType: IPv4
-ports: [{{port: {target}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"
-        )
-    };
     let manifests = format!(
-        "{}---
-apiVersion: v1
-kind: Service
-metadata: {{name: pair}}
-spec: {{ports: [{{port: 80}}]}}
-{}{}---
+        "{}{}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: retried}}
@@ -576,8 +549,7 @@ spec:
     retry: {{attempts: 1, backoff: 1ms}}
 ",
         support::gateway_yaml(port),
-        slice("pair-refused", refused),
-        slice("pair-good", upstream.port),
+        support::pair_service_yaml(&[("pair-refused", refused), ("pair-good", upstream.port)]),
     );
     let dir = tempfile::tempdir().expect("tempdir");
     support::replace(dir.path(), "all.yaml", &manifests);

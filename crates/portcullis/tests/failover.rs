@@ -8,48 +8,18 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Gateway, Upstream, free_port, get};
+use support::{Gateway, Load, Upstream, free_port, get, sample};
 
 const CLIENTS: usize = 8;
-
-fn slice(name: &str, target: u16) -> String {
-    format!(
-        "---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}, labels: {{kubernetes.io/service-name: pair}}}}
-addressType: IPv4
-ports: [{{port: {target}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"
-    )
-}
-
-/// The value of the first sample whose line starts with `prefix`.
-fn sample(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix} in\n{metrics}"))
-}
 
 async fn killing_one_of_two_endpoints_fails_no_get(balancer: &str) {
     let survivor = Upstream::start("survivor").await;
     let victim = Upstream::start("victim").await;
     let port = free_port();
     let manifests = format!(
-        "{}---
-apiVersion: v1
-kind: Service
-metadata: {{name: pair}}
-spec: {{ports: [{{port: 80}}]}}
-{}{}---
+        "{}{}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: retried}}
@@ -60,8 +30,10 @@ spec:
     retry: {{attempts: 2, backoff: 1ms}}
 ",
         support::gateway_yaml(port),
-        slice("pair-survivor", survivor.port),
-        slice("pair-victim", victim.port),
+        support::pair_service_yaml(&[
+            ("pair-survivor", survivor.port),
+            ("pair-victim", victim.port)
+        ]),
     );
     let dir = tempfile::tempdir().expect("tempdir");
     support::replace(dir.path(), "all.yaml", &manifests);
@@ -71,35 +43,13 @@ spec:
         .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(s, _)| s == 200) })
         .await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
-        clients.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match get(&url, &[]).await {
-                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                    Ok((status, body)) => {
-                        eprintln!("failed request: {status} {body}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Err(error) => {
-                        eprintln!("failed request: {error}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(&url, &[], CLIENTS);
     // Both endpoints serve for a while, then one dies with the load still on.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let victim_hits = victim.hits();
     assert!(victim_hits > 0, "the victim never served before it died");
     drop(victim);
-    let killed_at = ok.load(Ordering::Relaxed);
+    let killed_at = load.ok();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let retries_of = |metrics: &str| {
         sample(
@@ -109,11 +59,7 @@ spec:
     };
     let retries_after_a_second = retries_of(&gateway.admin("/metrics").await.1);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("client task");
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop().await;
     eprintln!("{balancer}: {ok} requests succeeded ({killed_at} before the kill), {failed} failed");
     assert!(
         ok - killed_at > 200,

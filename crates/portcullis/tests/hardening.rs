@@ -146,17 +146,21 @@ async fn gateway_to(upstream: u16, args: &[&str]) -> (Gateway, String, tempfile:
     (gateway, url, dir)
 }
 
+/// The port of a `http://127.0.0.1:PORT/` URL.
+fn port_of(url: &str) -> u16 {
+    url.trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .expect("port")
+}
+
 /// Slowloris: a client that sends its headers a byte at a time and never ends them is
 /// disconnected once `--header-read-timeout` passes, and other clients are served meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_finishes_its_headers_is_cut_off_at_the_timeout() {
     let upstream = Upstream::start("up").await;
     let (_gateway, url, _dir) = gateway_to(upstream.port, &["--header-read-timeout", "1s"]).await;
-    let port: u16 = url
-        .trim_start_matches("http://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .expect("port");
+    let port = port_of(&url);
 
     let started = Instant::now();
     let mut slow = TcpStream::connect(("127.0.0.1", port))
@@ -206,11 +210,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_at_the_timeout() {
 async fn connections_over_the_limit_wait_for_a_free_slot() {
     let upstream = Upstream::start("up").await;
     let (gateway, url, _dir) = gateway_to(upstream.port, &["--max-connections", "2"]).await;
-    let port: u16 = url
-        .trim_start_matches("http://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .expect("port");
+    let port = port_of(&url);
 
     // Two keep-alive connections, each served one request and left open.
     let mut held = Vec::new();
@@ -307,11 +307,7 @@ async fn a_client_cancelling_most_of_its_streams_is_disconnected() {
 async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
     let upstream = Upstream::start("up").await;
     let (_gateway, url, _dir) = gateway_to(upstream.port, &["--header-read-timeout", "1s"]).await;
-    let port: u16 = url
-        .trim_start_matches("http://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .expect("port");
+    let port = port_of(&url);
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");

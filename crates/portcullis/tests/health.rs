@@ -69,19 +69,6 @@ async fn probed(name: &'static str) -> Probed {
     }
 }
 
-fn slice(name: &str, target: u16) -> String {
-    format!(
-        "---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}, labels: {{kubernetes.io/service-name: pair}}}}
-addressType: IPv4
-ports: [{{port: {target}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"
-    )
-}
-
 /// The value of the sample named exactly `name` (no labels).
 fn sample(metrics: &str, name: &str) -> Option<f64> {
     metrics
@@ -96,12 +83,7 @@ async fn an_endpoint_failing_its_probes_gets_no_traffic_until_it_passes_again() 
     let sick = probed("sick").await;
     let port = free_port();
     let manifests = format!(
-        "{}---
-apiVersion: v1
-kind: Service
-metadata: {{name: pair}}
-spec: {{ports: [{{port: 80}}]}}
-{}{}---
+        "{}{}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: pair}}
@@ -121,8 +103,7 @@ spec:
   http: {{path: /healthz}}
 ",
         support::gateway_yaml(port),
-        slice("pair-good", good.port),
-        slice("pair-sick", sick.port),
+        support::pair_service_yaml(&[("pair-good", good.port), ("pair-sick", sick.port)]),
     );
     let dir = tempfile::tempdir().expect("tempdir");
     support::replace(dir.path(), "all.yaml", &manifests);

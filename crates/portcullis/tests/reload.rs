@@ -7,11 +7,9 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Gateway, Upstream, free_port, get};
+use support::{Gateway, Load, Upstream, free_port, get};
 
 const REWRITES: usize = 100;
 const CLIENTS: usize = 4;
@@ -69,29 +67,7 @@ async fn rewriting_a_route_a_hundred_times_under_load_fails_no_request() {
         .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(s, _)| s == 200) })
         .await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
-        clients.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match get(&url, &[("x-load", "yes")]).await {
-                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                    Ok((status, body)) => {
-                        eprintln!("failed request: {status} {body}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Err(error) => {
-                        eprintln!("failed request: {error}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(&url, &[("x-load", "yes")], CLIENTS);
     for round in 1..=REWRITES {
         support::replace(dir.path(), "route.yaml", &route(round));
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -109,7 +85,6 @@ async fn rewriting_a_route_a_hundred_times_under_load_fails_no_request() {
                 .is_ok_and(|(_, body)| body == "b")
         })
         .await;
-    stop.store(true, Ordering::Relaxed);
     // Each rewrite was its own reload (the directory is quiet for 150 ms after each), give
     // or take a few that the watcher saw together.
     let (_, metrics) = gateway.admin("/metrics").await;
@@ -122,10 +97,7 @@ async fn rewriting_a_route_a_hundred_times_under_load_fails_no_request() {
         reloads >= (REWRITES * 9 / 10) as f64,
         "only {reloads} reloads for {REWRITES} rewrites"
     );
-    for client in clients {
-        client.await.expect("client task");
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop().await;
     eprintln!("{REWRITES} rewrites: {ok} requests succeeded, {failed} failed");
     assert!(ok > 500, "too few requests to mean anything: {ok}");
     assert_eq!(

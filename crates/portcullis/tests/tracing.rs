@@ -57,6 +57,27 @@ impl TraceService for Collector {
     }
 }
 
+impl Collector {
+    /// The first exported span (with its service name) that `matches`, waiting up to 5 s
+    /// (the exporter sends within 1 s).
+    async fn wait_for(&self, matches: impl Fn(&Span) -> bool) -> Option<(String, Span)> {
+        for _ in 0..100 {
+            let found = self
+                .spans
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|(_, span)| matches(span))
+                .cloned();
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
 async fn collector() -> (u16, Collector) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -143,21 +164,10 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
     let gateway_span = parts[2].to_string();
 
     // The span arrives within the exporter's flush interval.
-    let mut exported = None;
-    for _ in 0..100 {
-        exported = collector
-            .spans
-            .lock()
-            .expect("lock")
-            .iter()
-            .find(|(_, span)| hex(&span.span_id) == gateway_span)
-            .cloned();
-        if exported.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (service, span) = exported.expect("the span was exported");
+    let (service, span) = collector
+        .wait_for(|span| hex(&span.span_id) == gateway_span)
+        .await
+        .expect("the span was exported");
     assert_eq!(service, "edge-gw");
     assert_eq!(hex(&span.trace_id), TRACE_ID);
     assert_eq!(hex(&span.parent_span_id), CALLER_SPAN);
@@ -183,21 +193,10 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
     let forwarded = traceparent_seen(&body);
     let new_trace = forwarded.split('-').nth(1).expect("trace id").to_string();
     assert_ne!(new_trace, TRACE_ID);
-    let mut root = None;
-    for _ in 0..100 {
-        root = collector
-            .spans
-            .lock()
-            .expect("lock")
-            .iter()
-            .find(|(_, span)| hex(&span.trace_id) == new_trace)
-            .cloned();
-        if root.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (_, root) = root.expect("the new trace's span was exported");
+    let (_, root) = collector
+        .wait_for(|span| hex(&span.trace_id) == new_trace)
+        .await
+        .expect("the new trace's span was exported");
     assert!(root.parent_span_id.is_empty(), "a root span has no parent");
 
     // A caller that decided not to sample: propagated, not exported.

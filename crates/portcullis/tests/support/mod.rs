@@ -341,3 +341,103 @@ where
         }
     })
 }
+
+/// A Service `pair` (port 80) in `default` with one EndpointSlice per `(slice name, port)`,
+/// each endpoint on 127.0.0.1: two endpoints of one backend on different ports.
+pub fn pair_service_yaml(endpoints: &[(&str, u16)]) -> String {
+    let slices: String = endpoints
+        .iter()
+        .map(|(name, target)| {
+            format!(
+                "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}, labels: {{kubernetes.io/service-name: pair}}}}
+addressType: IPv4
+ports: [{{port: {target}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+            )
+        })
+        .collect();
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: pair}}
+spec: {{ports: [{{port: 80}}]}}
+{slices}"
+    )
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+pub fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in\n{metrics}"))
+}
+
+/// Clients sending GETs in a loop (each on a new connection) until stopped, for at most
+/// two minutes; they count answers with status 200 and everything else.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: &str, headers: &[(&'static str, &'static str)], clients: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let (url, headers) = (url.to_string(), headers.to_vec());
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        match get(&url, &headers).await {
+                            Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                            Ok((status, body)) => {
+                                eprintln!("failed request: {status} {body}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Err(error) => {
+                                eprintln!("failed request: {error}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            clients,
+        }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients; (answered 200, failed).
+    pub async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.await.expect("client task");
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
