@@ -73,7 +73,9 @@ pub async fn handle(
         .tracer
         .as_ref()
         .map(|tracer| tracer.begin(request.headers_mut()));
-    let mut log = AccessLog::new(&connection, &request);
+    let logging = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO);
+    // The request's target and authority are copied only for a line or a span.
+    let mut log = AccessLog::new(&connection, &request, logging || span.is_some());
     log.trace_id = match &span {
         Some(span) => Some(span.trace_id()),
         None => trace::trace_id_of(request.headers()),
@@ -114,7 +116,6 @@ pub async fn handle(
         response.status().as_u16(),
         to_headers,
     );
-    let logging = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO);
     if !logging && span.is_none() {
         return response;
     }
@@ -718,28 +719,38 @@ struct AccessLog {
 }
 
 impl AccessLog {
-    fn new<B>(connection: &Connection, request: &Request<B>) -> Self {
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| request.uri().path().to_string(), ToString::to_string);
+    /// A line for `request`; without `detailed` the request's target and authority are
+    /// left out (nothing will print them).
+    fn new<B>(connection: &Connection, request: &Request<B>, detailed: bool) -> Self {
+        let target = if detailed {
+            request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().path().to_string(), ToString::to_string)
+        } else {
+            String::new()
+        };
         let server_name = connection.tls.as_ref().map(|session| {
             session
                 .server_name
                 .as_ref()
                 .map_or_else(|| "-".to_string(), ToString::to_string)
         });
-        let authority = request
-            .uri()
-            .authority()
-            .map(|authority| authority.as_str().to_string())
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|host| host.to_str().ok())
-                    .map(ToString::to_string)
-            });
+        let authority = if detailed {
+            request
+                .uri()
+                .authority()
+                .map(|authority| authority.as_str().to_string())
+                .or_else(|| {
+                    request
+                        .headers()
+                        .get(header::HOST)
+                        .and_then(|host| host.to_str().ok())
+                        .map(ToString::to_string)
+                })
+        } else {
+            None
+        };
         Self {
             client: connection.client,
             bind: connection.bind,
