@@ -314,18 +314,7 @@ kind: Secret
 metadata: {{name: bench-cert, namespace: default}}
 type: kubernetes.io/tls
 data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
-        (directory / "bench.yaml").write_text(f"""apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portcullis}}
-spec: {{controllerName: portcullis.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  gatewayClassName: portcullis
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners: [{listener}]
+        (directory / "bench.yaml").write_text(f"""{gateway_yaml(listener)}
 {routes}
 {services}
 {secret}
@@ -389,6 +378,22 @@ def to_ms(text):
     return float(text)
 
 
+def gateway_yaml(listener):
+    """Our GatewayClass and the Gateway `bench` on 127.0.0.1 with one listener (YAML flow)."""
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{listener}]"""
+
+
 def scale_config(directory, count, port):
     """A Gateway, one Service and `count` HTTPRoutes, route i for host r<i>.example.com."""
     routes = "".join(f"""---
@@ -400,18 +405,8 @@ spec:
   hostnames: [r{i}.example.com]
   rules: [{{backendRefs: [{{name: a, port: 80}}]}}]
 """ for i in range(count))
-    (directory / "base.yaml").write_text(f"""apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portcullis}}
-spec: {{controllerName: portcullis.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  gatewayClassName: portcullis
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners: [{{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: Same}}}}}}]
+    listener = f"{{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: Same}}}}}}"
+    (directory / "base.yaml").write_text(f"""{gateway_yaml(listener)}
 ---
 apiVersion: v1
 kind: Service

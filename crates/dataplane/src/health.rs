@@ -57,10 +57,12 @@ pub(crate) struct HealthChecks {
 impl HealthChecks {
     /// Whether `endpoint` of `backend` failed its health checks.
     pub(crate) fn is_down(&self, backend: &str, endpoint: SocketAddr) -> bool {
-        self.down
-            .load()
-            .get(backend)
-            .is_some_and(|down| down.contains(&endpoint))
+        let down = self.down.load();
+        // Without unhealthy endpoints (the usual case) no name is hashed.
+        !down.is_empty()
+            && down
+                .get(backend)
+                .is_some_and(|down| down.contains(&endpoint))
     }
 
     /// Starts probes for the health-checked endpoints of `config` and stops the rest.

@@ -358,7 +358,10 @@ async fn forward(
         let mut tried = Vec::new();
         loop {
             let endpoint = shared.upstreams.endpoint_avoiding(&backend, &tried)?;
-            tried.push(endpoint);
+            if retries_left > 0 {
+                // Only a request that may be retried remembers where it failed.
+                tried.push(endpoint);
+            }
             log.endpoint = Some(endpoint);
             log.attempts += 1;
             let again = match (&replay, retries_left) {

@@ -154,6 +154,21 @@ fn port_of(url: &str) -> u16 {
         .expect("port")
 }
 
+/// A keep-alive connection that has been served one request, left open.
+async fn served_keep_alive(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = [0u8; 1024];
+    let read = stream.read(&mut answer).await.expect("answer");
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    stream
+}
+
 /// Slowloris: a client that sends its headers a byte at a time and never ends them is
 /// disconnected once `--header-read-timeout` passes, and other clients are served meanwhile.
 #[tokio::test(flavor = "multi_thread")]
@@ -215,17 +230,7 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
     // Two keep-alive connections, each served one request and left open.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .expect("write");
-        let mut answer = [0u8; 1024];
-        let read = stream.read(&mut answer).await.expect("answer");
-        assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
-        held.push(stream);
+        held.push(served_keep_alive(port).await);
     }
     let (_, metrics) = gateway.admin("/metrics").await;
     assert!(
@@ -308,16 +313,8 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
     let upstream = Upstream::start("up").await;
     let (_gateway, url, _dir) = gateway_to(upstream.port, &["--header-read-timeout", "1s"]).await;
     let port = port_of(&url);
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = served_keep_alive(port).await;
     let mut answer = [0u8; 1024];
-    let read = stream.read(&mut answer).await.expect("answer");
-    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
     let idle = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
