@@ -30,6 +30,7 @@ mod listener_sets;
 mod mesh;
 mod policies;
 pub mod provision;
+mod references;
 mod stream_route;
 mod tls;
 
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use model::status::StatusSet;
 use model::{ObjectName, Snapshot};
+pub use references::referenced_objects;
 
 /// The controller name portcullis answers to unless configured otherwise.
 pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";

@@ -85,7 +85,11 @@ async fn watch(
     control: &mut Control,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut state = sources::kube::watch_cluster(client, sources::kube::WATCHED);
+    let mut state = sources::kube::watch_cluster(
+        client,
+        sources::kube::WATCHED,
+        translate::referenced_objects,
+    );
     tokio::pin!(stop);
     loop {
         tokio::select! {

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use ::kube::api::DynamicObject;
 use ::kube::runtime::watcher;
 use model::decode::{DecodeError, Warning};
-use model::{Kind, Object, Snapshot};
+use model::{Kind, Object, ObjectName, Snapshot};
 use serde_json::Value;
 
-use super::{ClusterState, WatchItem, Watched};
+use super::{ClusterState, Source, WatchItem, Watched};
 
 /// Annotation that repeats the whole object; never read, so never kept.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -26,6 +26,9 @@ type Name = (String, String);
 #[derive(Debug)]
 pub(super) struct ClusterStore {
     kinds: BTreeMap<Kind, KindState>,
+    /// Objects watched one by one because something names them (see
+    /// `Watched::referenced`), with the generation of the watch that feeds each.
+    refs: BTreeMap<(Kind, ObjectName), (u64, KindState)>,
 }
 
 /// One kind's objects and its sync state.
@@ -55,21 +58,32 @@ impl ClusterStore {
         let kinds = kinds
             .iter()
             .map(|w| {
-                let state = KindState {
-                    api_version: w.api_version(),
-                    synced: false,
-                    missing: false,
-                    current: Entries::default(),
-                    relist: None,
-                };
+                let mut state = KindState::new(w.api_version());
+                // Nothing to list for a kind read only by reference.
+                state.synced = !w.blanket;
                 (w.kind, state)
             })
             .collect();
-        Self { kinds }
+        Self {
+            kinds,
+            refs: BTreeMap::new(),
+        }
     }
 
     /// Applies one watcher item; returns whether the published state changes.
-    pub(super) fn apply(&mut self, kind: Kind, item: WatchItem) -> bool {
+    pub(super) fn apply(&mut self, source: Source, item: WatchItem) -> bool {
+        let kind = match source {
+            Source::Kind(kind) => kind,
+            Source::Ref(key, generation) => {
+                return match self.refs.get_mut(&key) {
+                    Some((current, state)) if *current == generation => {
+                        state.referenced_event(&key, item)
+                    }
+                    // A watch that was replaced or dropped: its events are stale.
+                    _ => false,
+                };
+            }
+        };
         let Some(state) = self.kinds.get_mut(&kind) else {
             return false;
         };
@@ -97,20 +111,53 @@ impl ClusterStore {
         }
     }
 
-    /// Whether every kind finished its initial list.
-    pub(super) fn ready(&self) -> bool {
+    /// Whether every kind finished its initial list (objects read by reference aside).
+    pub(super) fn kinds_ready(&self) -> bool {
         self.kinds.values().all(|k| k.synced)
+    }
+
+    /// Whether every kind and every referenced object finished its initial list.
+    pub(super) fn ready(&self) -> bool {
+        self.kinds_ready() && self.refs.values().all(|(_, r)| r.synced)
+    }
+
+    /// Whether a kind's own watch holds this object (then no watch of its own is needed).
+    pub(super) fn holds(&self, kind: Kind, name: &ObjectName) -> bool {
+        self.kinds.get(&kind).is_some_and(|k| {
+            k.current
+                .objects
+                .contains_key(&(name.namespace.clone(), name.name.clone()))
+        })
+    }
+
+    /// Starts tracking a referenced object fed by the watch of this generation; it is not
+    /// synced until that watch's first list ends.
+    pub(super) fn add_ref(&mut self, key: (Kind, ObjectName), generation: u64) {
+        let api_version = self
+            .kinds
+            .get(&key.0)
+            .map(|k| k.api_version.clone())
+            .unwrap_or_default();
+        self.refs
+            .insert(key, (generation, KindState::new(api_version)));
+    }
+
+    /// Forgets a referenced object; returns whether it held anything.
+    pub(super) fn remove_ref(&mut self, key: &(Kind, ObjectName)) -> bool {
+        self.refs.remove(key).is_some_and(|(_, state)| {
+            !state.current.objects.is_empty() || !state.current.errors.is_empty()
+        })
     }
 
     /// The current objects as a snapshot, with decode errors and warnings.
     pub(super) fn state(&self) -> ClusterState {
-        let objects = self
-            .kinds
-            .values()
-            .flat_map(|k| k.current.objects.values().cloned());
-        let errors = self
-            .kinds
-            .values()
+        let states = || {
+            self.kinds
+                .values()
+                .chain(self.refs.values().map(|(_, state)| state))
+        };
+        let objects = states().flat_map(|k| k.current.objects.values().cloned());
+        let errors = states()
             .flat_map(|k| k.current.errors.values().flatten().cloned())
             .collect();
         let warnings = self
@@ -138,6 +185,32 @@ impl ClusterStore {
 // === impl KindState ===
 
 impl KindState {
+    fn new(api_version: String) -> Self {
+        Self {
+            api_version,
+            synced: false,
+            missing: false,
+            current: Entries::default(),
+            relist: None,
+        }
+    }
+
+    /// An item of the watch of one referenced object. A failing first list (the namespace
+    /// is forbidden, say) counts as an empty list, so that one bad reference does not hold
+    /// back every later snapshot; the watch keeps retrying.
+    fn referenced_event(&mut self, key: &(Kind, ObjectName), item: WatchItem) -> bool {
+        let (kind, name) = key;
+        match item {
+            Ok(event) => self.event(*kind, event),
+            Err(error) => {
+                tracing::warn!(%kind, object = %name, %error, "watch of a referenced object failed; retrying with backoff");
+                let first = !self.synced;
+                self.synced = true;
+                first
+            }
+        }
+    }
+
     fn event(&mut self, kind: Kind, event: watcher::Event<DynamicObject>) -> bool {
         match event {
             watcher::Event::Init => {

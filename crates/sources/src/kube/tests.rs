@@ -37,7 +37,7 @@ struct Inner {
     missing: HashSet<String>,
     /// List paths whose answer waits for the notify.
     held: HashMap<String, Arc<Notify>>,
-    /// Open watch streams by list path.
+    /// Open watch streams by list path (by object URL for a watch of one object).
     watches: HashMap<String, chan::UnboundedSender<Result<Frame<Bytes>, Infallible>>>,
     /// Objects by their URL (`.../namespaces/ns/plural/name`), for GET of `/status`.
     objects: HashMap<String, Value>,
@@ -85,7 +85,15 @@ impl FakeApi {
         }
         if query.contains("watch=true") {
             let (tx, rx) = chan::unbounded();
-            self.lock().watches.insert(path, tx);
+            // The watch of one named object is keyed by that object's URL.
+            let key = match field_selector(&query)
+                .into_iter()
+                .find(|(field, _)| *field == "metadata.name")
+            {
+                Some((_, name)) => format!("{path}/{name}"),
+                None => path,
+            };
+            self.lock().watches.insert(key, tx);
             return Response::new(StreamBody::new(rx));
         }
         let held = self.lock().held.get(&path).cloned();
@@ -93,7 +101,29 @@ impl FakeApi {
             notify.notified().await;
         }
         let inner = self.lock();
-        if let Some(items) = inner.lists.get(&path) {
+        // A namespaced collection is served from the cluster-wide list.
+        let (all_path, namespace) = match namespaced_collection(&path) {
+            Some((all, namespace)) => (all, Some(namespace)),
+            None => (path.clone(), None),
+        };
+        if let Some(items) = inner.lists.get(&all_path) {
+            let selector = field_selector(&query);
+            let items: Vec<&Value> = items
+                .iter()
+                .filter(|item| {
+                    namespace
+                        .as_deref()
+                        .is_none_or(|ns| item["metadata"]["namespace"] == ns)
+                        && selector.iter().all(|(field, value)| {
+                            let actual = match *field {
+                                "metadata.name" => &item["metadata"]["name"],
+                                "type" => &item["type"],
+                                _ => &Value::Null,
+                            };
+                            actual.as_str().unwrap_or_default() == value
+                        })
+                })
+                .collect();
             let list = json!({
                 "apiVersion": "v1", "kind": "List",
                 "metadata": {"resourceVersion": "100"},
@@ -147,6 +177,16 @@ impl FakeApi {
         let _ = stream.unbounded_send(Ok(Frame::data(Bytes::from(line))));
     }
 
+    /// Pushes an event into the watch of one object, keyed by the object's URL.
+    fn push_event_at(&self, path: &str, kind_of_event: &str, object: Value) {
+        let line = format!("{}\n", json!({"type": kind_of_event, "object": object}));
+        let inner = self.lock();
+        let Some(stream) = inner.watches.get(path) else {
+            panic!("no watch open on {path}");
+        };
+        let _ = stream.unbounded_send(Ok(Frame::data(Bytes::from(line))));
+    }
+
     fn requests(&self) -> Vec<(Method, String, Value)> {
         self.lock().requests.clone()
     }
@@ -154,6 +194,61 @@ impl FakeApi {
     fn watching(&self, kind: Kind) -> bool {
         self.lock().watches.contains_key(&list_path(watched(kind)))
     }
+
+    fn watching_at(&self, path: &str) -> bool {
+        self.lock().watches.contains_key(path)
+    }
+}
+
+/// `/api/v1/namespaces/NS/PLURAL` as (`/api/v1/PLURAL`, `NS`).
+fn namespaced_collection(path: &str) -> Option<(String, String)> {
+    let (base, rest) = path.split_once("/namespaces/")?;
+    let (namespace, plural) = rest.split_once('/')?;
+    (!plural.contains('/')).then(|| (format!("{base}/{plural}"), namespace.to_string()))
+}
+
+/// The `fieldSelector` of a query as (field, value) pairs.
+fn field_selector(query: &str) -> Vec<(&'static str, String)> {
+    let Some(encoded) = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("fieldSelector="))
+    else {
+        return Vec::new();
+    };
+    let decoded = percent_decode(encoded);
+    decoded
+        .split(',')
+        .filter_map(|term| {
+            let (field, value) = term.split_once('=')?;
+            let field = ["metadata.name", "type"]
+                .into_iter()
+                .find(|f| *f == field)?;
+            Some((field, value.to_string()))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn respond(status: StatusCode, body: &Value) -> Response<FakeBody> {
@@ -267,8 +362,10 @@ async fn publishes_only_after_every_kind_is_listed() {
         .held
         .insert(list_path(watched(Kind::Secret)), secrets.clone());
 
-    let mut state = watch_cluster(fake.client(), WATCHED);
-    let others = WATCHED.iter().filter(|w| w.kind != Kind::Secret);
+    let mut state = watch_cluster(fake.client(), WATCHED, translate::referenced_objects);
+    let others = WATCHED
+        .iter()
+        .filter(|w| w.blanket && w.kind != Kind::Secret);
     let others: Vec<Kind> = others.map(|w| w.kind).collect();
     eventually("every other kind to be watched", || {
         others.iter().all(|k| fake.watching(*k))
@@ -300,7 +397,7 @@ async fn publishes_only_after_every_kind_is_listed() {
 #[tokio::test]
 async fn a_watch_event_publishes_a_new_snapshot() {
     let fake = FakeApi::empty();
-    let mut state = watch_cluster(fake.client(), WATCHED);
+    let mut state = watch_cluster(fake.client(), WATCHED, translate::referenced_objects);
     assert!(ready(&mut state).await.snapshot.http_routes.is_empty());
     eventually("the HTTPRoute watch", || fake.watching(Kind::HttpRoute)).await;
 
@@ -325,7 +422,7 @@ async fn an_object_that_does_not_decode_is_left_out_and_reported() {
     for (i, object) in objects.iter().enumerate() {
         fake.add(stored(object, i));
     }
-    let mut state = watch_cluster(fake.client(), WATCHED);
+    let mut state = watch_cluster(fake.client(), WATCHED, translate::referenced_objects);
     let state = ready(&mut state).await;
     assert_eq!(state.snapshot.http_routes.len(), 1, "the good route stays");
     let errors: Vec<String> = state
@@ -362,7 +459,7 @@ spec: {fromTheFuture: 1}
     for (i, object) in objects.iter().enumerate() {
         fake.add(stored(object, i));
     }
-    let mut state = watch_cluster(fake.client(), WATCHED);
+    let mut state = watch_cluster(fake.client(), WATCHED, translate::referenced_objects);
     let state = ready(&mut state).await;
     let services: Vec<_> = state
         .snapshot
@@ -388,7 +485,7 @@ async fn a_kind_without_its_crd_is_empty_with_one_warning() {
     for (i, object) in manifests(ROUTE).iter().enumerate() {
         fake.add(stored(object, i));
     }
-    let mut state = watch_cluster(fake.client(), WATCHED);
+    let mut state = watch_cluster(fake.client(), WATCHED, translate::referenced_objects);
     let state = ready(&mut state).await;
     assert_eq!(state.snapshot.http_routes.len(), 1);
     assert!(state.snapshot.tcp_routes.is_empty());
@@ -399,6 +496,139 @@ async fn a_kind_without_its_crd_is_empty_with_one_warning() {
             "gateway.networking.k8s.io/v1alpha2 TCPRoute is not served by the API server (CRD \
           not installed?); no TCPRoute objects are read"
         ]
+    );
+}
+
+const POLICY_SECRETS: &str = "
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthenticationPolicy
+metadata: {name: login, namespace: demo}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: site}]
+  basicAuth: {users: {name: htpasswd}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: htpasswd, namespace: demo}
+type: Opaque
+data: {.htpasswd: YWxpY2U6e1NIQX0=}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: token, namespace: demo}
+type: Opaque
+data: {.htpasswd: Ym9iOntTSEF9}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: unrelated, namespace: demo}
+type: Opaque
+data: {password: aHVudGVyMg==}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: site-cert, namespace: demo}
+type: kubernetes.io/tls
+data: {tls.crt: '', tls.key: ''}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: kube-root-ca.crt, namespace: demo}
+data: {ca.crt: 'not read'}
+";
+
+fn secret_names(state: &ClusterState) -> Vec<String> {
+    state
+        .snapshot
+        .secrets
+        .keys()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn other_secrets_and_config_maps_are_read_only_where_something_names_them() {
+    let fake = FakeApi::empty();
+    let objects: Vec<Value> = manifests(POLICY_SECRETS)
+        .iter()
+        .enumerate()
+        .map(|(i, object)| stored(object, i))
+        .collect();
+    for object in &objects {
+        fake.add(object.clone());
+    }
+    let mut state = watch_cluster(fake.client(), WATCHED, translate::referenced_objects);
+    let first = ready(&mut state).await;
+    assert_eq!(
+        secret_names(&first),
+        ["demo/htpasswd", "demo/site-cert"],
+        "TLS Secrets by type, the policy's Secret by name, nothing else"
+    );
+    assert!(
+        first.snapshot.config_maps.is_empty(),
+        "no ConfigMap is named"
+    );
+    let by_name: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .map(|(_, url, _)| url)
+        .filter(|url| url.contains("metadata.name"))
+        .collect();
+    assert!(
+        by_name.iter().all(|url| {
+            url.starts_with("/api/v1/namespaces/demo/secrets?")
+                && url.contains("fieldSelector=metadata.name%3Dhtpasswd")
+        }),
+        "{by_name:?}"
+    );
+    assert!(!by_name.is_empty());
+
+    // The policy now names another Secret: it is read, and the first one is dropped.
+    let mut policy = objects[0].clone();
+    policy["spec"]["basicAuth"]["users"]["name"] = json!("token");
+    policy["metadata"]["resourceVersion"] = json!("50");
+    fake.push_event(Kind::AuthenticationPolicy, "MODIFIED", policy);
+    let token = "/api/v1/namespaces/demo/secrets/token";
+    eventually("a watch on the named Secret", || fake.watching_at(token)).await;
+    let second = tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| {
+            s.as_ref()
+                .is_some_and(|s| secret_names(s).contains(&"demo/token".into()))
+        }),
+    )
+    .await;
+    let second = second.ok().and_then(Result::ok).and_then(|s| s.clone());
+    let Some(second) = second else {
+        panic!("the newly named Secret never arrived");
+    };
+    assert_eq!(secret_names(&second), ["demo/site-cert", "demo/token"]);
+
+    // A change to the named Secret arrives through its own watch.
+    let mut changed = objects[2].clone();
+    changed["data"][".htpasswd"] = json!("Y2Fyb2w6e1NIQX0=");
+    changed["metadata"]["resourceVersion"] = json!("51");
+    fake.push_event_at(token, "MODIFIED", changed);
+    let key = model::ObjectName::new("demo", "token");
+    let updated = tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| {
+            s.as_ref()
+                .and_then(|s| s.snapshot.secrets.get(&key))
+                .is_some_and(|secret| {
+                    secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(".htpasswd"))
+                        .map(|b| b.0.as_slice())
+                        == Some(b"carol:{SHA}".as_slice())
+                })
+        }),
+    )
+    .await;
+    assert!(
+        updated.is_ok_and(|r| r.is_ok()),
+        "the Secret's change never arrived"
     );
 }
 
@@ -424,7 +654,7 @@ async fn the_directory_and_the_cluster_translate_the_same() {
         }
     }
     assert!(index > 5, "examples/basic has manifests");
-    let mut state = watch_cluster(fake.client(), WATCHED);
+    let mut state = watch_cluster(fake.client(), WATCHED, translate::referenced_objects);
     let from_cluster = ready(&mut state).await;
     assert!(from_cluster.errors.is_empty(), "{:?}", from_cluster.errors);
 
