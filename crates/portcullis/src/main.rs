@@ -246,6 +246,17 @@ fn parse_resolve(value: &str) -> Result<(String, std::net::IpAddr), String> {
     Ok((host, ip))
 }
 
+fn parse_object_name(value: &str) -> Result<model::ObjectName, String> {
+    match value.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(model::ObjectName::new(namespace, name))
+        }
+        _ => Err(format!("{value:?} is not NAMESPACE/NAME")),
+    }
+}
+
 /// Kubernetes mode.
 #[derive(clap::Args, Debug)]
 struct KubeArgs {
@@ -268,6 +279,11 @@ struct KubeArgs {
     /// of provisioned per-Gateway pods).
     #[arg(long, requires = "kube")]
     serve_only: bool,
+    /// With `--serve-only`: serve only this Gateway (NAMESPACE/NAME) and its ListenerSets,
+    /// as a provisioned per-Gateway pod does; other Gateways and mesh Services get no
+    /// sockets.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "serve_only", value_parser = parse_object_name)]
+    gateway: Option<model::ObjectName>,
     /// Provision a Deployment running this image and a LoadBalancer Service for every
     /// accepted Gateway; Gateways then report the load balancer's addresses.
     #[arg(

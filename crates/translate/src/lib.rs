@@ -67,6 +67,10 @@ pub struct Options {
     pub cluster_networks: Vec<IpNet>,
     /// The namespace whose EgressNetworks apply to workloads of every namespace.
     pub global_egress_namespace: String,
+    /// The data plane of one Gateway (a provisioned pod): only that Gateway's listeners
+    /// (its ListenerSets' included) get sockets; other Gateways and mesh Services get none.
+    /// Status is still computed for everything, as if all were served.
+    pub only_gateway: Option<ObjectName>,
 }
 
 /// Linkerd's default `clusterNetworks`.
@@ -102,6 +106,7 @@ impl Default for Options {
                 .filter_map(|n| n.parse().ok())
                 .collect(),
             global_egress_namespace: DEFAULT_GLOBAL_EGRESS_NAMESPACE.to_string(),
+            only_gateway: None,
         }
     }
 }
@@ -142,7 +147,12 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     let mut binds: BTreeMap<SocketAddr, ir::Bind> = BTreeMap::new();
     for gateway in gateways.values() {
         status.0.insert(gateway.key(), gateway.status());
-        if !gateway.programmed() {
+        if !gateway.programmed()
+            || options
+                .only_gateway
+                .as_ref()
+                .is_some_and(|only| *only != gateway.name)
+        {
             continue;
         }
         let ip = gateway.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -179,7 +189,11 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     }
     // GAMMA: each Service port with a clusterIP is served there: its routes, or a relay to
     // its endpoints when it has none.
-    for (name, service) in &snapshot.services {
+    let mesh_services = snapshot
+        .services
+        .iter()
+        .filter(|_| options.only_gateway.is_none());
+    for (name, service) in mesh_services {
         let Some(ip) = mesh::cluster_ip(snapshot, name) else {
             continue;
         };

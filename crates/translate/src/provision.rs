@@ -29,7 +29,7 @@ const SERVICE_ANNOTATION_PREFIX: &str = "service.beta.kubernetes.io/";
 pub struct ProvisionOptions {
     /// Container image.
     pub image: String,
-    /// Container arguments.
+    /// Container arguments; `--gateway=NAMESPACE/NAME` is appended for each Gateway.
     pub args: Vec<String>,
     /// Service account of the pods, if not the namespace's default.
     pub service_account: Option<String>,
@@ -188,6 +188,8 @@ fn render(
         pod_metadata["annotations"] = json!(annotations);
     }
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": "admin"}});
+    let mut args = options.args.clone();
+    args.push(format!("--gateway={name}"));
     let mut pod = json!({
         "securityContext": {
             "runAsNonRoot": true,
@@ -199,7 +201,7 @@ fn render(
         "containers": [{
             "name": "portcullis",
             "image": options.image,
-            "args": options.args,
+            "args": args,
             "ports": [{"name": "admin", "containerPort": options.admin_port, "protocol": "TCP"}],
             "livenessProbe": probe("/live"),
             "readinessProbe": probe("/ready"),
@@ -376,7 +378,10 @@ status:
         assert_eq!(template["spec"]["serviceAccountName"], "portcullis");
         let container = &template["spec"]["containers"][0];
         assert_eq!(container["image"], "portcullis:test");
-        assert_eq!(container["args"], json!(["run", "--kube"]));
+        assert_eq!(
+            container["args"],
+            json!(["run", "--kube", format!("--gateway={}", "apps/eg")])
+        );
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/live");
         assert_eq!(template["spec"]["securityContext"]["runAsNonRoot"], true);

@@ -4,7 +4,7 @@
 //! This process serves every Gateway of our GatewayClasses itself (a Gateway without
 //! `spec.addresses` binds all interfaces). With `--provision-image`, the leader also
 //! creates a Deployment and a LoadBalancer Service per accepted Gateway; those pods run
-//! `--serve-only` (they too serve every Gateway; the Service exposes one Gateway's ports).
+//! `--serve-only --gateway NS/NAME` and serve that Gateway alone.
 
 use anyhow::Context;
 use sources::kube::{LeaderOptions, StatusWriter};
@@ -32,6 +32,10 @@ pub(super) async fn serve(
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if args.serve_only {
         tracing::info!("serve-only: no leader election, status writes or provisioning");
+        if let Some(gateway) = &args.gateway {
+            tracing::info!(%gateway, "serving this Gateway only");
+            control.options.only_gateway = Some(gateway.clone());
+        }
         return watch(client, control, stop).await;
     }
     let leader = LeaderOptions {
