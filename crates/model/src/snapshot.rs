@@ -65,8 +65,24 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 pub struct Store {
     files: BTreeMap<PathBuf, FileContents>,
+    /// The spec of each object of `files`, in the same order, serialised once when the file
+    /// is read: comparing them is how generations advance, and an unchanged file's specs
+    /// compare by pointer.
+    specs: BTreeMap<PathBuf, Vec<Arc<Value>>>,
     errors: BTreeMap<PathBuf, Vec<DecodeError>>,
-    generations: HashMap<ResourceKey, (Value, i64)>,
+    generations: HashMap<ResourceKey, Seen>,
+}
+
+/// An object as the last snapshot held it.
+#[derive(Debug)]
+struct Seen {
+    spec: Arc<Value>,
+    generation: i64,
+    /// The object as decoded from its file.
+    source: Object,
+    /// The same with `metadata.generation` set, as the snapshot holds it: reused while the
+    /// file's object is the same, so an unchanged object is not copied again.
+    stamped: Object,
 }
 
 // === impl ObjectName ===
@@ -162,6 +178,12 @@ impl Store {
         match decoded {
             Ok(contents) => {
                 self.errors.remove(path);
+                let specs = contents
+                    .objects
+                    .iter()
+                    .map(|(object, _)| Arc::new(spec_of(object)))
+                    .collect();
+                self.specs.insert(path.to_path_buf(), specs);
                 self.files.insert(path.to_path_buf(), contents);
             }
             Err(errors) => {
@@ -173,6 +195,7 @@ impl Store {
     /// Forgets a deleted file.
     pub fn remove_file(&mut self, path: &Path) {
         self.files.remove(path);
+        self.specs.remove(path);
         self.errors.remove(path);
     }
 
@@ -213,22 +236,41 @@ impl Store {
     /// generation while its spec is unchanged and gets the next one when the spec changes.
     pub fn snapshot(&mut self) -> Snapshot {
         let mut objects = Vec::new();
-        let mut present = HashMap::new();
-        for contents in self.files.values() {
-            for (object, _) in &contents.objects {
+        let mut present: HashMap<ResourceKey, Seen> = HashMap::new();
+        for (path, contents) in &self.files {
+            let specs = self.specs.get(path).map(Vec::as_slice).unwrap_or_default();
+            for (i, (object, _)) in contents.objects.iter().enumerate() {
                 let key = object.key();
                 if present.contains_key(&key) {
                     continue;
                 }
-                let spec = spec_of(object);
+                let spec = specs
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(spec_of(object)));
                 let initial = object.meta().generation.unwrap_or(1);
-                let generation = match self.generations.get(&key) {
-                    Some((old_spec, generation)) if *old_spec == spec => *generation,
-                    Some((_, generation)) => generation + 1,
-                    None => initial,
+                let seen = match self.generations.remove(&key) {
+                    // The very object of last time (metadata lives inside its allocation).
+                    Some(seen) if std::ptr::eq(seen.source.meta(), object.meta()) => seen,
+                    Some(seen) => {
+                        let same_spec = Arc::ptr_eq(&seen.spec, &spec) || seen.spec == spec;
+                        let generation = seen.generation + i64::from(!same_spec);
+                        Seen {
+                            spec,
+                            generation,
+                            source: object.clone(),
+                            stamped: with_generation(object.clone(), generation),
+                        }
+                    }
+                    None => Seen {
+                        spec,
+                        generation: initial,
+                        source: object.clone(),
+                        stamped: with_generation(object.clone(), initial),
+                    },
                 };
-                present.insert(key, (spec, generation));
-                objects.push(with_generation(object.clone(), generation));
+                objects.push(seen.stamped.clone());
+                present.insert(key, seen);
             }
         }
         self.generations = present;
@@ -299,5 +341,64 @@ fn with_generation(object: Object, generation: i64) -> Object {
             Object::BackendTlsPolicy(set(o, |o| &mut o.metadata, generation))
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: default, labels: {team: LABEL}}
+spec:
+  parentRefs: [{name: web}]
+  hostnames: [HOST]
+";
+
+    fn load(store: &mut Store, label: &str, host: &str) -> Arc<gw::httproutes::HttpRoute> {
+        let text = ROUTE.replace("LABEL", label).replace("HOST", host);
+        let path = Path::new("routes.yaml");
+        store.set_file(path, crate::decode::decode_file(path, &text));
+        let snapshot = store.snapshot();
+        match snapshot.http_routes.get(&ObjectName::new("default", "r")) {
+            Some(route) => route.clone(),
+            None => panic!("no route in the snapshot"),
+        }
+    }
+
+    #[test]
+    fn generation_advances_with_the_spec_only_and_unchanged_objects_are_not_copied() {
+        let mut store = Store::default();
+        let first = load(&mut store, "a", "a.example.com");
+        assert_eq!(first.metadata.generation, Some(1));
+
+        // The file read again with the same text: a new decoded object, same generation.
+        let again = load(&mut store, "a", "a.example.com");
+        assert_eq!(again.metadata.generation, Some(1));
+
+        // Nothing read: the snapshot shares the object of the previous one.
+        let shared = store.snapshot();
+        let key = ObjectName::new("default", "r");
+        assert!(
+            shared
+                .http_routes
+                .get(&key)
+                .is_some_and(|r| Arc::ptr_eq(r, &again))
+        );
+
+        // Metadata only: same generation, new labels.
+        let relabelled = load(&mut store, "b", "a.example.com");
+        assert_eq!(relabelled.metadata.generation, Some(1));
+        let labels = relabelled.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("team").map(String::as_str), Some("b"));
+
+        // The spec changes: the next generation, kept while the spec stays.
+        let changed = load(&mut store, "b", "b.example.com");
+        assert_eq!(changed.metadata.generation, Some(2));
+        assert_eq!(
+            load(&mut store, "c", "b.example.com").metadata.generation,
+            Some(2)
+        );
     }
 }

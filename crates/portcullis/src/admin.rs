@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::status::StatusDocument;
+use crate::status::StatusInputs;
 
 /// What the admin endpoints show; replaced as a whole after every reload.
 #[derive(Debug, Default, Clone)]
@@ -21,10 +21,10 @@ pub struct AdminState {
     /// True once the first config has been applied, false again once shutdown starts (so
     /// load balancers stop sending new connections while in-flight requests drain).
     pub ready: bool,
-    /// The compiled config, as JSON.
-    pub config: serde_json::Value,
-    /// The status document.
-    pub status: StatusDocument,
+    /// The compiled config.
+    pub config: Arc<ir::Config>,
+    /// What the status document is built from.
+    pub status: Arc<StatusInputs>,
     /// Number of reloads applied.
     pub reloads: u64,
     /// Reloads in which a manifest was rejected (its last good version stayed in use).
@@ -87,8 +87,8 @@ fn handle(
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" if state.ready => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        "/config" => json(&state.config),
-        "/status" => json(&state.status),
+        "/config" => json(&*state.config),
+        "/status" => json(&state.status.document()),
         "/metrics" => text(StatusCode::OK, &metrics(state, dataplane)),
         _ => text(
             StatusCode::NOT_FOUND,

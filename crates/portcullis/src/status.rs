@@ -4,6 +4,7 @@
 //! time while its status stays the same, as the API server's convention requires.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use model::decode::{DecodeError, Warning};
 use model::status::{ConditionStatus, ResourceStatus, StatusSet};
@@ -38,26 +39,54 @@ pub struct ErrorView {
 /// Remembers when each condition last changed.
 #[derive(Debug, Default)]
 pub struct Stamper {
-    seen: HashMap<(ResourceKey, usize), (ConditionStatus, String)>,
+    /// Each resource's conditions, by index: status and time of the last change.
+    seen: HashMap<ResourceKey, Vec<(ConditionStatus, Arc<str>)>>,
 }
 
 impl Stamper {
     /// Sets `lastTransitionTime` on every condition, keeping the previous time of conditions
     /// whose status did not change.
     pub fn stamp(&mut self, status: &mut StatusSet, now: &str) {
-        let mut next = HashMap::new();
+        let now: Arc<str> = Arc::from(now);
+        let mut next = HashMap::with_capacity(status.0.len());
         for (key, resource) in &mut status.0 {
+            // Reuse the remembered key: no allocation for resources seen before.
+            let (key, previous) = self
+                .seen
+                .remove_entry(key)
+                .unwrap_or_else(|| (key.clone(), Vec::new()));
+            let mut times = Vec::with_capacity(previous.len());
             for (index, condition) in resource.conditions_mut().into_iter().enumerate() {
-                let id = (key.clone(), index);
-                let time = match self.seen.get(&id) {
-                    Some((previous, time)) if *previous == condition.status => time.clone(),
-                    _ => now.to_string(),
+                let time = match previous.get(index) {
+                    Some((status, time)) if *status == condition.status => time.clone(),
+                    _ => now.clone(),
                 };
-                condition.last_transition_time = Some(time.clone());
-                next.insert(id, (condition.status, time));
+                condition.last_transition_time = Some(time.to_string());
+                times.push((condition.status, time));
             }
+            next.insert(key, times);
         }
         self.seen = next;
+    }
+}
+
+/// What the status document is built from, kept so that `/status` renders it on request.
+#[derive(Debug, Default)]
+pub struct StatusInputs {
+    /// The translated resources.
+    pub snapshot: Snapshot,
+    /// Their status.
+    pub status: StatusSet,
+    /// Manifest errors.
+    pub errors: Vec<DecodeError>,
+    /// Skipped documents.
+    pub warnings: Vec<Warning>,
+}
+
+impl StatusInputs {
+    /// The status document.
+    pub fn document(&self) -> StatusDocument {
+        document(&self.snapshot, &self.status, &self.errors, &self.warnings)
     }
 }
 

@@ -5,14 +5,14 @@
 //! `*.yml`, decodes each changed file with `model::decode`, and records it in a
 //! `model::Store`, which keeps the last good version of a file that stops decoding. The
 //! caller takes a `Snapshot` from the store only after a complete scan, so a snapshot never
-//! holds half of a directory. [`watch`] turns filesystem events into debounced "rescan"
-//! ticks.
+//! holds half of a directory. [`watch`] turns filesystem events into "rescan" ticks once
+//! the files have settled.
 //!
 //! Must not depend on: `translate`, `dataplane`.
 
 pub mod kube;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -112,28 +112,43 @@ impl Directory {
     }
 }
 
-/// Watches `root` recursively. Events are debounced: a tick is sent once no event has
-/// arrived for `quiet`, so an editor's burst of writes becomes one reload.
+/// Watches `root` recursively and sends a tick when the files have settled.
+///
+/// A change has settled when no file is half-written: every file that was modified has
+/// since been closed after writing, renamed into place or removed. Then a tick follows
+/// after [`SETTLE`] without further events (enough to gather a burst such as `cp -r`). A
+/// file modified but not yet closed waits for its close, or for `quiet` without events,
+/// whichever comes first, so that a half-written file is not read while its writer is
+/// still busy (a truncated manifest can still decode). Reads (our own rescans) are not
+/// changes.
 pub fn watch(root: &Path, quiet: Duration) -> notify::Result<Watch> {
-    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<Change>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        let Ok(event) = event else {
+            return;
+        };
+        if let Some(change) = Change::of(&event) {
             // A closed receiver only means the watch is being torn down.
-            let _ = raw_tx.send(());
+            let _ = raw_tx.send(change);
         }
     })?;
     watcher.watch(root, RecursiveMode::Recursive)?;
     // Bounded: one pending tick is enough, since a tick means "rescan everything".
     let (tick_tx, ticks) = mpsc::channel(1);
     tokio::spawn(async move {
-        while raw_rx.recv().await.is_some() {
+        let mut writing: BTreeSet<PathBuf> = BTreeSet::new();
+        while let Some(change) = raw_rx.recv().await {
+            change.record(&mut writing);
             loop {
-                match tokio::time::timeout(quiet, raw_rx.recv()).await {
-                    Ok(Some(())) => continue,
+                let wait = if writing.is_empty() { SETTLE } else { quiet };
+                match tokio::time::timeout(wait, raw_rx.recv()).await {
+                    Ok(Some(change)) => change.record(&mut writing),
                     Ok(None) => return,
                     Err(_) => break,
                 }
             }
+            // Whatever was still open is read as it is now; its close will tick again.
+            writing.clear();
             if tick_tx.try_send(()).is_err() && tick_tx.is_closed() {
                 return;
             }
@@ -143,6 +158,50 @@ pub fn watch(root: &Path, quiet: Duration) -> notify::Result<Watch> {
         _watcher: watcher,
         ticks,
     })
+}
+
+/// How long settled files wait for more events before the tick.
+pub const SETTLE: Duration = Duration::from_millis(2);
+
+/// A filesystem event, as far as reloading cares.
+#[derive(Debug)]
+enum Change {
+    /// These files are being written (created or modified, not yet closed).
+    Writing(Vec<PathBuf>),
+    /// These files are complete: closed after writing, renamed, removed.
+    Settled(Vec<PathBuf>),
+}
+
+impl Change {
+    fn of(event: &notify::Event) -> Option<Self> {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        let paths = event.paths.clone();
+        match event.kind {
+            EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => {
+                Some(Self::Writing(paths))
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_)
+            | EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Any
+            | EventKind::Other => Some(Self::Settled(paths)),
+            EventKind::Access(_) => None,
+        }
+    }
+
+    fn record(self, writing: &mut BTreeSet<PathBuf>) {
+        match self {
+            Self::Writing(paths) => writing.extend(paths),
+            Self::Settled(paths) => {
+                for path in paths {
+                    writing.remove(&path);
+                }
+            }
+        }
+    }
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
@@ -201,6 +260,34 @@ mod tests {
         assert_eq!(source.rescan().expect("scan").removed, 1);
         assert!(source.store().snapshot().services.is_empty());
         assert!(source.store().errors().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_closed_file_ticks_at_once_and_an_open_one_waits_for_its_close() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A long quiet period: only a settled change can tick before it.
+        let mut watch = watch(dir.path(), Duration::from_secs(5)).expect("watch");
+        let started = std::time::Instant::now();
+        std::fs::write(dir.path().join("a.yaml"), SERVICE).expect("write");
+        let tick = tokio::time::timeout(Duration::from_secs(4), watch.ticks.recv()).await;
+        assert_eq!(
+            tick.ok().flatten(),
+            Some(()),
+            "no tick before the quiet period"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+
+        // Half a file, still open: no tick until it is closed.
+        let mut file = std::fs::File::create(dir.path().join("b.yaml")).expect("create");
+        file.write_all(SERVICE[..20].as_bytes()).expect("write");
+        file.flush().expect("flush");
+        let early = tokio::time::timeout(Duration::from_millis(500), watch.ticks.recv()).await;
+        assert!(early.is_err(), "ticked while a file was half-written");
+        file.write_all(SERVICE[20..].as_bytes()).expect("write");
+        drop(file);
+        let tick = tokio::time::timeout(Duration::from_secs(4), watch.ticks.recv()).await;
+        assert_eq!(tick.ok().flatten(), Some(()), "the close ticks");
     }
 
     #[tokio::test]

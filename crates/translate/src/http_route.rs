@@ -23,13 +23,15 @@ mod matches;
 pub(crate) struct Routes {
     by_listener: BTreeMap<(ObjectName, String), Vec<Candidate>>,
     /// Which route kinds serve which hostnames on each listener.
-    claims: BTreeMap<(ObjectName, String), Vec<Claim>>,
+    claims: BTreeMap<(ObjectName, String), Vec<Claims>>,
     /// BackendTLSPolicy → the Gateways with a route whose backends it applies to.
     pub(crate) policy_ancestors: BTreeMap<ObjectName, BTreeSet<ObjectName>>,
 }
 
-/// A route kind and the hostnames it serves on a listener (`None` = any host).
-type Claim = (RouteKind, Vec<Option<HostnameMatch>>);
+/// A route kind and the hostnames of each of its routes on a listener (`None` = any
+/// host). Grouped by kind, so that a route is checked against the other kind's routes only
+/// (thousands of HTTPRoutes on one listener would otherwise compare pairwise).
+type Claims = (RouteKind, Vec<Vec<Option<HostnameMatch>>>);
 
 /// A rule compiled once per route, then shared by every listener it attaches to.
 struct CompiledRule {
@@ -292,9 +294,15 @@ fn compile_route(
             // two routes": the older, then the first by namespace/name, which is the order
             // routes are compiled in.
             let claims = routes.claims.entry(key.clone()).or_default();
-            if let Some((other, _)) = claims.iter().find(|(kind, hostnames)| {
-                *kind != flavor.kind && overlap(hostnames, &attachment.hostnames)
-            }) {
+            let conflict = claims
+                .iter()
+                .filter(|(kind, _)| *kind != flavor.kind)
+                .find(|(_, routes)| {
+                    routes
+                        .iter()
+                        .any(|hostnames| overlap(hostnames, &attachment.hostnames))
+                });
+            if let Some((other, _)) = conflict {
                 return Err(format!(
                     "listener {} already serves a {} for an intersecting hostname; HTTPRoutes and GRPCRoutes cannot share one (the older route wins)",
                     attachment.listener,
@@ -308,7 +316,11 @@ fn compile_route(
                     .kind_name()
                 ));
             }
-            claims.push((flavor.kind, attachment.hostnames.clone()));
+            let hostnames = attachment.hostnames.clone();
+            match claims.iter_mut().find(|(kind, _)| *kind == flavor.kind) {
+                Some((_, routes)) => routes.push(hostnames),
+                None => claims.push((flavor.kind, vec![hostnames])),
+            }
             let gateway_listener = is_gateway_listener(&attachment.listener);
             if gateway_listener {
                 attached_gateways.insert(attachment.gateway.clone());
