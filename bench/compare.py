@@ -507,11 +507,16 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--scenarios", default="ABD")
     parser.add_argument("--route-scale", action="store_true", help="only the route-scale run")
+    parser.add_argument("--targets", default="direct,portcullis,envoy,nginx,haproxy",
+                        help="comma-separated subset for quick comparisons (direct and nginx, "
+                             "the bases of the ratios, are always measured)")
     args = parser.parse_args()
+    names = [n for n in ("direct", "portcullis", "envoy", "nginx", "haproxy")
+             if n in args.targets.split(",") or n in ("direct", "nginx")]
     for tool in ("nginx", "haproxy", "wrk", "envoy"):
-        need(tool)
+        if tool in ("nginx", "wrk") or tool in names:
+            need(tool)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "portcullis"], cwd=ROOT, check=True)
-    names = ["direct", "portcullis", "envoy", "nginx", "haproxy"]
     with tempfile.TemporaryDirectory() as work:
         bench = Bench(args, work)
         try:
