@@ -294,14 +294,15 @@ fn compile_route(
             // two routes": the older, then the first by namespace/name, which is the order
             // routes are compiled in.
             let claims = routes.claims.entry(key.clone()).or_default();
-            let conflict = claims
-                .iter()
-                .filter(|(kind, _)| *kind != flavor.kind)
-                .find(|(_, routes)| {
-                    routes
-                        .iter()
-                        .any(|hostnames| overlap(hostnames, &attachment.hostnames))
-                });
+            let conflict =
+                claims
+                    .iter()
+                    .filter(|(kind, _)| *kind != flavor.kind)
+                    .find(|(_, routes)| {
+                        routes
+                            .iter()
+                            .any(|hostnames| overlap(hostnames, &attachment.hostnames))
+                    });
             if let Some((other, _)) = conflict {
                 return Err(format!(
                     "listener {} already serves a {} for an intersecting hostname; HTTPRoutes and GRPCRoutes cannot share one (the older route wins)",
