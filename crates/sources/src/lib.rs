@@ -280,11 +280,11 @@ mod tests {
 
         // Half a file, still open: no tick until it is closed.
         let mut file = std::fs::File::create(dir.path().join("b.yaml")).expect("create");
-        file.write_all(SERVICE[..20].as_bytes()).expect("write");
+        file.write_all(&SERVICE.as_bytes()[..20]).expect("write");
         file.flush().expect("flush");
         let early = tokio::time::timeout(Duration::from_millis(500), watch.ticks.recv()).await;
         assert!(early.is_err(), "ticked while a file was half-written");
-        file.write_all(SERVICE[20..].as_bytes()).expect("write");
+        file.write_all(&SERVICE.as_bytes()[20..]).expect("write");
         drop(file);
         let tick = tokio::time::timeout(Duration::from_secs(4), watch.ticks.recv()).await;
         assert_eq!(tick.ok().flatten(), Some(()), "the close ticks");
