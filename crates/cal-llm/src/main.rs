@@ -44,6 +44,22 @@ const OTHER_HOST: &str = "127.0.4.51:8443";
 enum Cli {
     /// Start everything, send traffic, print what happened.
     Demo(DemoArgs),
+    /// Serve calendar v1 alone until interrupted (the gRPC upstream of the benchmark's
+    /// scenario C).
+    Calendar {
+        /// Address to listen on (h2c).
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// One `ListSessions` call; exits 0 when it succeeds (the benchmark's readiness check).
+    Call {
+        /// Where to connect (h2c).
+        #[arg(long)]
+        target: SocketAddr,
+        /// The `:authority` to send (default: the target).
+        #[arg(long)]
+        authority: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,7 +83,7 @@ struct DemoArgs {
 }
 
 fn main() -> ExitCode {
-    let Cli::Demo(args) = Cli::parse();
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -75,7 +91,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(demo(args)) {
+    let outcome = match cli {
+        Cli::Demo(args) => runtime.block_on(demo(args)),
+        Cli::Calendar { listen } => runtime
+            .block_on(calendar::Calendar::v1().serve(listen))
+            .map(|()| true),
+        Cli::Call { target, authority } => runtime.block_on(call(target, authority)),
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
@@ -92,6 +115,27 @@ impl Drop for Portcullis {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// One `ListSessions` call to `target`, with `authority` as `:authority`.
+async fn call(target: SocketAddr, authority: Option<String>) -> anyhow::Result<bool> {
+    let mut endpoint = Endpoint::from_shared(format!("http://{target}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
+    if let Some(authority) = authority {
+        endpoint = endpoint.origin(format!("http://{authority}").parse()?);
+    }
+    let channel = endpoint.connect().await?;
+    match calendar::list_sessions(channel, false).await {
+        Ok(reply) => {
+            println!("{} sessions from {}", reply.sessions.len(), reply.version);
+            Ok(true)
+        }
+        Err(status) => {
+            eprintln!("call failed: {status}");
+            Ok(false)
+        }
     }
 }
 
