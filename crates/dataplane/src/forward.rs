@@ -1,12 +1,14 @@
 //! Upstream clients: one keep-alive pool per endpoint, HTTP/1.1 or h2c; backend choice by
 //! weight and endpoint choice, shared by the HTTP path and connection-level routes.
 //!
-//! hyper-util's legacy `Client` keeps its idle connections keyed by scheme and authority, and
-//! we always address an endpoint by its socket address, so each endpoint gets its own pool.
-//! There is one client per [`ir::BackendProtocol`], since the protocol is a client setting,
-//! and one more per BackendTLSPolicy setting that backends are reached with (`origination`).
+//! Cleartext HTTP/1.1, the common case, goes through our own per-endpoint pool (`pool`).
+//! h2c and TLS go through hyper-util's legacy `Client`, which keeps its idle connections
+//! keyed by scheme and authority; we always address an endpoint by its socket address, so
+//! each endpoint gets its own pool. There is one such client for h2c and one per
+//! BackendTLSPolicy setting that backends are reached with (`origination`).
 
 mod origination;
+mod pool;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -46,7 +48,7 @@ const MAX_TLS_CLIENTS: usize = 1_000;
 /// The upstream clients, shared by every request (cheap to clone).
 #[derive(Clone)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, ProxyBody>,
+    http1: Arc<pool::Http1Pool>,
     h2c: Client<HttpConnector, ProxyBody>,
     /// Clients that originate TLS, one per distinct settings.
     tls: Arc<Mutex<HashMap<ClientKey, Client<TlsConnector, ProxyBody>>>>,
@@ -80,7 +82,11 @@ impl Upstreams {
             .pool_max_idle_per_host(options.pool_max_idle_per_endpoint)
             // We always send a Host header of our own; never derive one from the endpoint.
             .set_host(false);
-        let http1 = builder.build(connector.clone());
+        let http1 = pool::Http1Pool::new(
+            options.pool_max_idle_per_endpoint,
+            options.pool_idle_timeout,
+            options.connect_timeout,
+        );
         let tls_builder = builder.clone();
         let h2c = builder.http2_only(true).build(connector.clone());
         Self {
@@ -170,9 +176,8 @@ impl Upstreams {
         backend: &Backend,
         client_certificate: Option<&Arc<TlsCertificate>>,
         endpoint: SocketAddr,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        *request.uri_mut() = endpoint_uri(endpoint, request.uri())?;
         let in_flight = self.loads.start(endpoint);
         let response = self
             .exchange(backend, client_certificate, endpoint, request)
@@ -193,6 +198,18 @@ impl Upstreams {
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let protocol = backend.protocol;
+        if backend.tls.is_none() && protocol == BackendProtocol::Http1 {
+            // Our pool sends the target as it is: origin-form.
+            let target = request
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *request.uri_mut() = Uri::from(target);
+            *request.version_mut() = Version::HTTP_11;
+            return self.http1.send(endpoint, request).await;
+        }
+        *request.uri_mut() = endpoint_uri(endpoint, request.uri())?;
         if let Some(tls) = &backend.tls {
             let key = ClientKey {
                 tls: tls.clone(),
@@ -209,17 +226,8 @@ impl Upstreams {
                 .await
                 .map_err(|error| ProxyError::from_client(endpoint, error));
         }
-        let client = match protocol {
-            BackendProtocol::Http1 => {
-                *request.version_mut() = Version::HTTP_11;
-                &self.http1
-            }
-            BackendProtocol::H2c => {
-                *request.version_mut() = Version::HTTP_2;
-                &self.h2c
-            }
-        };
-        client
+        *request.version_mut() = Version::HTTP_2;
+        self.h2c
             .request(request)
             .await
             .map_err(|error| ProxyError::from_client(endpoint, error))

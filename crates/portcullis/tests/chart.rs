@@ -1,5 +1,5 @@
-//! The Helm chart, rendered by Helm itself (`HELM`, else `helm` on PATH; `scripts/helm`
-//! installs one and `scripts/test` sets `HELM`): every object decodes into its Kubernetes
+//! The Helm chart, rendered by Helm itself (`HELM`, else what `scripts/helm` finds or
+//! installs): every object decodes into its Kubernetes
 //! type with no field the type does not know, and the RBAC grants exactly what the
 //! controller does: list and watch every watched kind, get and patch the status of the kinds
 //! it writes status for, create and patch the provisioned Deployments and Services, and the
@@ -23,8 +23,18 @@ type Grant = (String, String, String);
 
 /// `helm template` of the chart with these `--set` values, CRDs included, as documents.
 fn render(sets: &[&str]) -> Vec<Value> {
-    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".to_string());
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/chart");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let helm = std::env::var("HELM").unwrap_or_else(|_| {
+        // scripts/helm prints helm's path, installing it first if needed.
+        let found = Command::new(root.join("scripts/helm")).output();
+        match found {
+            Ok(output) if output.status.success() => {
+                String::from_utf8_lossy(&output.stdout).trim().to_string()
+            }
+            _ => "helm".to_string(),
+        }
+    });
+    let chart = root.join("deploy/chart");
     let mut command = Command::new(&helm);
     command.args(["template", "portcullis"]).arg(&chart).args([
         "--namespace",
