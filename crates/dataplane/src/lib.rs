@@ -125,6 +125,11 @@ pub struct Options {
     pub http2_max_concurrent_streams: u32,
     /// Where request spans are exported; `None`: tracing is off.
     pub tracing: Option<TracingOptions>,
+    /// The runtime that serves traffic: listening sockets, connections, health probes and
+    /// the span exporter live there. `None`: the runtime `Dataplane::new` and `apply` are
+    /// called on. The binary gives the data plane a runtime of its own, so that reloads
+    /// never hold up requests and one worker can be a single-threaded scheduler.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// A bind address of the config that could not be bound. It is retried on the next
@@ -188,6 +193,8 @@ struct Sockets {
 impl Dataplane {
     /// Creates a data plane with an empty config; nothing listens until [`Dataplane::apply`].
     pub fn new(options: Options) -> Self {
+        // Background tasks (the pool sweeper, the span exporter) run where traffic does.
+        let serving = options.runtime.as_ref().map(tokio::runtime::Handle::enter);
         let upstreams = Upstreams::new(&options);
         let mirrors = Mirrors::new(upstreams.clone(), &options);
         let requests = metrics::RequestMetrics::default();
@@ -229,6 +236,7 @@ impl Dataplane {
                 .inspect_err(|error| tracing::error!(%error, "tracing is off"))
                 .ok()
         });
+        drop(serving);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(ir::Config::default()),
             certificates: ArcSwap::from_pointee(tls::Certificates::empty()),
@@ -266,6 +274,7 @@ impl Dataplane {
             &shared.certificates.load(),
         ));
         let removed = {
+            let _serving = shared.enter();
             let mut sockets = self.sockets();
             while sockets.draining.try_join_next().is_some() {}
             if sockets.shut_down {
@@ -318,6 +327,7 @@ impl Dataplane {
             let addr = listener.local_addr();
             if let Some(draining) = listener.stop().await {
                 tracing::info!(%addr, "stopped listening");
+                let _serving = shared.enter();
                 self.sockets().draining.spawn(draining.drain(drain_timeout));
             }
         }
@@ -349,6 +359,7 @@ impl Dataplane {
         };
         for listener in open.into_values() {
             if let Some(connections) = listener.stop().await {
+                let _serving = self.inner.shared.enter();
                 draining.spawn(connections.drain(grace));
             }
         }
@@ -369,6 +380,7 @@ impl Dataplane {
             socket,
             Arc::new(settings),
         );
+        let _serving = self.inner.shared.enter();
         self.sockets().outbound.spawn(task);
     }
 
@@ -381,7 +393,15 @@ impl Dataplane {
             socket,
             Arc::new(settings),
         );
+        let _serving = self.inner.shared.enter();
         self.sockets().outbound.spawn(task);
+    }
+
+    /// Entered, makes sockets created on the caller's thread belong to the serving runtime
+    /// (`Options::runtime`), as the listeners passed to [`Dataplane::serve_outbound`] and
+    /// [`Dataplane::serve_egress_proxy`] must.
+    pub fn serving_runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.inner.shared.options.runtime.as_ref()
     }
 
     /// The request metrics (per route and backend), in the Prometheus text format.
@@ -420,6 +440,15 @@ impl std::fmt::Debug for Dataplane {
 // === impl Shared ===
 
 impl Shared {
+    /// Enters the serving runtime, if it is not the caller's: sockets created and tasks
+    /// spawned while the guard lives belong to it.
+    fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        self.options
+            .runtime
+            .as_ref()
+            .map(tokio::runtime::Handle::enter)
+    }
+
     /// Publishes a config and its certificates. Requests read `config`; accepting and
     /// handshakes read only `certificates`, which carries the config it was loaded for, so a
     /// handshake never pairs one config's listeners with another's keys.
@@ -453,6 +482,7 @@ impl Default for Options {
             max_connections: 10_000,
             http2_max_concurrent_streams: 100,
             tracing: None,
+            runtime: None,
         }
     }
 }

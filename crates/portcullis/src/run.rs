@@ -7,7 +7,7 @@
 //! that stops decoding keeps its last good version, so a typo never takes routes away.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,19 +26,67 @@ use crate::status::{self, Stamper};
 /// before it is read anyway; complete changes reload after `sources::SETTLE`.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// Two runtimes: the data plane's, which serves traffic on `--workers` threads (one thread:
+/// tokio's single-threaded scheduler, which measured 25% more requests per second than its
+/// work-stealing one with one worker, in bench/compare.py), and the control loop's on the
+/// main thread (file watch or Kubernetes watchers, translation, status, the admin server),
+/// so that translating a large config never holds up a request.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        builder.worker_threads(workers.get());
-    }
-    let runtime = builder
+    let workers = args
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get);
+    let mut data = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    let data = data
+        .enable_all()
+        .thread_name("portcullis-data")
+        .build()
+        .context("cannot start the data plane's runtime")?;
+    let serving = data.handle().clone();
+    // A single-threaded runtime runs only while a thread blocks on it: this one, until the
+    // control loop ends.
+    let (done, until_done) = tokio::sync::oneshot::channel::<()>();
+    let data_thread = std::thread::Builder::new()
+        .name("portcullis-data".into())
+        .spawn(move || {
+            data.block_on(async {
+                let _ = until_done.await;
+            });
+        })
+        .context("cannot start the data plane's thread")?;
+    let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args))
+        .context("cannot start the control runtime")?;
+    let outcome = control.block_on(serve(args, serving));
+    drop(control);
+    let _ = done.send(());
+    if data_thread.join().is_err() {
+        tracing::error!("the data plane's thread panicked");
+    }
+    outcome
 }
 
-async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// Binds a listener that the data plane serves: its socket belongs to the serving runtime.
+fn bind_serving(
+    dataplane: &dataplane::Dataplane,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = std::net::TcpListener::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    let _serving = dataplane
+        .serving_runtime()
+        .map(tokio::runtime::Handle::enter);
+    tokio::net::TcpListener::from_std(socket)
+}
+
+async fn serve(args: RunArgs, serving: tokio::runtime::Handle) -> anyhow::Result<ExitCode> {
     let mut directory = match &args.config {
         Some(root) => {
             let mut directory = Directory::new(root);
@@ -66,6 +114,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                 sample_ratio: args.otlp_sample_ratio,
                 service_name: args.otlp_service_name.clone(),
             }),
+        runtime: Some(serving),
         ..dataplane::Options::default()
     });
     let (state_tx, state_rx) = watch::channel(Arc::new(AdminState::default()));
@@ -77,15 +126,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         resolve: args.resolve.iter().cloned().collect(),
     };
     if let Some(addr) = args.outbound {
-        let socket = tokio::net::TcpListener::bind(addr)
-            .await
+        let socket = bind_serving(&dataplane, addr)
             .with_context(|| format!("cannot listen on outbound address {addr}"))?;
         tracing::info!(%addr, namespace = %outbound.namespace, "transparent outbound listener");
         dataplane.serve_outbound(socket, outbound.clone());
     }
     if let Some(addr) = args.egress_proxy {
-        let socket = tokio::net::TcpListener::bind(addr)
-            .await
+        let socket = bind_serving(&dataplane, addr)
             .with_context(|| format!("cannot listen on egress proxy address {addr}"))?;
         tracing::info!(%addr, namespace = %outbound.namespace, "egress proxy listener");
         dataplane.serve_egress_proxy(socket, outbound);
