@@ -169,32 +169,19 @@ http {{
     def nginx(self, scenario):
         port = PORTS["nginx"]
         if scenario == "C":
-            servers = "\n".join(
-                f"server {{ listen 127.0.0.1:{port} http2; server_name {host}; location / {{ grpc_pass grpc://grpcup; }} }}"
-                for host in HOSTS)
-            conf = self.work / "nginx-proxy.conf"
-            conf.write_text(f"""
-daemon off; worker_processes 1; pid {self.work}/nginx-proxy.pid; error_log {self.work}/nginx-proxy-error.log;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  upstream grpcup {{ server {UPSTREAM_G[0]}:{UPSTREAM_G[1]}; keepalive 64; keepalive_requests 10000000; }}
-  server {{ listen 127.0.0.1:{port} http2 default_server; return 404; }}
-  {servers}
-}}
-""")
-            return self.start([need("nginx"), "-c", str(conf), "-p", str(self.work)])
-        if scenario == "A":
-            upstream = f"server {UPSTREAM_A[0]}:{UPSTREAM_A[1]};"
+            listen = f"127.0.0.1:{port} http2"
+            servers, upstream = "", f"server {UPSTREAM_G[0]}:{UPSTREAM_G[1]};"
+            location = "grpc_pass grpc://app;"
         else:
-            upstream = f"server {UPSTREAM_A[0]}:{UPSTREAM_A[1]} weight=2; server {UPSTREAM_B[0]}:{UPSTREAM_B[1]} weight=3;"
-        listen = f"127.0.0.1:{port} ssl" if scenario == "D" else f"127.0.0.1:{port}"
-        tls = (f"ssl_certificate {self.cert}; ssl_certificate_key {self.key}; ssl_protocols TLSv1.3;"
-               if scenario == "D" else "")
-        servers = "\n".join(
-            f"server {{ listen {listen}; server_name {host}; location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}"
-            for host in HOSTS)
+            listen = f"127.0.0.1:{port} ssl" if scenario == "D" else f"127.0.0.1:{port}"
+            servers = (f"ssl_certificate {self.cert}; ssl_certificate_key {self.key}; ssl_protocols TLSv1.3;"
+                       if scenario == "D" else "")
+            upstream = (f"server {UPSTREAM_A[0]}:{UPSTREAM_A[1]};" if scenario == "A" else
+                        f"server {UPSTREAM_A[0]}:{UPSTREAM_A[1]} weight=2; server {UPSTREAM_B[0]}:{UPSTREAM_B[1]} weight=3;")
+            location = ("proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; "
+                        "proxy_set_header Host $host;")
+        servers += "\n".join(
+            f"server {{ listen {listen}; server_name {host}; location / {{ {location} }} }}" for host in HOSTS)
         conf = self.work / "nginx-proxy.conf"
         conf.write_text(f"""
 daemon off; worker_processes 1; pid {self.work}/nginx-proxy.pid; error_log {self.work}/nginx-proxy-error.log;
@@ -203,7 +190,6 @@ http {{
   access_log off;
   keepalive_requests 10000000;
   upstream app {{ {upstream} keepalive 64; keepalive_requests 10000000; }}
-  {tls}
   server {{ listen {listen} default_server; return 404; }}
   {servers}
 }}

@@ -14,18 +14,7 @@ use model::{Kind, ObjectName, Snapshot};
 /// Every Secret and ConfigMap named by a Gateway, ListenerSet, BackendTLSPolicy or
 /// AuthenticationPolicy, as `(Kind::Secret | Kind::ConfigMap, name)`.
 pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
-    let mut refs = BTreeSet::new();
-    let mut add = |group: &str, kind: &str, namespace: &str, name: &str| {
-        if !matches!(group, "" | "core") {
-            return;
-        }
-        let kind = match kind {
-            "Secret" => Kind::Secret,
-            "ConfigMap" => Kind::ConfigMap,
-            _ => return,
-        };
-        refs.insert((kind, ObjectName::new(namespace, name)));
-    };
+    let mut refs = Refs::default();
     for (gateway_name, gateway) in &snapshot.gateways {
         let own = gateway_name.namespace.as_str();
         for listener in &gateway.spec.listeners {
@@ -35,12 +24,7 @@ pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
                 .and_then(|t| t.certificate_refs.as_deref())
                 .unwrap_or_default()
             {
-                add(
-                    r.group.as_deref().unwrap_or_default(),
-                    r.kind.as_deref().unwrap_or("Secret"),
-                    r.namespace.as_deref().unwrap_or(own),
-                    &r.name,
-                );
+                refs.add_secret(&r.group, &r.kind, &r.namespace, own, &r.name);
             }
         }
         let Some(tls) = gateway.spec.tls.as_ref() else {
@@ -51,12 +35,7 @@ pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
             .as_ref()
             .and_then(|b| b.client_certificate_ref.as_ref())
         {
-            add(
-                r.group.as_deref().unwrap_or_default(),
-                r.kind.as_deref().unwrap_or("Secret"),
-                r.namespace.as_deref().unwrap_or(own),
-                &r.name,
-            );
+            refs.add_secret(&r.group, &r.kind, &r.namespace, own, &r.name);
         }
         if let Some(frontend) = tls.frontend.as_ref() {
             for r in frontend
@@ -65,7 +44,7 @@ pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
                 .iter()
                 .flat_map(|v| &v.ca_certificate_refs)
             {
-                add(
+                refs.add(
                     &r.group,
                     &r.kind,
                     r.namespace.as_deref().unwrap_or(own),
@@ -79,7 +58,7 @@ pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
                 .filter_map(|p| p.tls.validation.as_ref())
                 .flat_map(|v| &v.ca_certificate_refs)
             {
-                add(
+                refs.add(
                     &r.group,
                     &r.kind,
                     r.namespace.as_deref().unwrap_or(own),
@@ -96,10 +75,11 @@ pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
                 .and_then(|t| t.certificate_refs.as_deref())
                 .unwrap_or_default()
             {
-                add(
-                    r.group.as_deref().unwrap_or_default(),
-                    r.kind.as_deref().unwrap_or("Secret"),
-                    r.namespace.as_deref().unwrap_or(&set_name.namespace),
+                refs.add_secret(
+                    &r.group,
+                    &r.kind,
+                    &r.namespace,
+                    &set_name.namespace,
                     &r.name,
                 );
             }
@@ -107,7 +87,7 @@ pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
     }
     for (policy_name, policy) in &snapshot.backend_tls_policies {
         for r in policy.spec.validation.ca_certificate_refs.iter().flatten() {
-            add(&r.group, &r.kind, &policy_name.namespace, &r.name);
+            refs.add(&r.group, &r.kind, &policy_name.namespace, &r.name);
         }
     }
     for (policy_name, policy) in &snapshot.authentication_policies {
@@ -119,7 +99,7 @@ pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
             .flat_map(|j| &j.providers)
             .filter_map(|p| p.jwks.as_ref())
         {
-            add(
+            refs.add(
                 "",
                 jwks.kind.as_deref().unwrap_or("ConfigMap"),
                 own,
@@ -127,13 +107,49 @@ pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
             );
         }
         if let Some(basic) = &spec.basic_auth {
-            add("", "Secret", own, &basic.users.name);
+            refs.add("", "Secret", own, &basic.users.name);
         }
         for credential in spec.api_key.iter().flat_map(|a| &a.credentials) {
-            add("", "Secret", own, &credential.name);
+            refs.add("", "Secret", own, &credential.name);
         }
     }
-    refs
+    refs.0
+}
+
+/// The references found so far.
+#[derive(Default)]
+struct Refs(BTreeSet<(Kind, ObjectName)>);
+
+impl Refs {
+    /// Records a reference if it names a core Secret or ConfigMap.
+    fn add(&mut self, group: &str, kind: &str, namespace: &str, name: &str) {
+        if !matches!(group, "" | "core") {
+            return;
+        }
+        let kind = match kind {
+            "Secret" => Kind::Secret,
+            "ConfigMap" => Kind::ConfigMap,
+            _ => return,
+        };
+        self.0.insert((kind, ObjectName::new(namespace, name)));
+    }
+
+    /// A reference whose group and kind default to core Secret, its namespace to `own`.
+    fn add_secret(
+        &mut self,
+        group: &Option<String>,
+        kind: &Option<String>,
+        namespace: &Option<String>,
+        own: &str,
+        name: &str,
+    ) {
+        self.add(
+            group.as_deref().unwrap_or_default(),
+            kind.as_deref().unwrap_or("Secret"),
+            namespace.as_deref().unwrap_or(own),
+            name,
+        );
+    }
 }
 
 #[cfg(test)]
