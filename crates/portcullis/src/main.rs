@@ -388,6 +388,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Log lines that may wait for stderr.
+const LOG_QUEUE_LINES: usize = 16_384;
+
 /// Logs go to stderr through a non-blocking writer (lines are dropped, and counted by the
 /// writer, rather than blocking a worker when stderr cannot keep up).
 fn init_logging(
@@ -401,7 +404,13 @@ fn init_logging(
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // The queue's slots are allocated up front: tracing-appender's default of 128,000 lines
+    // was 4 MiB of the idle process (a fifth of its RSS). 16,384 lines hold about 0.4 s of
+    // access log at 40,000 requests per second before lines are dropped.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
