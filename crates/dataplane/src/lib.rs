@@ -370,7 +370,8 @@ impl Dataplane {
         // Dropping the set aborts the drains still running, and with them their connections.
     }
 
-    /// Serves the transparent outbound listener on `socket`: connections that iptables
+    /// Serves the transparent outbound listener on `socket` (created inside the serving
+    /// runtime, `Options::runtime`, so that its connections are driven there): connections that iptables
     /// redirected there are served for their original destination (`SO_ORIGINAL_DST`): as
     /// that socket of the config if there is one (a mesh Service address), otherwise as
     /// egress traffic of a workload in `settings.namespace`. Runs until [`Dataplane::shutdown`].
@@ -395,13 +396,6 @@ impl Dataplane {
         );
         let _serving = self.inner.shared.enter();
         self.sockets().outbound.spawn(task);
-    }
-
-    /// Entered, makes sockets created on the caller's thread belong to the serving runtime
-    /// (`Options::runtime`), as the listeners passed to [`Dataplane::serve_outbound`] and
-    /// [`Dataplane::serve_egress_proxy`] must.
-    pub fn serving_runtime(&self) -> Option<&tokio::runtime::Handle> {
-        self.inner.shared.options.runtime.as_ref()
     }
 
     /// The request metrics (per route and backend), in the Prometheus text format.

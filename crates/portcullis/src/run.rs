@@ -75,14 +75,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Binds a listener that the data plane serves: its socket belongs to the serving runtime.
 fn bind_serving(
-    dataplane: &dataplane::Dataplane,
+    serving: &tokio::runtime::Handle,
     addr: SocketAddr,
 ) -> std::io::Result<tokio::net::TcpListener> {
     let socket = std::net::TcpListener::bind(addr)?;
     socket.set_nonblocking(true)?;
-    let _serving = dataplane
-        .serving_runtime()
-        .map(tokio::runtime::Handle::enter);
+    let _serving = serving.enter();
     tokio::net::TcpListener::from_std(socket)
 }
 
@@ -114,7 +112,7 @@ async fn serve(args: RunArgs, serving: tokio::runtime::Handle) -> anyhow::Result
                 sample_ratio: args.otlp_sample_ratio,
                 service_name: args.otlp_service_name.clone(),
             }),
-        runtime: Some(serving),
+        runtime: Some(serving.clone()),
         ..dataplane::Options::default()
     });
     let (state_tx, state_rx) = watch::channel(Arc::new(AdminState::default()));
@@ -126,13 +124,13 @@ async fn serve(args: RunArgs, serving: tokio::runtime::Handle) -> anyhow::Result
         resolve: args.resolve.iter().cloned().collect(),
     };
     if let Some(addr) = args.outbound {
-        let socket = bind_serving(&dataplane, addr)
+        let socket = bind_serving(&serving, addr)
             .with_context(|| format!("cannot listen on outbound address {addr}"))?;
         tracing::info!(%addr, namespace = %outbound.namespace, "transparent outbound listener");
         dataplane.serve_outbound(socket, outbound.clone());
     }
     if let Some(addr) = args.egress_proxy {
-        let socket = bind_serving(&dataplane, addr)
+        let socket = bind_serving(&serving, addr)
             .with_context(|| format!("cannot listen on egress proxy address {addr}"))?;
         tracing::info!(%addr, namespace = %outbound.namespace, "egress proxy listener");
         dataplane.serve_egress_proxy(socket, outbound);

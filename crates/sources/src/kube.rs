@@ -237,6 +237,9 @@ pub fn watch_cluster(
     drop(event_tx);
     tokio::spawn(async move {
         while let Some((source, item)) = event_rx.recv().await {
+            if state_tx.is_closed() {
+                return;
+            }
             let mut changed = store.apply(source, item);
             // Take everything already queued before publishing, so a burst (such as an
             // initial list) becomes one snapshot.
@@ -252,9 +255,6 @@ pub fn watch_cluster(
             }
             if store.ready() {
                 state_tx.send_replace(Some(Arc::new(state)));
-            }
-            if state_tx.is_closed() {
-                return;
             }
         }
     });
