@@ -165,7 +165,7 @@ async fn proxy(
     };
     let rule = selected.rule;
     log.route = Some(Arc::clone(rule));
-    let cors = match cors::inspect(rule.filters.cors.as_ref(), &request) {
+    let cors = match cors::inspect(rule.filters.cors.as_deref(), &request) {
         Inspection::Preflight(answer) => return Ok(answer),
         Inspection::Forward(decoration) => decoration,
     };
@@ -208,7 +208,7 @@ async fn proxy(
         }
     };
     filters::modify_headers(
-        rule.filters.response_headers.as_ref(),
+        rule.filters.response_headers.as_deref(),
         response.headers_mut(),
     );
     if let Some(cors) = cors {
@@ -610,7 +610,7 @@ fn apply_request_filters(
     rule: &Rule,
     matched_prefix: Option<&str>,
 ) -> Result<(), ProxyError> {
-    filters::modify_headers(rule.filters.request_headers.as_ref(), &mut parts.headers);
+    filters::modify_headers(rule.filters.request_headers.as_deref(), &mut parts.headers);
     let Some(rewrite) = &rule.filters.rewrite else {
         return Ok(());
     };

@@ -15,19 +15,19 @@ use std::sync::Arc;
 pub struct RequestFilters {
     /// `RequestHeaderModifier`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_headers: Option<HeaderModifier>,
+    pub request_headers: Option<Box<HeaderModifier>>,
     /// `ResponseHeaderModifier`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_headers: Option<HeaderModifier>,
+    pub response_headers: Option<Box<HeaderModifier>>,
     /// `URLRewrite`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rewrite: Option<UrlRewrite>,
+    pub rewrite: Option<Box<UrlRewrite>>,
     /// `RequestMirror`, any number of them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<Mirror>,
     /// `CORS`: preflights answered by the gateway, actual responses decorated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cors: Option<Cors>,
+    pub cors: Option<Box<Cors>>,
     /// `ExternalAuth` (GEP-1494): an authorization service decides before forwarding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_auth: Option<Arc<ExternalAuth>>,

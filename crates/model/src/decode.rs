@@ -53,19 +53,13 @@ pub struct FileContents {
 
 /// Decodes every document of a file. `file` is only used in messages.
 pub fn decode_file(file: &Path, text: &str) -> Result<FileContents, Vec<DecodeError>> {
-    let documents = yaml::load(text).map_err(|error| {
-        vec![DecodeError {
-            file: file.to_path_buf(),
-            line: error.line,
-            path: String::new(),
-            message: format!("invalid YAML at column {}: {}", error.column, error.message),
-        }]
-    })?;
     let mut contents = FileContents::default();
     let mut errors = Vec::new();
-    for document in &documents {
+    // Each document is decoded as soon as it is parsed, and its tree dropped: a file with
+    // thousands of routes never holds all their trees at once.
+    yaml::for_each_document(text, |document| {
         let mut fields = FieldErrors::default();
-        match decode_document(document, &mut fields) {
+        match decode_document(&document, &mut fields) {
             Ok(Some(object)) if fields.is_empty() => contents.objects.push((object, document.line)),
             Ok(Some(_)) => {}
             Ok(None) => {}
@@ -81,7 +75,16 @@ pub fn decode_file(file: &Path, text: &str) -> Result<FileContents, Vec<DecodeEr
             path,
             message,
         }));
-    }
+    })
+    // A syntax error is the file's only error: what was decoded before it is dropped.
+    .map_err(|error| {
+        vec![DecodeError {
+            file: file.to_path_buf(),
+            line: error.line,
+            path: String::new(),
+            message: format!("invalid YAML at column {}: {}", error.column, error.message),
+        }]
+    })?;
     if errors.is_empty() {
         Ok(contents)
     } else {

@@ -4,8 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::decode::{DecodeError, FileContents, Warning};
 use crate::{Kind, Object, ResourceKey, gw, k8s};
 
@@ -64,11 +62,9 @@ pub struct Snapshot {
 /// of every object (bumped when its spec changes, as the API server does).
 #[derive(Debug, Default)]
 pub struct Store {
+    /// The last good contents of each file. Its objects are stamped with their generation
+    /// in place when a snapshot is built, so the snapshot shares them without a copy.
     files: BTreeMap<PathBuf, FileContents>,
-    /// The spec of each object of `files`, in the same order, serialised once when the file
-    /// is read: comparing them is how generations advance, and an unchanged file's specs
-    /// compare by pointer.
-    specs: BTreeMap<PathBuf, Vec<Arc<Value>>>,
     errors: BTreeMap<PathBuf, Vec<DecodeError>>,
     generations: HashMap<ResourceKey, Seen>,
 }
@@ -76,13 +72,10 @@ pub struct Store {
 /// An object as the last snapshot held it.
 #[derive(Debug)]
 struct Seen {
-    spec: Arc<Value>,
     generation: i64,
-    /// The object as decoded from its file.
-    source: Object,
-    /// The same with `metadata.generation` set, as the snapshot holds it: reused while the
-    /// file's object is the same, so an unchanged object is not copied again.
-    stamped: Object,
+    /// The object with `metadata.generation` set, as that snapshot holds it (the same
+    /// allocation as its file's object while the file is not read again).
+    object: Object,
 }
 
 // === impl ObjectName ===
@@ -178,12 +171,6 @@ impl Store {
         match decoded {
             Ok(contents) => {
                 self.errors.remove(path);
-                let specs = contents
-                    .objects
-                    .iter()
-                    .map(|(object, _)| Arc::new(spec_of(object)))
-                    .collect();
-                self.specs.insert(path.to_path_buf(), specs);
                 self.files.insert(path.to_path_buf(), contents);
             }
             Err(errors) => {
@@ -195,7 +182,6 @@ impl Store {
     /// Forgets a deleted file.
     pub fn remove_file(&mut self, path: &Path) {
         self.files.remove(path);
-        self.specs.remove(path);
         self.errors.remove(path);
     }
 
@@ -237,40 +223,30 @@ impl Store {
     pub fn snapshot(&mut self) -> Snapshot {
         let mut objects = Vec::new();
         let mut present: HashMap<ResourceKey, Seen> = HashMap::new();
-        for (path, contents) in &self.files {
-            let specs = self.specs.get(path).map(Vec::as_slice).unwrap_or_default();
-            for (i, (object, _)) in contents.objects.iter().enumerate() {
+        for contents in self.files.values_mut() {
+            for (object, _) in &mut contents.objects {
                 let key = object.key();
                 if present.contains_key(&key) {
                     continue;
                 }
-                let spec = specs
-                    .get(i)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(spec_of(object)));
-                let initial = object.meta().generation.unwrap_or(1);
-                let seen = match self.generations.remove(&key) {
+                let generation = match self.generations.remove(&key) {
                     // The very object of last time (metadata lives inside its allocation).
-                    Some(seen) if std::ptr::eq(seen.source.meta(), object.meta()) => seen,
-                    Some(seen) => {
-                        let same_spec = Arc::ptr_eq(&seen.spec, &spec) || seen.spec == spec;
-                        let generation = seen.generation + i64::from(!same_spec);
-                        Seen {
-                            spec,
-                            generation,
-                            source: object.clone(),
-                            stamped: with_generation(object.clone(), generation),
-                        }
+                    Some(seen) if std::ptr::eq(seen.object.meta(), object.meta()) => {
+                        seen.generation
                     }
-                    None => Seen {
-                        spec,
-                        generation: initial,
-                        source: object.clone(),
-                        stamped: with_generation(object.clone(), initial),
-                    },
+                    Some(seen) => seen.generation + i64::from(!same_spec(&seen.object, object)),
+                    None => object.meta().generation.unwrap_or(1),
                 };
-                objects.push(seen.stamped.clone());
-                present.insert(key, seen);
+                // A freshly read object is held by its file alone: stamped without a copy.
+                stamp(object, generation);
+                objects.push(object.clone());
+                present.insert(
+                    key,
+                    Seen {
+                        generation,
+                        object: object.clone(),
+                    },
+                );
             }
         }
         self.generations = present;
@@ -278,69 +254,71 @@ impl Store {
     }
 }
 
-/// Everything but metadata and status: what the API server compares to bump generation.
-fn spec_of(object: &Object) -> Value {
-    let value = match object {
-        Object::GatewayClass(o) => serde_json::to_value(&o.spec),
-        Object::Gateway(o) => serde_json::to_value(&o.spec),
-        Object::ListenerSet(o) => serde_json::to_value(&o.spec),
-        Object::HttpRoute(o) => serde_json::to_value(&o.spec),
-        Object::GrpcRoute(o) => serde_json::to_value(&o.spec),
-        Object::TlsRoute(o) => serde_json::to_value(&o.spec),
-        Object::TcpRoute(o) => serde_json::to_value(&o.spec),
-        Object::ReferenceGrant(o) => serde_json::to_value(&o.spec),
-        Object::BackendTlsPolicy(o) => serde_json::to_value(&o.spec),
-        Object::Namespace(o) => serde_json::to_value(&o.spec),
-        Object::Service(o) => serde_json::to_value(&o.spec),
-        Object::EndpointSlice(o) => serde_json::to_value(&o.endpoints),
-        Object::Secret(o) => serde_json::to_value(&o.data),
-        Object::ConfigMap(o) => serde_json::to_value(&o.data),
-        Object::EgressNetwork(o) => serde_json::to_value(&o.spec),
-        Object::AuthenticationPolicy(o) => serde_json::to_value(&o.spec),
-        Object::RateLimitPolicy(o) => serde_json::to_value(&o.spec),
-        Object::HealthCheckPolicy(o) => serde_json::to_value(&o.spec),
-    };
-    value.unwrap_or(Value::Null)
+/// Whether two versions of an object have the same spec: everything but metadata and
+/// status, what the API server compares to bump `metadata.generation`. Objects of different
+/// kinds never compare equal.
+fn same_spec(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::GatewayClass(a), Object::GatewayClass(b)) => a.spec == b.spec,
+        (Object::Gateway(a), Object::Gateway(b)) => a.spec == b.spec,
+        (Object::ListenerSet(a), Object::ListenerSet(b)) => a.spec == b.spec,
+        (Object::HttpRoute(a), Object::HttpRoute(b)) => a.spec == b.spec,
+        (Object::GrpcRoute(a), Object::GrpcRoute(b)) => a.spec == b.spec,
+        (Object::TlsRoute(a), Object::TlsRoute(b)) => a.spec == b.spec,
+        (Object::TcpRoute(a), Object::TcpRoute(b)) => a.spec == b.spec,
+        (Object::ReferenceGrant(a), Object::ReferenceGrant(b)) => a.spec == b.spec,
+        (Object::BackendTlsPolicy(a), Object::BackendTlsPolicy(b)) => a.spec == b.spec,
+        (Object::Namespace(a), Object::Namespace(b)) => a.spec == b.spec,
+        (Object::Service(a), Object::Service(b)) => a.spec == b.spec,
+        (Object::EndpointSlice(a), Object::EndpointSlice(b)) => {
+            a.endpoints == b.endpoints && a.ports == b.ports && a.address_type == b.address_type
+        }
+        (Object::Secret(a), Object::Secret(b)) => {
+            a.data == b.data && a.string_data == b.string_data && a.type_ == b.type_
+        }
+        (Object::ConfigMap(a), Object::ConfigMap(b)) => {
+            a.data == b.data && a.binary_data == b.binary_data
+        }
+        (Object::EgressNetwork(a), Object::EgressNetwork(b)) => a.spec == b.spec,
+        (Object::AuthenticationPolicy(a), Object::AuthenticationPolicy(b)) => a.spec == b.spec,
+        (Object::RateLimitPolicy(a), Object::RateLimitPolicy(b)) => a.spec == b.spec,
+        (Object::HealthCheckPolicy(a), Object::HealthCheckPolicy(b)) => a.spec == b.spec,
+        _ => false,
+    }
 }
 
-fn with_generation(object: Object, generation: i64) -> Object {
+/// Sets `metadata.generation` of a Gateway API or policy object (core objects carry none
+/// here). Copies the object only when a previous snapshot still shares it.
+fn stamp(object: &mut Object, generation: i64) {
     fn set<T: Clone>(
-        mut arc: Arc<T>,
+        arc: &mut Arc<T>,
         meta: impl FnOnce(&mut T) -> &mut k8s::ObjectMeta,
         generation: i64,
-    ) -> Arc<T> {
-        let current = meta(Arc::make_mut(&mut arc));
-        current.generation = Some(generation);
-        arc
+    ) {
+        meta(Arc::make_mut(arc)).generation = Some(generation);
     }
     if object.meta().generation == Some(generation) {
-        return object;
+        return;
     }
     match object {
-        Object::GatewayClass(o) => Object::GatewayClass(set(o, |o| &mut o.metadata, generation)),
-        Object::Gateway(o) => Object::Gateway(set(o, |o| &mut o.metadata, generation)),
-        Object::ListenerSet(o) => Object::ListenerSet(set(o, |o| &mut o.metadata, generation)),
-        Object::HttpRoute(o) => Object::HttpRoute(set(o, |o| &mut o.metadata, generation)),
-        Object::GrpcRoute(o) => Object::GrpcRoute(set(o, |o| &mut o.metadata, generation)),
-        Object::TlsRoute(o) => Object::TlsRoute(set(o, |o| &mut o.metadata, generation)),
-        Object::TcpRoute(o) => Object::TcpRoute(set(o, |o| &mut o.metadata, generation)),
-        Object::ReferenceGrant(o) => {
-            Object::ReferenceGrant(set(o, |o| &mut o.metadata, generation))
-        }
-        Object::EgressNetwork(o) => Object::EgressNetwork(set(o, |o| &mut o.metadata, generation)),
-        Object::AuthenticationPolicy(o) => {
-            Object::AuthenticationPolicy(set(o, |o| &mut o.metadata, generation))
-        }
-        Object::RateLimitPolicy(o) => {
-            Object::RateLimitPolicy(set(o, |o| &mut o.metadata, generation))
-        }
-        Object::HealthCheckPolicy(o) => {
-            Object::HealthCheckPolicy(set(o, |o| &mut o.metadata, generation))
-        }
-        Object::BackendTlsPolicy(o) => {
-            Object::BackendTlsPolicy(set(o, |o| &mut o.metadata, generation))
-        }
-        other => other,
+        Object::GatewayClass(o) => set(o, |o| &mut o.metadata, generation),
+        Object::Gateway(o) => set(o, |o| &mut o.metadata, generation),
+        Object::ListenerSet(o) => set(o, |o| &mut o.metadata, generation),
+        Object::HttpRoute(o) => set(o, |o| &mut o.metadata, generation),
+        Object::GrpcRoute(o) => set(o, |o| &mut o.metadata, generation),
+        Object::TlsRoute(o) => set(o, |o| &mut o.metadata, generation),
+        Object::TcpRoute(o) => set(o, |o| &mut o.metadata, generation),
+        Object::ReferenceGrant(o) => set(o, |o| &mut o.metadata, generation),
+        Object::BackendTlsPolicy(o) => set(o, |o| &mut o.metadata, generation),
+        Object::EgressNetwork(o) => set(o, |o| &mut o.metadata, generation),
+        Object::AuthenticationPolicy(o) => set(o, |o| &mut o.metadata, generation),
+        Object::RateLimitPolicy(o) => set(o, |o| &mut o.metadata, generation),
+        Object::HealthCheckPolicy(o) => set(o, |o| &mut o.metadata, generation),
+        Object::Namespace(_)
+        | Object::Service(_)
+        | Object::EndpointSlice(_)
+        | Object::Secret(_)
+        | Object::ConfigMap(_) => {}
     }
 }
 

@@ -4,7 +4,9 @@
 //! Kubernetes source will write it through the status subresource. Serialization follows the
 //! Kubernetes field names exactly, so the JSON is what `kubectl get -o json` would show.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -132,14 +134,14 @@ pub struct Condition {
     pub status: ConditionStatus,
     /// Reason.
     pub reason: Reason,
-    /// Human-readable detail.
-    pub message: String,
+    /// Human-readable detail (most are fixed texts, which are not copied).
+    pub message: Cow<'static, str>,
     /// The generation of the object this condition was computed from.
     pub observed_generation: i64,
     /// RFC 3339 time the status last changed; filled in by whoever publishes the status
     /// (translate has no clock).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
+    pub last_transition_time: Option<Arc<str>>,
 }
 
 /// `status.addresses[]` of a Gateway.
@@ -270,6 +272,30 @@ pub enum ResourceStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatusSet(pub BTreeMap<ResourceKey, ResourceStatus>);
 
+/// A condition message: a fixed text is kept as a reference, anything else is owned.
+pub trait Message {
+    /// The message as a condition holds it.
+    fn into_message(self) -> Cow<'static, str>;
+}
+
+impl Message for &'static str {
+    fn into_message(self) -> Cow<'static, str> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl Message for String {
+    fn into_message(self) -> Cow<'static, str> {
+        Cow::Owned(self)
+    }
+}
+
+impl Message for &String {
+    fn into_message(self) -> Cow<'static, str> {
+        Cow::Owned(self.clone())
+    }
+}
+
 // === impl Condition ===
 
 impl Condition {
@@ -278,7 +304,7 @@ impl Condition {
         kind: ConditionType,
         holds: bool,
         reason: Reason,
-        message: impl Into<String>,
+        message: impl Message,
         observed_generation: i64,
     ) -> Self {
         Self {
@@ -289,7 +315,7 @@ impl Condition {
                 ConditionStatus::False
             },
             reason,
-            message: message.into(),
+            message: message.into_message(),
             observed_generation,
             last_transition_time: None,
         }

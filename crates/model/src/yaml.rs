@@ -38,7 +38,23 @@ pub struct SyntaxError {
 
 /// Parses every document of `text`. Empty documents (only comments) are skipped.
 pub fn load(text: &str) -> Result<Vec<Document>, SyntaxError> {
-    let mut builder = Builder::default();
+    let mut documents = Vec::new();
+    for_each_document(text, |document| documents.push(document))?;
+    Ok(documents)
+}
+
+/// Parses `text` and hands each document to `each` as soon as it is complete, so a file of
+/// thousands of documents never holds more than one tree at a time. On a syntax error the
+/// documents before it have been handed over already; the caller discards them.
+pub fn for_each_document(text: &str, each: impl FnMut(Document)) -> Result<(), SyntaxError> {
+    let mut builder = Builder {
+        each,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        lines: HashMap::new(),
+        document_line: None,
+        error: None,
+    };
     let mut parser = Parser::new_from_str(text);
     parser
         .load(&mut builder, true)
@@ -47,10 +63,10 @@ pub fn load(text: &str) -> Result<Vec<Document>, SyntaxError> {
             column: error.marker().col() + 1,
             message: error.info().to_string(),
         })?;
-    if let Some(message) = builder.error {
-        return Err(message);
+    match builder.error {
+        Some(error) => Err(error),
+        None => Ok(()),
     }
-    Ok(builder.documents)
 }
 
 impl Document {
@@ -82,9 +98,8 @@ enum Frame {
     },
 }
 
-#[derive(Default)]
-struct Builder {
-    documents: Vec<Document>,
+struct Builder<F> {
+    each: F,
     stack: Vec<(Frame, String)>,
     anchors: HashMap<usize, Value>,
     lines: HashMap<String, usize>,
@@ -92,7 +107,7 @@ struct Builder {
     error: Option<SyntaxError>,
 }
 
-impl Builder {
+impl<F: FnMut(Document)> Builder<F> {
     /// The path of the node about to be added to the innermost container.
     fn child_path(&self) -> Option<String> {
         let (frame, path) = self.stack.last()?;
@@ -135,7 +150,7 @@ impl Builder {
                 let lines = std::mem::take(&mut self.lines);
                 let doc_line = self.document_line.take().unwrap_or(line);
                 if !value.is_null() {
-                    self.documents.push(Document {
+                    (self.each)(Document {
                         line: doc_line,
                         value,
                         lines,
@@ -170,7 +185,7 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
+impl<F: FnMut(Document)> MarkedEventReceiver for Builder<F> {
     fn on_event(&mut self, event: Event, mark: Marker) {
         if self.error.is_some() {
             return;
@@ -233,7 +248,7 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
-impl Builder {
+impl<F: FnMut(Document)> Builder<F> {
     fn enter(&mut self, frame: Frame, mark: Marker) {
         if self.stack.is_empty() && self.document_line.is_none() {
             self.document_line = Some(mark.line());

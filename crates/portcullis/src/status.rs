@@ -61,7 +61,7 @@ impl Stamper {
                     Some((status, time)) if *status == condition.status => time.clone(),
                     _ => now.clone(),
                 };
-                condition.last_transition_time = Some(time.to_string());
+                condition.last_transition_time = Some(time.clone());
                 times.push((condition.status, time));
             }
             next.insert(key, times);
@@ -216,7 +216,8 @@ mod tests {
             .conditions()
             .first()?
             .last_transition_time
-            .clone()
+            .as_deref()
+            .map(str::to_owned)
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub(crate) fn parent_statuses(
     problems: &RuleProblems,
     mut attached: impl FnMut(&Attachment) -> Result<(), String>,
 ) -> Vec<RouteParentStatus> {
-    let mut statuses = Vec::new();
+    let mut statuses = Vec::with_capacity(parents.len());
     for parent in parents {
         let accepted = match attach(snapshot, gateways, options, route, parent) {
             ParentOutcome::NotOurs => continue,

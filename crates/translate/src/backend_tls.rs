@@ -166,7 +166,7 @@ impl Policies {
 impl PolicyState {
     fn conditions(&self) -> Vec<Condition> {
         let generation = self.generation;
-        let condition = |kind, verdict: &Verdict, reason, message: &str| match verdict {
+        let condition = |kind, verdict: &Verdict, reason, message: &'static str| match verdict {
             Ok(()) => Condition::new(kind, true, reason, message, generation),
             Err((reason, message)) => Condition::new(kind, false, *reason, message, generation),
         };

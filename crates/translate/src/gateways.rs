@@ -591,7 +591,8 @@ impl ListenerState {
     }
 
     pub(crate) fn status(&self, generation: i64, gateway_programmed: bool) -> ListenerStatus {
-        let condition = |kind, verdict: &Verdict, ok_reason, ok_message: &str| match verdict {
+        let condition = |kind, verdict: &Verdict, ok_reason, ok_message: &'static str| match verdict
+        {
             Ok(()) => Condition::new(kind, true, ok_reason, ok_message, generation),
             Err((reason, message)) => Condition::new(kind, false, *reason, message, generation),
         };

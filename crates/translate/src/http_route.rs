@@ -1,6 +1,5 @@
 //! HTTPRoute: attaching each route to its parents and compiling its rules into IR.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -74,19 +73,30 @@ pub(crate) fn compile_all(
     attached: &crate::policies::Policies,
     status: &mut StatusSet,
 ) -> Routes {
-    let mut ordered: Vec<(RouteKind, &ObjectName, Cow<'_, HttpRoute>)> = snapshot
-        .http_routes
-        .iter()
-        .map(|(name, route)| (RouteKind::Http, name, Cow::Borrowed(route.as_ref())))
-        .collect();
+    // GRPCRoutes are compiled as the HTTPRoutes they are equivalent to; the list to sort
+    // holds references only (an HTTPRoute is several hundred bytes).
+    let mut converted = Vec::new();
     for (name, route) in &snapshot.grpc_routes {
         match grpc::to_http(route) {
-            Ok(http) => ordered.push((RouteKind::Grpc, name, Cow::Owned(http))),
+            Ok(http) => converted.push((name, http)),
             // The generated types have the same shapes, so this only fails on a value the
             // decoder accepted and the HTTPRoute type does not; there is nothing to route.
             Err(message) => reject_unconvertible(options, status, name, route, &message),
         }
     }
+    let mut ordered: Vec<(RouteKind, &ObjectName, &HttpRoute)> =
+        Vec::with_capacity(snapshot.http_routes.len() + converted.len());
+    ordered.extend(
+        snapshot
+            .http_routes
+            .iter()
+            .map(|(name, route)| (RouteKind::Http, name, route.as_ref())),
+    );
+    ordered.extend(
+        converted
+            .iter()
+            .map(|(name, route)| (RouteKind::Grpc, *name, route)),
+    );
     ordered.sort_by(|(_, a_name, a), (_, b_name, b)| {
         crate::oldest_first((&a.metadata, a_name), (&b.metadata, b_name))
     });
@@ -208,7 +218,7 @@ fn reject_unconvertible(
                     model::status::ConditionType::Accepted,
                     false,
                     model::status::Reason::UnsupportedValue,
-                    message,
+                    message.to_owned(),
                     generation,
                 )],
             }

@@ -45,7 +45,7 @@ async fn gateway(upstream: &Upstream, filters: Vec<(&'static str, Cors)>) -> Gat
         .into_iter()
         .map(|(prefix, cors)| {
             let mut rule = forward(prefix, vec![weighted(1, upstream.backend())]);
-            rule.filters.cors = Some(cors);
+            rule.filters.cors = Some(Box::new(cors));
             route(None, PathMatch::prefix(prefix), rule)
         })
         .collect();

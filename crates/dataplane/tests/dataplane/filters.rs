@@ -120,10 +120,10 @@ async fn redirects_build_location_per_the_spec() {
 async fn url_rewrite_changes_host_and_prefix() {
     let upstream = Upstream::echo("rewritten").await;
     let mut rewrite = forward("rewrite", vec![weighted(1, upstream.backend())]);
-    rewrite.filters.rewrite = Some(UrlRewrite {
+    rewrite.filters.rewrite = Some(Box::new(UrlRewrite {
         hostname: Some("internal.example".into()),
         path: Some(PathModifier::PrefixMatch("/v2".into())),
-    });
+    }));
     let gateway = Gateway::start(config(vec![listener(
         None,
         vec![route(None, PathMatch::prefix("/v1/"), rewrite)],
@@ -144,12 +144,16 @@ async fn header_modifiers_apply_on_rule_and_backend() {
     backend.request_headers = Some(modifier(&[("x-backend", "yes")], &[], &[]));
     backend.response_headers = Some(modifier(&[], &[("x-backend-response", "yes")], &[]));
     let mut modified = forward("modified", vec![backend]);
-    modified.filters.request_headers = Some(modifier(
+    modified.filters.request_headers = Some(Box::new(modifier(
         &[("x-set", "new")],
         &[("x-add", "second")],
         &[("x-remove")],
-    ));
-    modified.filters.response_headers = Some(modifier(&[("content-type", "text/test")], &[], &[]));
+    )));
+    modified.filters.response_headers = Some(Box::new(modifier(
+        &[("content-type", "text/test")],
+        &[],
+        &[],
+    )));
     let gateway = Gateway::start(config(vec![listener(
         None,
         vec![route(None, PathMatch::prefix("/"), modified)],

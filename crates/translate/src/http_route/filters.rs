@@ -39,18 +39,22 @@ pub(crate) fn rule_filters<F: Serialize>(
                     .request_header_modifier
                     .map(header_modifier)
                     .transpose()?
+                    .map(Box::new)
             }
             "ResponseHeaderModifier" => {
                 out.response_headers = spec
                     .response_header_modifier
                     .map(header_modifier)
                     .transpose()?
+                    .map(Box::new)
             }
             "RequestRedirect" => redirect = spec.request_redirect.map(redirect_filter),
             "URLRewrite" => {
-                out.rewrite = spec.url_rewrite.map(|r| UrlRewrite {
-                    hostname: r.hostname,
-                    path: r.path.and_then(path_modifier),
+                out.rewrite = spec.url_rewrite.map(|r| {
+                    Box::new(UrlRewrite {
+                        hostname: r.hostname,
+                        path: r.path.and_then(path_modifier),
+                    })
                 });
             }
             "RequestMirror" => {
@@ -104,7 +108,7 @@ pub(crate) fn rule_filters<F: Serialize>(
             "CORS" => {
                 let Some(cors) = spec.cors else { continue };
                 match cors_filter(cors) {
-                    Ok(cors) => out.cors = Some(cors),
+                    Ok(cors) => out.cors = Some(Box::new(cors)),
                     Err(error) => {
                         let message = format!("CORS filter: {error}");
                         problems.unsupported(message.clone());
