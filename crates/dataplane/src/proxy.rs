@@ -9,6 +9,9 @@
 //! (`grpc.rs`). Redirects stay HTTP redirects for gRPC calls too.
 
 use std::future::Future;
+
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +22,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use ir::{
-    Action, BackendProtocol, Hostname, HttpListener, RedirectScheme, Rule, Selected,
+    Action, Backend, BackendProtocol, Hostname, HttpListener, RedirectScheme, Rule, Selected,
     TlsCertificate, WeightedBackend,
 };
 
@@ -159,7 +162,8 @@ async fn proxy(
         Some(context) => match egress::select(shared, context, &host, &request)? {
             Selection::Route(listener, selected) => (listener, selected),
             Selection::Original => {
-                return forward_original(shared, connection, context, log, request).await;
+                // Boxed, as every rare step: the common request's state stays small.
+                return Box::pin(forward_original(shared, connection, context, log, request)).await;
             }
         },
     };
@@ -169,7 +173,12 @@ async fn proxy(
         Inspection::Preflight(answer) => return Ok(answer),
         Inspection::Forward(decoration) => decoration,
     };
-    let (request, admitted) = match admit(shared, connection, rule, &host, request).await? {
+    let admission = if rule.policies.is_empty() && rule.filters.external_auth.is_none() {
+        Admission::Admitted(request, Box::default())
+    } else {
+        Box::pin(admit(shared, connection, rule, &host, request)).await?
+    };
+    let (request, admitted) = match admission {
         Admission::Admitted(request, admitted) => (request, admitted),
         Admission::Refused(mut answer) => {
             if let Some(cors) = cors {
@@ -250,9 +259,6 @@ async fn admit(
     request: Request<ProxyBody>,
 ) -> Result<Admission, ProxyError> {
     let policies = &rule.policies;
-    if policies.is_empty() && rule.filters.external_auth.is_none() {
-        return Ok(Admission::Admitted(request, Box::default()));
-    }
     let (mut parts, mut body) = request.into_parts();
     let mut admitted = Box::<Admitted>::default();
     let claims = match &policies.authentication {
@@ -331,15 +337,21 @@ async fn forward(
     }
     log.backend = Some(backend.name.clone());
     let Some(websocket) = websocket else {
-        let body = shared
-            .mirrors
-            .send(&rule.filters.mirrors, client_certificate, &parts, body)
-            .await?;
+        let body = if rule.filters.mirrors.is_empty() {
+            body
+        } else {
+            Box::pin(
+                shared
+                    .mirrors
+                    .send(&rule.filters.mirrors, client_certificate, &parts, body),
+            )
+            .await?
+        };
         apply_backend_filters(&mut parts, chosen, backend.protocol, te_trailers);
         shared.retry_budget.deposit();
         // A retried request is replayed from memory: only bodies within the limit can be.
         let (body, replay) = match &rule.retry {
-            Some(_) => match body::buffer_bounded(body, shared.options.mirror_body_limit)
+            Some(_) => match Box::pin(body::buffer_bounded(body, shared.options.mirror_body_limit))
                 .await
                 .map_err(ProxyError::RequestBody)?
             {
@@ -401,13 +413,44 @@ async fn forward(
                     shared.requests.retried(&rule.id);
                     request = next;
                     if let Some(retry) = &rule.retry {
-                        tokio::time::sleep(retry.backoff).await;
+                        Box::pin(tokio::time::sleep(retry.backoff)).await;
                     }
                 }
                 _ => return Ok(prepare_response(result?, chosen)),
             }
         }
     };
+    // A WebSocket handshake: boxed, so that ordinary requests do not carry its state.
+    Box::pin(forward_upgrade(
+        shared,
+        connection,
+        rule,
+        chosen,
+        &backend,
+        client_certificate,
+        log,
+        (parts, body),
+        te_trailers,
+        websocket,
+    ))
+    .await
+}
+
+/// Sends a WebSocket handshake over a connection of its own and, once the backend switches
+/// protocols, hands the tunnel to the client connection's task.
+#[allow(clippy::too_many_arguments)]
+async fn forward_upgrade(
+    shared: &Shared,
+    connection: &Connection,
+    rule: &Rule,
+    chosen: &WeightedBackend,
+    backend: &Backend,
+    client_certificate: Option<&Arc<TlsCertificate>>,
+    log: &mut AccessLog,
+    (mut parts, body): (Parts, ProxyBody),
+    te_trailers: bool,
+    websocket: Requested,
+) -> Result<Response<ProxyBody>, ProxyError> {
     // Handshakes are not mirrored: a mirror would open a second WebSocket that nobody reads.
     //
     // An upgrade exists only in HTTP/1.1, so the handshake goes over HTTP/1.1 even to a
@@ -416,14 +459,14 @@ async fn forward(
     // where it does not, the backend's refusal becomes the 502 that refusing up front would
     // have given. Talking RFC 8441 to the backend is out of scope, as it is for clients.
     apply_backend_filters(&mut parts, chosen, BackendProtocol::Http1, te_trailers);
-    let endpoint = shared.upstreams.endpoint(&backend)?;
+    let endpoint = shared.upstreams.endpoint(backend)?;
     log.endpoint = Some(endpoint);
     let connect_timeout = shared.options.connect_timeout;
     let request = Request::from_parts(parts, body);
     let attempt = async {
         let stream = shared
             .upstreams
-            .connect_unpooled(&backend, client_certificate, endpoint, connect_timeout)
+            .connect_unpooled(backend, client_certificate, endpoint, connect_timeout)
             .await?;
         upgrade::send(stream, endpoint, request).await
     };
@@ -676,16 +719,24 @@ fn prepare_switch(response: Response<Incoming>, chosen: &WeightedBackend) -> Res
 }
 
 /// Runs `future`, failing with `on_expiry()` when `limit` passes first.
-async fn deadline<T>(
+///
+/// Not an `async fn`: that would hold `future` twice (as its argument and inside the
+/// timeout), and these futures are the bulk of the request's state, which is moved into
+/// hyper's connection task on every request.
+fn deadline<T, F>(
     limit: Option<Duration>,
-    future: impl Future<Output = Result<T, ProxyError>>,
+    future: F,
     on_expiry: impl FnOnce() -> ProxyError,
-) -> Result<T, ProxyError> {
+) -> impl Future<Output = Result<T, ProxyError>>
+where
+    F: Future<Output = Result<T, ProxyError>>,
+{
     match limit {
-        None => future.await,
-        Some(limit) => tokio::time::timeout(limit, future)
-            .await
-            .unwrap_or_else(|_| Err(on_expiry())),
+        None => Either::Left(future),
+        Some(limit) => Either::Right(
+            tokio::time::timeout(limit, future)
+                .map(|result| result.unwrap_or_else(|_| Err(on_expiry()))),
+        ),
     }
 }
 
