@@ -134,30 +134,43 @@ impl Snapshot {
     }
 
     fn insert(&mut self, object: Object) {
-        let key = object.key();
-        if self.contains(&key) {
-            return;
+        fn first<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: V) {
+            map.entry(key).or_insert(value);
         }
-        let name = ObjectName::new(&key.namespace, &key.name);
-        match object {
-            Object::GatewayClass(o) => drop(self.gateway_classes.insert(key.name, o)),
-            Object::Gateway(o) => drop(self.gateways.insert(name, o)),
-            Object::ListenerSet(o) => drop(self.listener_sets.insert(name, o)),
-            Object::HttpRoute(o) => drop(self.http_routes.insert(name, o)),
-            Object::GrpcRoute(o) => drop(self.grpc_routes.insert(name, o)),
-            Object::TlsRoute(o) => drop(self.tls_routes.insert(name, o)),
-            Object::TcpRoute(o) => drop(self.tcp_routes.insert(name, o)),
-            Object::ReferenceGrant(o) => drop(self.reference_grants.insert(name, o)),
-            Object::BackendTlsPolicy(o) => drop(self.backend_tls_policies.insert(name, o)),
-            Object::Namespace(o) => drop(self.namespaces.insert(key.name, o)),
-            Object::Service(o) => drop(self.services.insert(name, o)),
-            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(name, o)),
-            Object::Secret(o) => drop(self.secrets.insert(name, o)),
-            Object::ConfigMap(o) => drop(self.config_maps.insert(name, o)),
-            Object::EgressNetwork(o) => drop(self.egress_networks.insert(name, o)),
-            Object::AuthenticationPolicy(o) => drop(self.authentication_policies.insert(name, o)),
-            Object::RateLimitPolicy(o) => drop(self.rate_limit_policies.insert(name, o)),
-            Object::HealthCheckPolicy(o) => drop(self.health_check_policies.insert(name, o)),
+        let meta = object.meta();
+        let name = meta.name.clone().unwrap_or_default();
+        let namespaced = || ObjectName {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: name.clone(),
+        };
+        // The first object with a key is kept; a later duplicate is ignored.
+        match &object {
+            Object::GatewayClass(o) => first(&mut self.gateway_classes, name, o.clone()),
+            Object::Gateway(o) => first(&mut self.gateways, namespaced(), o.clone()),
+            Object::ListenerSet(o) => first(&mut self.listener_sets, namespaced(), o.clone()),
+            Object::HttpRoute(o) => first(&mut self.http_routes, namespaced(), o.clone()),
+            Object::GrpcRoute(o) => first(&mut self.grpc_routes, namespaced(), o.clone()),
+            Object::TlsRoute(o) => first(&mut self.tls_routes, namespaced(), o.clone()),
+            Object::TcpRoute(o) => first(&mut self.tcp_routes, namespaced(), o.clone()),
+            Object::ReferenceGrant(o) => first(&mut self.reference_grants, namespaced(), o.clone()),
+            Object::BackendTlsPolicy(o) => {
+                first(&mut self.backend_tls_policies, namespaced(), o.clone())
+            }
+            Object::Namespace(o) => first(&mut self.namespaces, name, o.clone()),
+            Object::Service(o) => first(&mut self.services, namespaced(), o.clone()),
+            Object::EndpointSlice(o) => first(&mut self.endpoint_slices, namespaced(), o.clone()),
+            Object::Secret(o) => first(&mut self.secrets, namespaced(), o.clone()),
+            Object::ConfigMap(o) => first(&mut self.config_maps, namespaced(), o.clone()),
+            Object::EgressNetwork(o) => first(&mut self.egress_networks, namespaced(), o.clone()),
+            Object::AuthenticationPolicy(o) => {
+                first(&mut self.authentication_policies, namespaced(), o.clone())
+            }
+            Object::RateLimitPolicy(o) => {
+                first(&mut self.rate_limit_policies, namespaced(), o.clone())
+            }
+            Object::HealthCheckPolicy(o) => {
+                first(&mut self.health_check_policies, namespaced(), o.clone())
+            }
         }
     }
 }

@@ -39,8 +39,17 @@ pub struct ErrorView {
 /// Remembers when each condition last changed.
 #[derive(Debug, Default)]
 pub struct Stamper {
-    /// Each resource's conditions, by index: status and time of the last change.
-    seen: HashMap<ResourceKey, Vec<(ConditionStatus, Arc<str>)>>,
+    /// Each resource's conditions, by index: status and time of the last change, and the
+    /// round that last saw the resource. Updated in place: a reload of thousands of
+    /// resources allocates only for new ones.
+    seen: HashMap<ResourceKey, Seen>,
+    round: u64,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    round: u64,
+    times: Vec<(ConditionStatus, Arc<str>)>,
 }
 
 impl Stamper {
@@ -48,25 +57,28 @@ impl Stamper {
     /// whose status did not change.
     pub fn stamp(&mut self, status: &mut StatusSet, now: &str) {
         let now: Arc<str> = Arc::from(now);
-        let mut next = HashMap::with_capacity(status.0.len());
+        self.round += 1;
         for (key, resource) in &mut status.0 {
-            // Reuse the remembered key: no allocation for resources seen before.
-            let (key, previous) = self
-                .seen
-                .remove_entry(key)
-                .unwrap_or_else(|| (key.clone(), Vec::new()));
-            let mut times = Vec::with_capacity(previous.len());
-            for (index, condition) in resource.conditions_mut().into_iter().enumerate() {
-                let time = match previous.get(index) {
-                    Some((status, time)) if *status == condition.status => time.clone(),
-                    _ => now.clone(),
-                };
-                condition.last_transition_time = Some(time.clone());
-                times.push((condition.status, time));
+            if !self.seen.contains_key(key) {
+                self.seen.insert(key.clone(), Seen::default());
             }
-            next.insert(key, times);
+            let Some(seen) = self.seen.get_mut(key) else {
+                continue;
+            };
+            seen.round = self.round;
+            let conditions = resource.conditions_mut();
+            seen.times.truncate(conditions.len());
+            for (index, condition) in conditions.into_iter().enumerate() {
+                match seen.times.get_mut(index) {
+                    Some((status, _)) if *status == condition.status => {}
+                    Some(slot) => *slot = (condition.status, now.clone()),
+                    None => seen.times.push((condition.status, now.clone())),
+                }
+                condition.last_transition_time = seen.times.get(index).map(|(_, t)| t.clone());
+            }
         }
-        self.seen = next;
+        let round = self.round;
+        self.seen.retain(|_, seen| seen.round == round);
     }
 }
 
@@ -232,5 +244,10 @@ mod tests {
         assert_eq!(time(&first).as_deref(), Some("t1"));
         assert_eq!(time(&same).as_deref(), Some("t1"));
         assert_eq!(time(&flipped).as_deref(), Some("t3"));
+        // A resource that left the status is forgotten: back again, it starts anew.
+        stamper.stamp(&mut StatusSet::default(), "t4");
+        let mut back = set(false);
+        stamper.stamp(&mut back, "t5");
+        assert_eq!(time(&back).as_deref(), Some("t5"));
     }
 }
