@@ -9,14 +9,13 @@
 //! (`grpc.rs`). Redirects stay HTTP redirects for gRPC calls too.
 
 use std::future::Future;
-
-use futures_util::FutureExt;
-use futures_util::future::Either;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};

@@ -478,3 +478,26 @@ spec:
         "the valid policy was refused: {errors:#?}"
     );
 }
+
+#[test]
+fn a_syntax_error_after_good_documents_is_the_files_only_error() {
+    // Documents are decoded as they are parsed; a later syntax error still rejects the
+    // whole file, with no field error of an earlier document beside it.
+    let text = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: good}
+spec: {hostnames: [a.example.com]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: misspelt}
+spec: {hostnamez: [b.example.com]}
+---
+kind: [unclosed
+";
+    let found = errors(text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    // The parser notices the unclosed sequence at the end of the text.
+    assert!(found[0].starts_with("m.yaml:12: invalid YAML"), "{found:?}");
+}
