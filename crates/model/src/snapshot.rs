@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::decode::{DecodeError, FileContents, Warning};
-use crate::{Kind, Object, ResourceKey, gw, k8s};
+use crate::{Object, ResourceKey, gw, k8s};
 
 /// `namespace/name` of a namespaced object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -106,31 +106,6 @@ impl Snapshot {
             snapshot.insert(object);
         }
         snapshot
-    }
-
-    /// Whether the snapshot holds an object with this key.
-    pub fn contains(&self, key: &ResourceKey) -> bool {
-        let name = ObjectName::new(&key.namespace, &key.name);
-        match key.kind {
-            Kind::GatewayClass => self.gateway_classes.contains_key(&key.name),
-            Kind::Gateway => self.gateways.contains_key(&name),
-            Kind::ListenerSet => self.listener_sets.contains_key(&name),
-            Kind::HttpRoute => self.http_routes.contains_key(&name),
-            Kind::GrpcRoute => self.grpc_routes.contains_key(&name),
-            Kind::TlsRoute => self.tls_routes.contains_key(&name),
-            Kind::TcpRoute => self.tcp_routes.contains_key(&name),
-            Kind::ReferenceGrant => self.reference_grants.contains_key(&name),
-            Kind::BackendTlsPolicy => self.backend_tls_policies.contains_key(&name),
-            Kind::Namespace => self.namespaces.contains_key(&key.name),
-            Kind::Service => self.services.contains_key(&name),
-            Kind::EndpointSlice => self.endpoint_slices.contains_key(&name),
-            Kind::Secret => self.secrets.contains_key(&name),
-            Kind::ConfigMap => self.config_maps.contains_key(&name),
-            Kind::EgressNetwork => self.egress_networks.contains_key(&name),
-            Kind::AuthenticationPolicy => self.authentication_policies.contains_key(&name),
-            Kind::RateLimitPolicy => self.rate_limit_policies.contains_key(&name),
-            Kind::HealthCheckPolicy => self.health_check_policies.contains_key(&name),
-        }
     }
 
     fn insert(&mut self, object: Object) {
