@@ -40,13 +40,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use ir::{AuthProtocol, Backend, ExternalAuth};
 
 use crate::body::{self, Buffered, ProxyBody};
 use crate::error::ProxyError;
 use crate::filters;
-use crate::forward::Upstreams;
+use crate::forward::{UpstreamBody, Upstreams};
 
 /// Largest approval body read (and thrown away) so that its connection can be pooled again.
 const APPROVAL_BODY_LIMIT: usize = 64 * 1024;
@@ -198,7 +197,7 @@ fn http_request(
 
 /// A 200 approves, copying the allowed response headers (every header but Host and the
 /// framing and hop-by-hop ones when none are listed); any other answer goes to the client.
-async fn http_decision(response: Response<Incoming>, allowed: &[HeaderName]) -> Decision {
+async fn http_decision(response: Response<UpstreamBody>, allowed: &[HeaderName]) -> Decision {
     let (mut parts, body) = response.into_parts();
     if parts.status != StatusCode::OK {
         filters::remove_hop_by_hop(&mut parts.headers);
@@ -441,9 +440,9 @@ struct Channel {
 }
 
 impl tower_service::Service<Request<tonic::body::Body>> for Channel {
-    type Response = Response<Incoming>;
+    type Response = Response<UpstreamBody>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ProxyError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, ProxyError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))

@@ -7,6 +7,8 @@
 //! each endpoint gets its own pool. There is one such client for h2c and one per
 //! BackendTLSPolicy setting that backends are reached with (`origination`).
 
+mod direct;
+pub(crate) mod h1;
 mod origination;
 mod pool;
 
@@ -29,10 +31,11 @@ use tokio::net::TcpStream;
 use crate::Options;
 use crate::balance::{Algorithm, Loads};
 use crate::body::ProxyBody;
-use crate::error::ProxyError;
+use crate::error::{BoxError, ProxyError};
 use crate::health::HealthChecks;
 use crate::outlier::Outliers;
 
+pub use direct::DirectBody;
 pub(crate) use origination::system_roots;
 use origination::{ClientKey, TlsConnection, TlsConnector};
 pub use origination::{HandshakeError, SettingsError};
@@ -177,7 +180,7 @@ impl Upstreams {
         client_certificate: Option<&Arc<TlsCertificate>>,
         endpoint: SocketAddr,
         request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let in_flight = self.loads.start(endpoint);
         let response = self
             .exchange(backend, client_certificate, endpoint, request)
@@ -196,7 +199,7 @@ impl Upstreams {
         client_certificate: Option<&Arc<TlsCertificate>>,
         endpoint: SocketAddr,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let protocol = backend.protocol;
         if backend.tls.is_none() && protocol == BackendProtocol::Http1 {
             // Our pool sends the target as it is: origin-form.
@@ -224,12 +227,14 @@ impl Upstreams {
             return client
                 .request(request)
                 .await
+                .map(|response| response.map(UpstreamBody::Hyper))
                 .map_err(|error| ProxyError::from_client(endpoint, error));
         }
         *request.version_mut() = Version::HTTP_2;
         self.h2c
             .request(request)
             .await
+            .map(|response| response.map(UpstreamBody::Hyper))
             .map_err(|error| ProxyError::from_client(endpoint, error))
     }
 }
@@ -290,6 +295,45 @@ impl Upstreams {
             clients.clear();
         }
         Ok(clients.entry(key).or_insert(client).clone())
+    }
+}
+
+/// The body of an upstream response: read by hyper's client, or by the direct exchange.
+pub enum UpstreamBody {
+    /// From hyper's client (h2c, TLS, and requests with a body).
+    Hyper(Incoming),
+    /// From the direct exchange (`direct.rs`).
+    Direct(DirectBody),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BoxError::from),
+            Self::Direct(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(body) => body.is_end_stream(),
+            Self::Direct(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Hyper(body) => body.size_hint(),
+            Self::Direct(body) => body.size_hint(),
+        }
     }
 }
 

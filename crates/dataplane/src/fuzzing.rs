@@ -23,3 +23,13 @@ pub fn proxy_request(text: &str) {
         let _ = crate::egress::listeners::proxy_target(&request);
     }
 }
+
+/// The direct exchange's reading of an upstream response: the head, then a chunked body.
+pub fn upstream_response(data: &[u8]) {
+    use crate::forward::h1;
+    let mut buffer = bytes::BytesMut::from(data);
+    if let Ok(h1::Parsed::Complete(_)) = h1::parse_response(&mut buffer, &http::Method::GET) {
+        let mut decoder = h1::Chunked::default();
+        while let Ok(h1::Decoded::Data(_)) = decoder.decode(&mut buffer) {}
+    }
+}

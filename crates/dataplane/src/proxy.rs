@@ -29,7 +29,7 @@ use crate::Shared;
 use crate::body::{self, ProxyBody};
 use crate::cors::{self, Inspection};
 use crate::egress::{self, EgressContext, Selection};
-use crate::error::{Fault, ProxyError};
+use crate::error::{BoxError, Fault, ProxyError};
 use crate::ext_auth;
 use crate::filters;
 use crate::forward;
@@ -694,7 +694,11 @@ fn apply_backend_filters(
 
 /// The upstream response as the client gets it: hop-by-hop headers out, the backendRef's
 /// `ResponseHeaderModifier` applied (the rule's is applied by the caller, for redirects too).
-fn prepare_response(response: Response<Incoming>, chosen: &WeightedBackend) -> Response<ProxyBody> {
+fn prepare_response<B>(response: Response<B>, chosen: &WeightedBackend) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, body) = response.into_parts();
     filters::remove_hop_by_hop(&mut parts.headers);
     filters::modify_headers(chosen.response_headers.as_ref(), &mut parts.headers);

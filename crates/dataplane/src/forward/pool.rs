@@ -1,16 +1,19 @@
-//! Keep-alive HTTP/1.1 connections to cleartext endpoints, on hyper's connection API.
+//! Keep-alive HTTP/1.1 connections to cleartext endpoints.
 //!
-//! The hot path of most routes, so written here instead of going through hyper-util's
-//! legacy client, which the load benchmark's profile showed at the top: for every request
-//! it keys its pool by the endpoint's authority string and spawns a task that waits for the
-//! response to be read before it hands the connection back. Here a connection goes back to
-//! its endpoint's list as soon as the response head arrives, and a checkout takes the most
-//! recently used connection whose dispatcher is ready for another request (its previous
-//! response has been read); one whose response is still streaming stays listed and is
-//! skipped. Each connection is driven by a task of its own, as hyper requires.
+//! The hot path of most routes. Bodiless idempotent requests take the direct exchange
+//! (`direct.rs`): the request's task writes the head and the response body reads the
+//! socket, and the connection comes back to its endpoint's list when the body has ended.
+//! Other requests go through hyper's connection API, one task per connection: such a
+//! connection goes back to its list as soon as the response head arrives, and a checkout
+//! takes the most recently used connection whose dispatcher is ready for another request
+//! (its previous response has been read); one whose response is still streaming stays
+//! listed and is skipped.
 //!
-//! What hyper-util's client also does and this keeps: a request that a pooled connection
-//! did not send (the peer had closed it) goes out once more on a fresh connection; idle
+//! Both replace hyper-util's legacy client, which the load benchmark's profile showed at
+//! the top: for every request it keys its pool by the endpoint's authority string and
+//! spawns a task that waits for the response to be read before it hands the connection
+//! back. What that client also does and this keeps: a request that a pooled connection did
+//! not send (the peer had closed it) goes out once more on a fresh connection; idle
 //! connections are closed after the idle timeout; at most `max_idle` ready connections are
 //! kept per endpoint.
 
@@ -20,16 +23,20 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
+use super::UpstreamBody;
+use super::direct::{self, Connection};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
 /// Connections per endpoint.
 pub(super) struct Http1Pool {
+    /// hyper's connections.
     endpoints: Mutex<HashMap<SocketAddr, Vec<Listed>>>,
+    /// Idle connections of the direct exchange, the most recently used last.
+    direct: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -51,6 +58,7 @@ impl Http1Pool {
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             endpoints: Mutex::default(),
+            direct: Mutex::default(),
             max_idle,
             idle_timeout,
             connect_timeout,
@@ -65,10 +73,85 @@ impl Http1Pool {
 
     /// Sends `request` (origin-form target, Host header set) to `endpoint`.
     pub(super) async fn send(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        if direct::eligible(&request) {
+            return self.send_direct(endpoint, request).await;
+        }
+        let response = self.send_hyper(endpoint, request).await?;
+        Ok(response.map(UpstreamBody::Hyper))
+    }
+
+    /// The direct exchange: on the most recently used idle connection, and once more on a
+    /// new one if that had closed (the method is idempotent, and nothing came back).
+    async fn send_direct(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let (parts, _) = request.into_parts();
+        let mut head = Vec::with_capacity(256);
+        super::h1::encode_request(&parts, &mut head);
+        if let Some(mut connection) = self.checkout_direct(endpoint) {
+            match connection
+                .round_trip(&head, &parts.method, true, endpoint)
+                .await
+            {
+                Ok(answer) => {
+                    let response = direct::response(connection, answer, self.clone(), endpoint);
+                    return Ok(response.map(UpstreamBody::Direct));
+                }
+                Err(failure) if failure.stale => {}
+                Err(failure) => return Err(failure.error),
+            }
+        }
+        let stream = super::connect(endpoint, self.connect_timeout).await?;
+        let mut connection = Connection::new(stream);
+        let answer = connection
+            .round_trip(&head, &parts.method, false, endpoint)
+            .await
+            .map_err(|failure| failure.error)?;
+        let response = direct::response(connection, answer, self.clone(), endpoint);
+        Ok(response.map(UpstreamBody::Direct))
+    }
+
+    /// The most recently used idle direct connection to `endpoint` that still looks open;
+    /// expired and closed ones are dropped on the way.
+    fn checkout_direct(&self, endpoint: SocketAddr) -> Option<Connection> {
+        let mut endpoints = self.lock_direct();
+        let idle = endpoints.get_mut(&endpoint)?;
+        let now = Instant::now();
+        let mut found = None;
+        while let Some(connection) = idle.pop() {
+            if now - connection.since < self.idle_timeout && connection.looks_open() {
+                found = Some(connection);
+                break;
+            }
+        }
+        if idle.is_empty() {
+            endpoints.remove(&endpoint);
+        }
+        found
+    }
+
+    /// Keeps a direct connection whose response has been read, unless `endpoint` already
+    /// has `max_idle` idle ones.
+    pub(super) fn checkin_direct(&self, endpoint: SocketAddr, connection: Connection) {
+        let mut endpoints = self.lock_direct();
+        let idle = endpoints.entry(endpoint).or_default();
+        if idle.len() < self.max_idle {
+            idle.push(connection);
+        }
+    }
+
+    /// Sends `request` through hyper on a connection of its own task.
+    async fn send_hyper(
         &self,
         endpoint: SocketAddr,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         if let Some(mut sender) = self.checkout(endpoint) {
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -147,6 +230,10 @@ impl Http1Pool {
             listed.retain(|l| !l.sender.is_closed() && now - l.since < self.idle_timeout);
             !listed.is_empty()
         });
+        self.lock_direct().retain(|_, idle| {
+            idle.retain(|c| now - c.since < self.idle_timeout && c.looks_open());
+            !idle.is_empty()
+        });
     }
 
     /// Connections listed for `endpoint` (idle or streaming), for tests.
@@ -155,11 +242,22 @@ impl Http1Pool {
         self.lock().get(&endpoint).map_or(0, Vec::len)
     }
 
+    /// Idle direct connections to `endpoint`, for tests.
+    #[cfg(test)]
+    fn idle_direct(&self, endpoint: SocketAddr) -> usize {
+        self.lock_direct().get(&endpoint).map_or(0, Vec::len)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Listed>>> {
         // A poisoned map only holds connections; keep using it.
         self.endpoints
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_direct(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Connection>>> {
+        // A poisoned map only holds connections; keep using it.
+        self.direct.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -187,6 +285,7 @@ async fn sweep(pool: Weak<Http1Pool>, period: Duration) {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http_body::Body as _;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -197,12 +296,18 @@ mod tests {
     /// A response whose body never ends.
     const STREAMING: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
 
-    /// An HTTP/1.1 server that sends `reply` to every request and counts its connections;
-    /// with `close_after_first`, it closes each connection after its first response.
-    async fn server(
-        reply: &'static [u8],
-        close_after_first: bool,
-    ) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// What a test server does with the `n`th request (from 0) of a connection: answer it
+    /// with these bytes and keep the connection, answer and close, or close unanswered.
+    #[derive(Clone, Copy)]
+    enum Step {
+        Reply(&'static [u8]),
+        ReplyAndClose(&'static [u8]),
+        Close,
+    }
+
+    /// An HTTP/1.1 server that follows `script` on every connection and counts its
+    /// connections. Request bodies are not read; requests are told apart by their heads.
+    async fn scripted(script: fn(usize) -> Step) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
@@ -213,6 +318,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buffer = vec![0u8; 4096];
                     let mut pending = Vec::new();
+                    let mut served = 0;
                     loop {
                         let Ok(read) = stream.read(&mut buffer).await else {
                             return;
@@ -223,11 +329,18 @@ mod tests {
                         pending.extend_from_slice(&buffer[..read]);
                         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                             pending.drain(..end + 4);
-                            if stream.write_all(reply).await.is_err() {
-                                return;
-                            }
-                            if close_after_first {
-                                return;
+                            let step = script(served);
+                            served += 1;
+                            match step {
+                                Step::Reply(reply) | Step::ReplyAndClose(reply) => {
+                                    if stream.write_all(reply).await.is_err() {
+                                        return;
+                                    }
+                                    if matches!(step, Step::ReplyAndClose(_)) {
+                                        return;
+                                    }
+                                }
+                                Step::Close => return,
                             }
                         }
                     }
@@ -237,8 +350,13 @@ mod tests {
         (addr, connections)
     }
 
-    fn get(addr: SocketAddr) -> Request<ProxyBody> {
-        let mut request = Request::new(crate::body::empty());
+    fn request(addr: SocketAddr, method: http::Method, body: &'static str) -> Request<ProxyBody> {
+        let mut request = Request::new(if body.is_empty() {
+            crate::body::empty()
+        } else {
+            crate::body::full(body)
+        });
+        *request.method_mut() = method;
         *request.uri_mut() = http::Uri::from_static("/");
         request.headers_mut().insert(
             http::header::HOST,
@@ -247,32 +365,65 @@ mod tests {
         request
     }
 
-    async fn fetch(pool: &Http1Pool, addr: SocketAddr) -> String {
-        let response = pool.send(addr, get(addr)).await.expect("response");
+    /// A GET: the direct exchange.
+    fn get(addr: SocketAddr) -> Request<ProxyBody> {
+        request(addr, http::Method::GET, "")
+    }
+
+    /// A POST with a body: hyper's connections.
+    fn post(addr: SocketAddr) -> Request<ProxyBody> {
+        request(addr, http::Method::POST, "x")
+    }
+
+    async fn exchange(pool: &Arc<Http1Pool>, request: Request<ProxyBody>) -> String {
+        let response = pool
+            .send(
+                request.headers()[http::header::HOST]
+                    .to_str()
+                    .expect("host")
+                    .parse()
+                    .expect("addr"),
+                request,
+            )
+            .await
+            .expect("response");
         let body = response.into_body().collect().await.expect("body");
         String::from_utf8_lossy(&body.to_bytes()).into_owned()
     }
 
+    async fn fetch(pool: &Arc<Http1Pool>, addr: SocketAddr) -> String {
+        exchange(pool, get(addr)).await
+    }
+
+    fn pool() -> Arc<Http1Pool> {
+        Http1Pool::new(8, Duration::from_secs(60), Duration::from_secs(5))
+    }
+
     #[tokio::test]
     async fn sequential_requests_share_one_connection() {
-        let (addr, connections) = server(OK, false).await;
-        let pool = Http1Pool::new(8, Duration::from_secs(60), Duration::from_secs(5));
+        let (addr, connections) = scripted(|_| Step::Reply(OK)).await;
+        let pool = pool();
         for _ in 0..20 {
             assert_eq!(fetch(&pool, addr).await, "ok");
-            // The dispatcher marks the connection ready once it has read the response.
+        }
+        for _ in 0..5 {
+            assert_eq!(exchange(&pool, post(addr)).await, "ok");
+            // hyper's dispatcher marks its connection ready once it has read the response.
             tokio::task::yield_now().await;
         }
-        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        // One connection for the direct exchange, one of hyper's.
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_direct(addr), 1);
         assert_eq!(pool.listed(addr), 1);
     }
 
     #[tokio::test]
     async fn a_connection_still_streaming_is_not_reused() {
-        let (addr, connections) = server(STREAMING, false).await;
-        let pool = Http1Pool::new(8, Duration::from_secs(60), Duration::from_secs(5));
+        let (addr, connections) = scripted(|_| Step::Reply(STREAMING)).await;
+        let pool = pool();
         // Two responses whose bodies have not ended: two connections, both listed.
-        let first = pool.send(addr, get(addr)).await.expect("first");
-        let second = pool.send(addr, get(addr)).await.expect("second");
+        let first = pool.send(addr, post(addr)).await.expect("first");
+        let second = pool.send(addr, post(addr)).await.expect("second");
         assert_eq!(connections.load(Ordering::SeqCst), 2);
         assert_eq!(pool.listed(addr), 2);
         // A body dropped before its end leaves a connection that cannot be reused: it
@@ -284,19 +435,137 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_direct_connection_comes_back_only_after_its_body() {
+        let (addr, connections) = scripted(|_| Step::Reply(STREAMING)).await;
+        let pool = pool();
+        let mut first = pool.send(addr, get(addr)).await.expect("first");
+        let frame = first
+            .body_mut()
+            .frame()
+            .await
+            .expect("a frame")
+            .expect("data");
+        assert_eq!(frame.into_data().expect("data"), "ok");
+        let second = pool.send(addr, get(addr)).await.expect("second");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_direct(addr), 0);
+        // Dropped before their ends: closed, never listed.
+        drop((first, second));
+        assert_eq!(pool.idle_direct(addr), 0);
+    }
+
+    #[tokio::test]
     async fn a_connection_the_peer_closed_is_replaced_without_failing_the_request() {
-        let (addr, connections) = server(OK, true).await;
-        let pool = Http1Pool::new(8, Duration::from_secs(60), Duration::from_secs(5));
+        let (addr, connections) = scripted(|_| Step::ReplyAndClose(OK)).await;
+        let pool = pool();
         for _ in 0..5 {
             assert_eq!(fetch(&pool, addr).await, "ok");
+            assert_eq!(exchange(&pool, post(addr)).await, "ok");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(connections.load(Ordering::SeqCst), 5);
+        assert_eq!(connections.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_finds_its_connection_closing_goes_again_on_a_new_one() {
+        // Each connection answers one request, then reads the next and closes unanswered:
+        // the closed connection looked open when it was taken.
+        let (addr, connections) = scripted(|n| match n {
+            0 => Step::Reply(OK),
+            _ => Step::Close,
+        })
+        .await;
+        let pool = pool();
+        for _ in 0..3 {
+            assert_eq!(fetch(&pool, addr).await, "ok");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_and_interim_responses_are_read_and_the_connection_reused() {
+        let (addr, connections) = scripted(|_| {
+            Step::Reply(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nx-sum: 5\r\n\r\n",
+            )
+        })
+        .await;
+        let pool = pool();
+        for _ in 0..3 {
+            let response = pool.send(addr, get(addr)).await.expect("response");
+            assert_eq!(response.status(), http::StatusCode::OK);
+            let collected = response.into_body().collect().await.expect("body");
+            assert_eq!(collected.trailers().expect("trailers")["x-sum"], "5");
+            assert_eq!(collected.to_bytes(), "abcde");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_that_cannot_carry_another_request_are_not_kept() {
+        let (close, _) = scripted(|_| {
+            Step::Reply(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+        })
+        .await;
+        // More bytes than the length said: whatever follows is not a response to us.
+        let (extra, _) =
+            scripted(|_| Step::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA")).await;
+        // No length: the body runs until the upstream closes.
+        let (until_close, _) =
+            scripted(|_| Step::ReplyAndClose(b"HTTP/1.1 200 OK\r\n\r\nall of it")).await;
+        let pool = pool();
+        assert_eq!(fetch(&pool, close).await, "ok");
+        assert_eq!(fetch(&pool, extra).await, "ok");
+        assert_eq!(fetch(&pool, until_close).await, "all of it");
+        for addr in [close, extra, until_close] {
+            assert_eq!(pool.idle_direct(addr), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_response_has_no_body_whatever_its_length() {
+        let (addr, connections) =
+            scripted(|_| Step::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n")).await;
+        let pool = pool();
+        for _ in 0..2 {
+            let response = pool
+                .send(addr, request(addr, http::Method::HEAD, ""))
+                .await
+                .expect("response");
+            assert_eq!(response.headers()["content-length"], "9");
+            assert!(response.body().is_end_stream());
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_responses_are_upstream_errors() {
+        let (garbage, _) = scripted(|_| Step::Reply(b"NOT HTTP\r\n\r\n")).await;
+        let (lengths, _) = scripted(|_| {
+            Step::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nok")
+        })
+        .await;
+        let (silent, _) = scripted(|_| Step::Close).await;
+        let pool = pool();
+        for addr in [garbage, lengths, silent] {
+            let error = pool.send(addr, get(addr)).await.err();
+            assert!(
+                matches!(error, Some(ProxyError::Upstream { .. })),
+                "{error:?}"
+            );
+        }
+        // A body cut short fails the body, not the head.
+        let (short, _) =
+            scripted(|_| Step::ReplyAndClose(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok"))
+                .await;
+        let response = pool.send(short, get(short)).await.expect("head");
+        assert!(response.into_body().collect().await.is_err());
+        assert_eq!(pool.idle_direct(short), 0);
     }
 
     #[tokio::test]
     async fn idle_connections_expire() {
-        let (addr, connections) = server(OK, false).await;
+        let (addr, connections) = scripted(|_| Step::Reply(OK)).await;
         let pool = Http1Pool::new(8, Duration::from_millis(100), Duration::from_secs(5));
         assert_eq!(fetch(&pool, addr).await, "ok");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -309,11 +578,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         drop(listener);
-        let pool = Http1Pool::new(8, Duration::from_secs(60), Duration::from_secs(5));
-        let error = pool.send(addr, get(addr)).await.err();
-        assert!(
-            matches!(error, Some(ProxyError::ConnectionRefused { .. })),
-            "{error:?}"
-        );
+        let pool = pool();
+        for request in [get(addr), post(addr)] {
+            let error = pool.send(addr, request).await.err();
+            assert!(
+                matches!(error, Some(ProxyError::ConnectionRefused { .. })),
+                "{error:?}"
+            );
+        }
     }
 }
