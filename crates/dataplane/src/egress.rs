@@ -275,6 +275,7 @@ async fn serve_http<I>(
     let connection = Connection {
         bind: context.destination,
         client,
+        forwarded_for: crate::filters::client_address(client.ip()),
         tls: None,
         tunnel: Slot::default(),
         egress: Some(Arc::new(context)),

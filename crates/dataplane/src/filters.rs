@@ -38,6 +38,21 @@ pub fn modify_headers(modifier: Option<&HeaderModifier>, headers: &mut HeaderMap
 /// A WebSocket handshake is recognised before this runs, and its `Connection: upgrade` and
 /// `Upgrade` are put back afterwards (`upgrade.rs`); every other upgrade is removed here.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none of these: one pass over the names says so.
+    let hop_by_hop = |name: &HeaderName| {
+        matches!(
+            *name,
+            header::CONNECTION
+                | header::TE
+                | header::TRAILER
+                | header::TRANSFER_ENCODING
+                | header::UPGRADE
+        ) || name.as_str() == "keep-alive"
+            || name.as_str().starts_with("proxy-")
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -79,19 +94,29 @@ pub fn accepts_trailers(headers: &HeaderMap) -> bool {
         .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
 }
 
-/// Appends the client's IP to `X-Forwarded-For` (one comma-separated value, as most proxies
-/// write it) and sets `X-Forwarded-Proto` to the scheme the client used.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: ir::RedirectScheme) {
-    let client = client.to_canonical().to_string();
-    let mut value: Vec<u8> = Vec::new();
-    for existing in headers.get_all(&X_FORWARDED_FOR) {
-        value.extend_from_slice(existing.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(client.as_bytes());
-    let value = HeaderValue::from_bytes(&value)
-        .or_else(|_| HeaderValue::from_str(&client))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+/// The client's IP as a header value (IPv4-mapped addresses as IPv4), computed once per
+/// connection for [`set_forwarded`].
+pub fn client_address(client: IpAddr) -> HeaderValue {
+    let text = client.to_canonical().to_string();
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client's IP (from [`client_address`]) to `X-Forwarded-For` (one
+/// comma-separated value, as most proxies write it) and sets `X-Forwarded-Proto` to the
+/// scheme the client used.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, scheme: ir::RedirectScheme) {
+    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let value = if existing.peek().is_none() {
+        client.clone()
+    } else {
+        let mut value: Vec<u8> = Vec::new();
+        for earlier in existing {
+            value.extend_from_slice(earlier.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&value).unwrap_or_else(|_| client.clone())
+    };
     headers.insert(X_FORWARDED_FOR.clone(), value);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
@@ -186,6 +211,25 @@ mod tests {
     }
 
     #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        // The check that skips messages without any must know every one of them.
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut map = headers(&[(name, "x"), ("x-end-to-end", "1")]);
+            remove_hop_by_hop(&mut map);
+            let left: Vec<_> = map.keys().map(HeaderName::as_str).collect();
+            assert_eq!(left, ["x-end-to-end"], "{name}");
+        }
+    }
+
+    #[test]
     fn trailers_are_found_among_transfer_codings() {
         assert!(accepts_trailers(&headers(&[(
             "te",
@@ -198,7 +242,11 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended_and_proto_is_set() {
         let mut map = headers(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-proto", "x")]);
-        set_forwarded(&mut map, [127, 0, 0, 1].into(), ir::RedirectScheme::Http);
+        set_forwarded(
+            &mut map,
+            &client_address([127, 0, 0, 1].into()),
+            ir::RedirectScheme::Http,
+        );
         assert_eq!(
             map.get("x-forwarded-for").map(HeaderValue::as_bytes),
             Some(&b"10.0.0.1, 127.0.0.1"[..])
@@ -209,7 +257,11 @@ mod tests {
         );
         let mut fresh = HeaderMap::new();
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("valid literal");
-        set_forwarded(&mut fresh, mapped, ir::RedirectScheme::Https);
+        set_forwarded(
+            &mut fresh,
+            &client_address(mapped),
+            ir::RedirectScheme::Https,
+        );
         assert_eq!(
             fresh.get("x-forwarded-for").map(HeaderValue::as_bytes),
             Some(&b"192.0.2.7"[..])

@@ -333,6 +333,7 @@ pub(crate) async fn serve_tunnel<I>(
     let connection = Connection {
         bind,
         client,
+        forwarded_for: crate::filters::client_address(client.ip()),
         tls: None,
         tunnel: Slot::default(),
         egress: None,
@@ -409,6 +410,7 @@ async fn serve_plain(
     let connection = Connection {
         bind: accepted.bind,
         client: accepted.client,
+        forwarded_for: crate::filters::client_address(accepted.client.ip()),
         tls: None,
         tunnel: Slot::default(),
         egress: None,
@@ -440,6 +442,7 @@ async fn serve_tls(
             let connection = Connection {
                 bind,
                 client,
+                forwarded_for: crate::filters::client_address(client.ip()),
                 tls: Some(Arc::new(session)),
                 tunnel: Slot::default(),
                 egress: None,

@@ -48,6 +48,8 @@ pub struct Connection {
     pub bind: SocketAddr,
     /// The client's address.
     pub client: SocketAddr,
+    /// The client's IP as `X-Forwarded-For` names it ([`filters::client_address`]).
+    pub forwarded_for: HeaderValue,
     /// The TLS session, when the connection was accepted on a TLS socket.
     pub tls: Option<Arc<Session>>,
     /// Where a WebSocket handshake the backend accepted is left for the connection's task,
@@ -642,7 +644,7 @@ fn prepare_request_headers(
         Some(_) => RedirectScheme::Https,
         None => RedirectScheme::Http,
     };
-    filters::set_forwarded(&mut parts.headers, connection.client.ip(), scheme);
+    filters::set_forwarded(&mut parts.headers, &connection.forwarded_for, scheme);
     te_trailers
 }
 

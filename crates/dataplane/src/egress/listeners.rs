@@ -229,6 +229,7 @@ async fn proxy_request(
     let connection = Connection {
         bind: destination,
         client,
+        forwarded_for: crate::filters::client_address(client.ip()),
         tls: None,
         tunnel: Slot::default(),
         egress: Some(Arc::new(context)),

@@ -8,6 +8,7 @@
 //! malformed input is an error (the request gets a 502), never a panic, and every length is
 //! checked before it is used.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -118,9 +119,15 @@ pub(crate) fn parse_response(
     buffer: &mut BytesMut,
     method: &Method,
 ) -> Result<Parsed, FramingError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let length = match response.parse(buffer) {
+    // Left uninitialized: the parser writes only the slots it fills (3 KiB not to clear).
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buffer,
+        &mut slots,
+    );
+    let length = match parsed {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if buffer.len() >= MAX_HEAD => {
             return Err(FramingError::HeadTooLarge);
