@@ -223,7 +223,7 @@ impl Body for DirectBody {
                     let take = usize::try_from(*left)
                         .unwrap_or(usize::MAX)
                         .min(buffer.len());
-                    let data = buffer.split_to(take).freeze();
+                    let data = h1::take(buffer, take);
                     *left -= take as u64;
                     if *left == 0 {
                         this.finish();
@@ -231,7 +231,7 @@ impl Body for DirectBody {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 State::UntilClose if !buffer.is_empty() => {
-                    let data = buffer.split().freeze();
+                    let data = h1::take(buffer, buffer.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 State::Chunked(decoder) => match decoder.decode(buffer) {

@@ -114,7 +114,7 @@ pub(crate) fn encode_request(parts: &Parts, out: &mut Vec<u8>) {
 }
 
 /// Parses the response head at the start of `buffer`, the answer to a `method` request; a
-/// complete head is split off the buffer (its header values keep pointing into it).
+/// complete head is taken out of the buffer (its header values point into one copy of it).
 pub(crate) fn parse_response(
     buffer: &mut BytesMut,
     method: &Method,
@@ -158,7 +158,7 @@ pub(crate) fn parse_response(
         .iter()
         .map(|h| (offset(h.name.as_bytes()), offset(h.value)))
         .collect();
-    let head = buffer.split_to(length).freeze();
+    let head = take(buffer, length);
     let mut headers = HeaderMap::with_capacity(fields.len());
     for (name, value) in fields {
         let invalid = || FramingError::Header(String::from_utf8_lossy(&head[name.clone()]).into());
@@ -175,6 +175,17 @@ pub(crate) fn parse_response(
         framing,
         keep_alive,
     }))
+}
+
+/// The first `length` bytes of `buffer`, copied out of it.
+///
+/// Copied rather than split off: the read buffer then stays whole and is reused for the
+/// connection's next read. A split-off part would keep the buffer's allocation alive (header
+/// values and body chunks live on downstream), so every response would allocate a new one.
+pub(crate) fn take(buffer: &mut BytesMut, length: usize) -> Bytes {
+    let taken = Bytes::copy_from_slice(&buffer[..length]);
+    buffer.advance(length);
+    taken
 }
 
 /// How the body of a response is delimited (RFC 9112, section 6.3), and whether the
@@ -308,7 +319,7 @@ impl Chunked {
                     let take = usize::try_from(left)
                         .unwrap_or(usize::MAX)
                         .min(buffer.len());
-                    let data = buffer.split_to(take).freeze();
+                    let data = self::take(buffer, take);
                     let left = left - take as u64;
                     self.state = if left == 0 {
                         ChunkState::DataEnd
