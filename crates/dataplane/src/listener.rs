@@ -225,7 +225,11 @@ fn server_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.options.header_read_timeout);
+        .header_read_timeout(shared.options.header_read_timeout)
+        // One `write` of head and body copied together: most responses are small, and the
+        // load benchmark (scenario A) gained about 4% over vectored writes; large bodies
+        // pay one more copy.
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())
