@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::decode::{DecodeError, FileContents, Warning};
-use crate::{Object, ResourceKey, gw, k8s};
+use crate::{Kind, Object, ResourceKey, gw, k8s};
 
 /// `namespace/name` of a namespaced object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -176,11 +176,18 @@ impl Store {
     /// Current errors of every file, plus objects defined twice.
     pub fn errors(&self) -> Vec<DecodeError> {
         let mut errors: Vec<_> = self.errors.values().flatten().cloned().collect();
-        let mut seen: HashMap<ResourceKey, (&Path, usize)> = HashMap::new();
+        // Keyed by borrowed names: a key is only built for a duplicate's message.
+        let mut seen: HashMap<(Kind, &str, &str), (&Path, usize)> = HashMap::new();
         for (path, contents) in &self.files {
             for (object, line) in &contents.objects {
-                let key = object.key();
-                if let Some((first, first_line)) = seen.get(&key) {
+                let meta = object.meta();
+                let id = (
+                    object.kind(),
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default(),
+                );
+                if let Some((first, first_line)) = seen.get(&id) {
+                    let key = object.key();
                     errors.push(DecodeError {
                         file: path.clone(),
                         line: *line,
@@ -191,7 +198,7 @@ impl Store {
                         ),
                     });
                 } else {
-                    seen.insert(key, (path, *line));
+                    seen.insert(id, (path, *line));
                 }
             }
         }
@@ -365,6 +372,39 @@ spec:
         assert_eq!(
             load(&mut store, "c", "b.example.com").metadata.generation,
             Some(2)
+        );
+    }
+
+    #[test]
+    fn a_second_definition_of_an_object_is_an_error_and_the_first_is_kept() {
+        let mut store = Store::default();
+        let first = ROUTE.replace("LABEL", "a").replace("HOST", "first.example");
+        let second = ROUTE
+            .replace("LABEL", "a")
+            .replace("HOST", "second.example");
+        // Same name in another namespace, and another kind of the same name: no conflict.
+        let elsewhere = first.replace("namespace: default", "namespace: other");
+        let grpc = first.replace("kind: HTTPRoute", "kind: GRPCRoute");
+        for (file, text) in [
+            ("a.yaml", first),
+            ("b.yaml", format!("{elsewhere}---\n{grpc}---\n{second}")),
+        ] {
+            let path = Path::new(file);
+            store.set_file(path, crate::decode::decode_file(path, &text));
+        }
+        let errors = store.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].file, Path::new("b.yaml"));
+        assert!(
+            errors[0].message.contains("is already defined at a.yaml:1"),
+            "{}",
+            errors[0].message
+        );
+        let snapshot = store.snapshot();
+        let kept = &snapshot.http_routes[&ObjectName::new("default", "r")];
+        assert_eq!(
+            kept.spec.hostnames.as_deref(),
+            Some(&["first.example".to_string()][..])
         );
     }
 }
