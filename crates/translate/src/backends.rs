@@ -153,11 +153,13 @@ impl<'p> Resolver<'p> {
             ));
         };
         let grpc = referrer.kind == "GRPCRoute";
-        if let Some((backend, policy)) = self.cache.get(&(name.clone(), port, grpc)) {
+        let key = (name, port, grpc);
+        if let Some((backend, policy)) = self.cache.get(&key) {
             self.used.extend(policy.clone());
             return Ok(backend.clone());
         }
-        let Some(service) = snapshot.services.get(&name) else {
+        let name = &key.0;
+        let Some(service) = snapshot.services.get(name) else {
             return Err((
                 Reason::BackendNotFound,
                 format!("Service {name} does not exist"),
@@ -183,7 +185,7 @@ impl<'p> Resolver<'p> {
         };
         let policy = self
             .policies
-            .and_then(|p| p.for_port(&name, service_port.name.as_deref()));
+            .and_then(|p| p.for_port(name, service_port.name.as_deref()));
         let (policy, tls) = match policy {
             Some((policy, tls)) => (Some(policy.clone()), Some(tls)),
             None => (None, None),
@@ -191,15 +193,14 @@ impl<'p> Resolver<'p> {
         let backend = Arc::new(Backend {
             name: format!("{name}:{port}"),
             protocol,
-            endpoints: endpoints(snapshot, &name, service_port),
+            endpoints: endpoints(snapshot, name, service_port),
             tls,
             health: self
                 .health
-                .and_then(|h| h.for_port(&name, service_port.name.as_deref())),
+                .and_then(|h| h.for_port(name, service_port.name.as_deref())),
         });
         self.used.extend(policy.clone());
-        self.cache
-            .insert((name, port, grpc), (backend.clone(), policy));
+        self.cache.insert(key, (backend.clone(), policy));
         Ok(backend)
     }
 }

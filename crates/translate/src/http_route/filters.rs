@@ -143,18 +143,21 @@ pub(crate) fn backends(
                 namespace: spec.namespace.as_deref(),
                 port: spec.port,
             };
-            let described = format!(
-                "{}/{}:{}",
-                spec.namespace.as_deref().unwrap_or(referrer.namespace),
-                spec.name,
-                spec.port.unwrap_or_default()
-            );
+            // Only an invalid backendRef needs its description.
+            let described = || {
+                format!(
+                    "{}/{}:{}",
+                    spec.namespace.as_deref().unwrap_or(referrer.namespace),
+                    spec.name,
+                    spec.port.unwrap_or_default()
+                )
+            };
             let target = match resolver.target(snapshot, referrer, &reference) {
                 Ok(target) => target,
                 Err((reason, message)) => {
                     problems.unresolved(reason, message);
                     BackendTarget::Invalid(InvalidBackend {
-                        reference: described.clone(),
+                        reference: described(),
                         reason: format!("{reason:?}"),
                     })
                 }
@@ -188,7 +191,7 @@ pub(crate) fn backends(
                 if let Err(message) = compiled {
                     problems.unsupported(message.clone());
                     weighted.target = BackendTarget::Invalid(InvalidBackend {
-                        reference: described.clone(),
+                        reference: described(),
                         reason: message,
                     });
                 }
