@@ -189,11 +189,10 @@ impl DirectBody {
     /// The body has ended: the connection goes back to the pool if it can carry another
     /// request (nothing unasked in its buffer).
     fn finish(&mut self) {
-        if let Some(mut connection) = self.connection.take()
+        if let Some(connection) = self.connection.take()
             && self.keep_alive
             && connection.buffer.is_empty()
         {
-            connection.since = Instant::now();
             self.pool.checkin_direct(self.endpoint, connection);
         }
     }

@@ -138,10 +138,11 @@ impl Http1Pool {
 
     /// Keeps a direct connection whose response has been read, unless `endpoint` already
     /// has `max_idle` idle ones.
-    pub(super) fn checkin_direct(&self, endpoint: SocketAddr, connection: Connection) {
+    pub(super) fn checkin_direct(&self, endpoint: SocketAddr, mut connection: Connection) {
         let mut endpoints = self.lock_direct();
         let idle = endpoints.entry(endpoint).or_default();
         if idle.len() < self.max_idle {
+            connection.since = Instant::now();
             idle.push(connection);
         }
     }
@@ -375,24 +376,18 @@ mod tests {
         request(addr, http::Method::POST, "x")
     }
 
-    async fn exchange(pool: &Arc<Http1Pool>, request: Request<ProxyBody>) -> String {
-        let response = pool
-            .send(
-                request.headers()[http::header::HOST]
-                    .to_str()
-                    .expect("host")
-                    .parse()
-                    .expect("addr"),
-                request,
-            )
-            .await
-            .expect("response");
+    async fn exchange(
+        pool: &Arc<Http1Pool>,
+        addr: SocketAddr,
+        request: Request<ProxyBody>,
+    ) -> String {
+        let response = pool.send(addr, request).await.expect("response");
         let body = response.into_body().collect().await.expect("body");
         String::from_utf8_lossy(&body.to_bytes()).into_owned()
     }
 
     async fn fetch(pool: &Arc<Http1Pool>, addr: SocketAddr) -> String {
-        exchange(pool, get(addr)).await
+        exchange(pool, addr, get(addr)).await
     }
 
     fn pool() -> Arc<Http1Pool> {
@@ -407,7 +402,7 @@ mod tests {
             assert_eq!(fetch(&pool, addr).await, "ok");
         }
         for _ in 0..5 {
-            assert_eq!(exchange(&pool, post(addr)).await, "ok");
+            assert_eq!(exchange(&pool, addr, post(addr)).await, "ok");
             // hyper's dispatcher marks its connection ready once it has read the response.
             tokio::task::yield_now().await;
         }
@@ -460,7 +455,7 @@ mod tests {
         let pool = pool();
         for _ in 0..5 {
             assert_eq!(fetch(&pool, addr).await, "ok");
-            assert_eq!(exchange(&pool, post(addr)).await, "ok");
+            assert_eq!(exchange(&pool, addr, post(addr)).await, "ok");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(connections.load(Ordering::SeqCst), 10);
