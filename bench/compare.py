@@ -348,7 +348,7 @@ data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
 {services}
 {secret}
 """)
-        binary = release_binary("portcullis", "dist")
+        binary = portcullis_binary(self.args)
         env = dict(os.environ, PORTCULLIS_LOG="error")
         return self.start([str(binary), "run", "--config", str(directory), "--admin", "127.0.0.1:18199",
                            "--workers", "1", "--access-log", "off"], env=env)
@@ -427,6 +427,12 @@ data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
         b = count_lines(self.work / "b.log") - before_b
         result["split_b"] = 100.0 * b / max(a + b, 1)
         return result
+
+
+def portcullis_binary(args):
+    """The binary under test: --portcullis when given (the PGO build, or its instrumented
+    first stage while training), else the `dist` profile's."""
+    return Path(args.portcullis) if args.portcullis else release_binary("portcullis", "dist")
 
 
 def release_binary(name, profile="release"):
@@ -520,11 +526,11 @@ def route_scale(args, bench):
     port = PORTS["portcullis"]
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     results = []
-    for count in (10, 1000, 5000):
+    for count in ((10, 1000) if args.train else (10, 1000, 5000)):
         directory = bench.work / f"scale-{count}"
         directory.mkdir()
         scale_config(directory, count, port)
-        process = bench.start([str(release_binary("portcullis", "dist")), "run", "--config", str(directory),
+        process = bench.start([str(portcullis_binary(args)), "run", "--config", str(directory),
                                "--admin", "127.0.0.1:18199", "--workers", "1", "--access-log", "off"],
                               env=dict(os.environ, PORTCULLIS_LOG="error"))
         last = f"r{count - 1}.example.com"
@@ -542,7 +548,7 @@ def route_scale(args, bench):
         rps = next(float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec:"))
         # File change to served: a new route in a new file (written, then renamed into place).
         latencies = []
-        for k in range(50):
+        for k in range(10 if args.train else 50):
             name = f"new{k}.example.com"
             temporary = directory / f".new{k}.tmp"
             temporary.write_text(f"""apiVersion: gateway.networking.k8s.io/v1
@@ -584,18 +590,29 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--scenarios", default="ABD")
     parser.add_argument("--route-scale", action="store_true", help="only the route-scale run")
+    parser.add_argument("--portcullis", metavar="BINARY",
+                        help="measure this portcullis binary instead of building the dist profile "
+                             "(scripts/build-dist prints the path of its PGO build)")
+    parser.add_argument("--train", action="store_true",
+                        help="the training run of scripts/build-dist: portcullis alone through every "
+                             "scenario once, then reloads at 10 and 1,000 routes; no report")
     parser.add_argument("--targets", default="direct,portcullis,envoy,nginx,haproxy",
                         help="comma-separated subset for quick comparisons (direct and nginx, "
                              "the bases of the ratios, are always measured)")
     args = parser.parse_args()
+    if args.train:
+        if not args.portcullis:
+            sys.exit("--train needs --portcullis (the instrumented binary)")
+        args.targets, args.scenarios, args.repeats = "portcullis", "ABCD", 1
     names = [n for n in ("direct", "portcullis", "envoy", "nginx", "haproxy")
-             if n in args.targets.split(",") or n in ("direct", "nginx")]
+             if n in args.targets.split(",") or (n in ("direct", "nginx") and not args.train)]
     for tool in ("nginx", "haproxy", "wrk", "envoy"):
         if tool in ("nginx", "wrk") or tool in names:
             need(tool)
     if "C" in args.scenarios:
         need("h2load")
-    subprocess.run(["cargo", "build", "--profile", "dist", "-q", "-p", "portcullis"], cwd=ROOT, check=True)
+    if not args.portcullis:
+        subprocess.run(["cargo", "build", "--profile", "dist", "-q", "-p", "portcullis"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "cal-llm"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as work:
         bench = Bench(args, work)
@@ -614,6 +631,9 @@ def main():
                         rows.setdefault((scenario, name), []).append(bench.measure(scenario, name))
                         print(f"scenario {scenario} run {repeat + 1} {name}: "
                               f"{rows[(scenario, name)][-1]['rps']:.0f} req/s", file=sys.stderr)
+            if args.train:
+                route_scale(args, bench)
+                return
         finally:
             bench.stop_all()
     report(args, rows, names)
