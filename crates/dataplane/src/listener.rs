@@ -487,11 +487,14 @@ async fn serve_http<I>(
             let shared = Arc::clone(&shared);
             let connection = connection.clone();
             let stream = resets.open();
-            async move {
+            // Boxed: hyper moves the service's future into its connection state on every
+            // request, and this one is several kilobytes; a box is one copy and then a
+            // pointer.
+            Box::pin(async move {
                 let response = proxy::handle(shared, connection, request).await;
                 stream.finished();
                 Ok::<_, Infallible>(response)
-            }
+            })
         })
     };
     // HTTP/1.1 connections are served with upgrades, so that WebSocket handshakes can switch

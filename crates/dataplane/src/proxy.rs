@@ -202,7 +202,9 @@ async fn proxy(
         }
         Action::Forward(backends) => {
             let client_certificate = listener.backend_client_certificate.as_ref();
-            let forwarding = forward(
+            // Boxed, like each attempt below: wrapping a future in `deadline` and awaiting it
+            // moves it, and these are the largest futures of the request.
+            let forwarding = Box::pin(forward(
                 shared,
                 connection,
                 selected,
@@ -210,7 +212,7 @@ async fn proxy(
                 client_certificate,
                 log,
                 request,
-            );
+            ));
             deadline(rule.timeouts.request, forwarding, || {
                 ProxyError::RequestTimeout
             })
@@ -381,9 +383,12 @@ async fn forward(
                 (Some(data), 1..) => Some(copy_request(&request, data.clone())),
                 _ => None,
             };
-            let attempt = shared
-                .upstreams
-                .send(&backend, client_certificate, endpoint, request);
+            let attempt = Box::pin(shared.upstreams.send(
+                &backend,
+                client_certificate,
+                endpoint,
+                request,
+            ));
             let result = deadline(rule.timeouts.backend_request, attempt, || {
                 ProxyError::BackendTimeout { endpoint }
             })
