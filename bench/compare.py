@@ -525,7 +525,6 @@ def rss_kib(pid):
 
 def route_scale(args, bench):
     port = PORTS["portcullis"]
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     results = []
     for count in ((10, 1000) if args.train else (10, 1000, 5000)):
         directory = bench.work / f"scale-{count}"
@@ -592,8 +591,8 @@ def main():
     parser.add_argument("--scenarios", default="ABD")
     parser.add_argument("--route-scale", action="store_true", help="only the route-scale run")
     parser.add_argument("--portcullis", metavar="BINARY",
-                        help="measure this portcullis binary instead of building the dist profile "
-                             "(scripts/build-dist prints the path of its PGO build)")
+                        help="measure this portcullis binary instead of building one with "
+                             "scripts/build-dist (which prints the path of what it built)")
     parser.add_argument("--no-pgo", action="store_true",
                         help="measure the plain dist build (scripts/build-dist --no-pgo)")
     parser.add_argument("--train", action="store_true",
