@@ -731,8 +731,8 @@ fn prepare_switch(response: Response<Incoming>, chosen: &WeightedBackend) -> Res
 /// Runs `future`, failing with `on_expiry()` when `limit` passes first.
 ///
 /// Not an `async fn`: that would hold `future` twice (as its argument and inside the
-/// timeout), and these futures are the bulk of the request's state, which is moved into
-/// hyper's connection task on every request.
+/// timeout), and these futures are the bulk of the request's state (the callers on the
+/// request path pass them boxed, so that wrapping them here moves a pointer).
 fn deadline<T, F>(
     limit: Option<Duration>,
     future: F,
