@@ -235,7 +235,7 @@ impl Control {
     /// Kubernetes mode, the status writer.
     async fn reconcile(
         &mut self,
-        snapshot: &model::Snapshot,
+        snapshot: &Arc<model::Snapshot>,
         errors: &[model::decode::DecodeError],
         warnings: &[model::decode::Warning],
     ) {
@@ -291,7 +291,7 @@ impl Control {
         // `/config` and `/status` are rendered when asked for: building their JSON on every
         // reload cost more than translating (measured at 5,000 routes).
         let status = status::StatusInputs {
-            snapshot: snapshot.clone(),
+            snapshot: Arc::clone(snapshot),
             status,
             errors: errors.to_vec(),
             warnings: warnings.to_vec(),

@@ -85,8 +85,8 @@ impl Stamper {
 /// What the status document is built from, kept so that `/status` renders it on request.
 #[derive(Debug, Default)]
 pub struct StatusInputs {
-    /// The translated resources.
-    pub snapshot: Snapshot,
+    /// The translated resources (shared with the store that made them).
+    pub snapshot: Arc<Snapshot>,
     /// Their status.
     pub status: StatusSet,
     /// Manifest errors.

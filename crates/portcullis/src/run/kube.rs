@@ -6,6 +6,8 @@
 //! creates a Deployment and a LoadBalancer Service per accepted Gateway; those pods run
 //! `--serve-only --gateway NS/NAME` and serve that Gateway alone.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use sources::kube::{LeaderOptions, StatusWriter};
 use translate::provision::ProvisionOptions;
@@ -104,7 +106,11 @@ async fn watch(
                 let current = state.borrow_and_update().clone();
                 if let Some(current) = current {
                     control
-                        .reconcile(&current.snapshot, &current.errors, &current.warnings)
+                        .reconcile(
+                            &Arc::new(current.snapshot.clone()),
+                            &current.errors,
+                            &current.warnings,
+                        )
                         .await;
                 }
             }
