@@ -20,6 +20,8 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,10 +214,14 @@ pub struct Selected<'a> {
 }
 
 /// Every route match of one listener, grouped by hostname and sorted by precedence.
+///
+/// Its maps hash with foldhash rather than SipHash: their keys come from the config, so a
+/// client cannot fill them with colliding names, and every request looks its host and path
+/// up (SipHash on hostnames was also a tenth of translating 5,000 routes).
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     entries: Vec<Candidate>,
-    exact: HashMap<String, Group>,
+    exact: HashMap<String, Group, RandomState>,
     /// Wildcard groups, most specific first.
     wildcards: Vec<(HostnameMatch, Group)>,
     any: Group,
@@ -226,7 +232,7 @@ pub struct RouteTable {
 /// then scans the remaining matches.
 #[derive(Clone, Debug, Default)]
 struct Group {
-    exact_paths: HashMap<String, Vec<usize>>,
+    exact_paths: HashMap<String, Vec<usize>, RandomState>,
     others: Vec<usize>,
 }
 
@@ -236,7 +242,10 @@ impl RouteTable {
     /// Compiles candidates into a table.
     pub fn new(mut entries: Vec<Candidate>) -> Self {
         entries.sort_by_key(precedence_key);
-        let mut exact: HashMap<String, Group> = HashMap::new();
+        // Sized for the worst case (every entry its own hostname) and trimmed after: growing
+        // rehashed every hostname several times, a tenth of translating 5,000 routes.
+        let mut exact: HashMap<String, Group, RandomState> =
+            HashMap::with_capacity_and_hasher(entries.len(), RandomState::default());
         let mut wildcards: HashMap<HostnameMatch, Group> = HashMap::new();
         let mut any = Group::default();
         for (index, entry) in entries.iter().enumerate() {
@@ -251,6 +260,7 @@ impl RouteTable {
             };
             group.push(index, &entry.matcher.path);
         }
+        exact.shrink_to_fit();
         let mut wildcards: Vec<_> = wildcards.into_iter().collect();
         wildcards
             .sort_by(|(a, _), (b, _)| b.specificity().cmp(&a.specificity()).then_with(|| a.cmp(b)));

@@ -6,7 +6,7 @@
 //! listener's? The first question answered "no" decides the `Accepted=False` reason:
 //! `NoMatchingParent`, `NotAllowedByListeners`, `NoMatchingListenerHostname`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use ir::HostnameMatch;
 use model::status::{Condition, ConditionType, ParentReference, Reason, RouteParentStatus};
@@ -16,14 +16,15 @@ use crate::Options;
 
 use crate::gateways::{AllowedNamespaces, GatewayState};
 
-/// A parentRef in kind-independent form (every route kind's generated type differs).
-#[derive(Clone, Debug)]
-pub(crate) struct ParentRef {
-    pub group: String,
-    pub kind: String,
-    pub namespace: Option<String>,
-    pub name: String,
-    pub section_name: Option<String>,
+/// A parentRef in kind-independent form (every route kind's generated type differs),
+/// borrowed from the route.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ParentRef<'a> {
+    pub group: &'a str,
+    pub kind: &'a str,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+    pub section_name: Option<&'a str>,
     pub port: Option<i32>,
 }
 
@@ -75,23 +76,23 @@ pub(crate) enum ParentOutcome {
 
 // === impl ParentRef ===
 
-impl ParentRef {
+impl<'a> ParentRef<'a> {
     /// Builds a parentRef, applying the API defaults (group gateway.networking.k8s.io, kind
     /// Gateway).
     pub(crate) fn new(
-        group: Option<&str>,
-        kind: Option<&str>,
-        namespace: Option<&str>,
-        name: &str,
-        section_name: Option<&str>,
+        group: Option<&'a str>,
+        kind: Option<&'a str>,
+        namespace: Option<&'a str>,
+        name: &'a str,
+        section_name: Option<&'a str>,
         port: Option<i32>,
     ) -> Self {
         Self {
-            group: group.unwrap_or(GATEWAY_GROUP).to_string(),
-            kind: kind.unwrap_or("Gateway").to_string(),
-            namespace: namespace.map(str::to_string),
-            name: name.to_string(),
-            section_name: section_name.map(str::to_string),
+            group: group.unwrap_or(GATEWAY_GROUP),
+            kind: kind.unwrap_or("Gateway"),
+            namespace,
+            name,
+            section_name,
             port,
         }
     }
@@ -108,7 +109,7 @@ pub(crate) fn parent_statuses(
     gateways: &mut BTreeMap<ObjectName, GatewayState>,
     options: &Options,
     route: &RouteInfo<'_>,
-    parents: &[ParentRef],
+    parents: &[ParentRef<'_>],
     generation: i64,
     problems: &RuleProblems,
     mut attached: impl FnMut(&Attachment) -> Result<(), String>,
@@ -187,19 +188,19 @@ fn attach(
     gateways: &BTreeMap<ObjectName, GatewayState>,
     options: &Options,
     route: &RouteInfo<'_>,
-    parent: &ParentRef,
+    parent: &ParentRef<'_>,
 ) -> ParentOutcome {
-    if matches!(parent.group.as_str(), "" | "core") && parent.kind == "Service" {
+    if matches!(parent.group, "" | "core") && parent.kind == "Service" {
         return crate::mesh::attach(snapshot, route, parent);
     }
-    if crate::egress::is_egress_parent(&parent.group, &parent.kind) {
+    if crate::egress::is_egress_parent(parent.group, parent.kind) {
         return crate::egress::attach(snapshot, options, route, parent);
     }
-    if parent.group != GATEWAY_GROUP || !matches!(parent.kind.as_str(), "Gateway" | "ListenerSet") {
+    if parent.group != GATEWAY_GROUP || !matches!(parent.kind, "Gateway" | "ListenerSet") {
         return ParentOutcome::NotOurs;
     }
-    let namespace = parent.namespace.as_deref().unwrap_or(&route.name.namespace);
-    let name = ObjectName::new(namespace, &parent.name);
+    let namespace = parent.namespace.unwrap_or(&route.name.namespace);
+    let name = ObjectName::new(namespace, parent.name);
     // The listeners this parent offers, the namespace their `Same` refers to, and the key
     // prefix of their route maps.
     let (listeners, owner_namespace, key) = if parent.kind == "ListenerSet" {
@@ -229,7 +230,7 @@ fn attach(
     };
     let selected: Vec<_> = listeners
         .iter()
-        .filter(|l| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|l| parent.section_name.is_none_or(|s| s == l.name))
         .filter(|l| parent.port.is_none_or(|p| i32::from(l.port) == p))
         .collect();
     if selected.is_empty() {
@@ -268,7 +269,11 @@ fn attach(
             let hostnames = intersect(l.hostname.as_ref(), route.hostnames);
             (!hostnames.is_empty()).then(|| Attachment {
                 gateway: name.clone(),
-                listener: format!("{key}{}", l.name),
+                listener: if key.is_empty() {
+                    l.name.clone()
+                } else {
+                    format!("{key}{}", l.name)
+                },
                 hostnames,
             })
         })
@@ -287,11 +292,15 @@ fn count_attachments(
     gateways: &mut BTreeMap<ObjectName, GatewayState>,
     attachments: &[Attachment],
 ) {
-    let unique: BTreeSet<_> = attachments
-        .iter()
-        .map(|a| (&a.gateway, &a.listener))
-        .collect();
-    for (owner, listener) in unique {
+    for (index, attachment) in attachments.iter().enumerate() {
+        let (owner, listener) = (&attachment.gateway, &attachment.listener);
+        // A handful per parentRef: looking back is cheaper than a set.
+        let counted = attachments[..index]
+            .iter()
+            .any(|a| &a.gateway == owner && &a.listener == listener);
+        if counted {
+            continue;
+        }
         let listener_state = match listener.strip_prefix(crate::listener_sets::KEY_PREFIX) {
             Some(listener) => gateways
                 .values_mut()
@@ -309,13 +318,13 @@ fn count_attachments(
 }
 
 /// The parentRef as status echoes it: group and kind written out.
-pub(crate) fn status_ref(parent: &ParentRef) -> ParentReference {
+pub(crate) fn status_ref(parent: &ParentRef<'_>) -> ParentReference {
     ParentReference {
-        group: parent.group.clone(),
-        kind: parent.kind.clone(),
-        namespace: parent.namespace.clone(),
-        name: parent.name.clone(),
-        section_name: parent.section_name.clone(),
+        group: parent.group.to_string(),
+        kind: parent.kind.to_string(),
+        namespace: parent.namespace.map(str::to_string),
+        name: parent.name.to_string(),
+        section_name: parent.section_name.map(str::to_string),
         port: parent.port,
     }
 }

@@ -158,30 +158,30 @@ const KIND_PRECEDENCE: [&str; 4] = ["GRPCRoute", "HTTPRoute", "TLSRoute", "TCPRo
 /// For every EgressNetwork and port that routes name, the route kinds naming it.
 fn kinds_by_port(snapshot: &Snapshot) -> BTreeMap<(ObjectName, u16), BTreeSet<&'static str>> {
     let mut found: BTreeMap<(ObjectName, u16), BTreeSet<&'static str>> = BTreeMap::new();
-    let mut add = |kind: &'static str, route: &ObjectName, refs: Vec<RawRef<'_>>| {
-        for r in refs {
-            let (Some(group), Some(kind_name)) = (r.group, r.kind) else {
-                continue;
-            };
-            let Some(port) = r.port.and_then(|p| u16::try_from(p).ok()) else {
-                continue;
-            };
-            if is_egress_parent(group, kind_name) {
-                let namespace = r.namespace.unwrap_or(&route.namespace);
-                found
-                    .entry((ObjectName::new(namespace, r.name), port))
-                    .or_default()
-                    .insert(kind);
+    let mut add =
+        |kind: &'static str, route: &ObjectName, refs: &mut dyn Iterator<Item = RawRef<'_>>| {
+            for r in refs {
+                let (Some(group), Some(kind_name)) = (r.group, r.kind) else {
+                    continue;
+                };
+                let Some(port) = r.port.and_then(|p| u16::try_from(p).ok()) else {
+                    continue;
+                };
+                if is_egress_parent(group, kind_name) {
+                    let namespace = r.namespace.unwrap_or(&route.namespace);
+                    found
+                        .entry((ObjectName::new(namespace, r.name), port))
+                        .or_default()
+                        .insert(kind);
+                }
             }
-        }
-    };
+        };
     for (name, route) in &snapshot.http_routes {
         let refs = route.spec.parent_refs.iter().flatten();
         add(
             "HTTPRoute",
             name,
-            refs.map(|p| raw(&p.group, &p.kind, &p.namespace, &p.name, p.port))
-                .collect(),
+            &mut refs.map(|p| raw(&p.group, &p.kind, &p.namespace, &p.name, p.port)),
         );
     }
     for (name, route) in &snapshot.grpc_routes {
@@ -189,8 +189,7 @@ fn kinds_by_port(snapshot: &Snapshot) -> BTreeMap<(ObjectName, u16), BTreeSet<&'
         add(
             "GRPCRoute",
             name,
-            refs.map(|p| raw(&p.group, &p.kind, &p.namespace, &p.name, p.port))
-                .collect(),
+            &mut refs.map(|p| raw(&p.group, &p.kind, &p.namespace, &p.name, p.port)),
         );
     }
     for (name, route) in &snapshot.tls_routes {
@@ -198,8 +197,7 @@ fn kinds_by_port(snapshot: &Snapshot) -> BTreeMap<(ObjectName, u16), BTreeSet<&'
         add(
             "TLSRoute",
             name,
-            refs.map(|p| raw(&p.group, &p.kind, &p.namespace, &p.name, p.port))
-                .collect(),
+            &mut refs.map(|p| raw(&p.group, &p.kind, &p.namespace, &p.name, p.port)),
         );
     }
     for (name, route) in &snapshot.tcp_routes {
@@ -207,8 +205,7 @@ fn kinds_by_port(snapshot: &Snapshot) -> BTreeMap<(ObjectName, u16), BTreeSet<&'
         add(
             "TCPRoute",
             name,
-            refs.map(|p| raw(&p.group, &p.kind, &p.namespace, &p.name, p.port))
-                .collect(),
+            &mut refs.map(|p| raw(&p.group, &p.kind, &p.namespace, &p.name, p.port)),
         );
     }
     found
@@ -244,10 +241,10 @@ pub(crate) fn attach(
     snapshot: &Snapshot,
     options: &Options,
     route: &RouteInfo<'_>,
-    parent: &ParentRef,
+    parent: &ParentRef<'_>,
 ) -> ParentOutcome {
-    let namespace = parent.namespace.as_deref().unwrap_or(&route.name.namespace);
-    let name = ObjectName::new(namespace, &parent.name);
+    let namespace = parent.namespace.unwrap_or(&route.name.namespace);
+    let name = ObjectName::new(namespace, parent.name);
     let Some(network) = snapshot.egress_networks.get(&name) else {
         return ParentOutcome::Rejected(
             Reason::NoMatchingParent,

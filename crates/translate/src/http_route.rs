@@ -9,7 +9,7 @@ use model::status::{ResourceStatus, StatusSet};
 use model::{Kind, ObjectName, ResourceKey, Snapshot};
 
 use crate::Options;
-use crate::attach::{self, ParentRef, RouteInfo, RuleProblems};
+use crate::attach::{self, Attachment, ParentRef, RouteInfo, RuleProblems};
 use crate::backends::Resolver;
 use crate::gateways::GatewayState;
 
@@ -100,6 +100,8 @@ pub(crate) fn compile_all(
     ordered.sort_by(|(_, a_name, a), (_, b_name, b)| {
         crate::oldest_first((&a.metadata, a_name), (&b.metadata, b_name))
     });
+    // Hostname claims only matter between the two kinds.
+    let both_kinds = !snapshot.http_routes.is_empty() && !converted.is_empty();
     let mut routes = Routes::default();
     let mut resolver = Resolver::with_policies(policies, health);
     for (rank, (kind, name, route)) in ordered.iter().enumerate() {
@@ -110,6 +112,7 @@ pub(crate) fn compile_all(
             name,
             egress: has_egress_parent(route),
             mesh_parents: &parents,
+            both_kinds,
         };
         compile_route(
             snapshot,
@@ -137,6 +140,8 @@ struct Flavor<'a> {
     egress: bool,
     /// The Services among the parentRefs (GAMMA).
     mesh_parents: &'a [ObjectName],
+    /// Whether there are both HTTPRoutes and GRPCRoutes, which may conflict.
+    both_kinds: bool,
 }
 
 /// The Services a route names as parents.
@@ -299,38 +304,8 @@ fn compile_route(
         &problems,
         |attachment| {
             let key = (attachment.gateway.clone(), attachment.listener.clone());
-            // GRPCRoute hostnames docs: when an HTTPRoute and a GRPCRoute on one listener have
-            // intersecting hostnames, "the implementation MUST accept exactly one of these
-            // two routes": the older, then the first by namespace/name, which is the order
-            // routes are compiled in.
-            let claims = routes.claims.entry(key.clone()).or_default();
-            let conflict =
-                claims
-                    .iter()
-                    .filter(|(kind, _)| *kind != flavor.kind)
-                    .find(|(_, routes)| {
-                        routes
-                            .iter()
-                            .any(|hostnames| overlap(hostnames, &attachment.hostnames))
-                    });
-            if let Some((other, _)) = conflict {
-                return Err(format!(
-                    "listener {} already serves a {} for an intersecting hostname; HTTPRoutes and GRPCRoutes cannot share one (the older route wins)",
-                    attachment.listener,
-                    Flavor {
-                        kind: *other,
-                        rank,
-                        name,
-                        egress: flavor.egress,
-                        mesh_parents: flavor.mesh_parents,
-                    }
-                    .kind_name()
-                ));
-            }
-            let hostnames = attachment.hostnames.clone();
-            match claims.iter_mut().find(|(kind, _)| *kind == flavor.kind) {
-                Some((_, routes)) => routes.push(hostnames),
-                None => claims.push((flavor.kind, vec![hostnames])),
+            if flavor.both_kinds {
+                claim(routes, flavor, &key, attachment)?;
             }
             let gateway_listener = is_gateway_listener(&attachment.listener);
             if gateway_listener {
@@ -385,6 +360,45 @@ fn compile_route(
             ResourceStatus::Route { parents },
         );
     }
+}
+
+/// Records that a route of `flavor`'s kind serves the attachment's hostnames on its
+/// listener, unless a route of the other kind already serves an intersecting one.
+/// GRPCRoute hostnames docs: when an HTTPRoute and a GRPCRoute on one listener have
+/// intersecting hostnames, "the implementation MUST accept exactly one of these two routes":
+/// the older, then the first by namespace/name, which is the order routes are compiled in.
+fn claim(
+    routes: &mut Routes,
+    flavor: Flavor<'_>,
+    key: &(ObjectName, String),
+    attachment: &Attachment,
+) -> Result<(), String> {
+    let claims = routes.claims.entry(key.clone()).or_default();
+    let conflict = claims
+        .iter()
+        .filter(|(kind, _)| *kind != flavor.kind)
+        .find(|(_, routes)| {
+            routes
+                .iter()
+                .any(|hostnames| overlap(hostnames, &attachment.hostnames))
+        });
+    if let Some((other, _)) = conflict {
+        return Err(format!(
+            "listener {} already serves a {} for an intersecting hostname; HTTPRoutes and GRPCRoutes cannot share one (the older route wins)",
+            attachment.listener,
+            Flavor {
+                kind: *other,
+                ..flavor
+            }
+            .kind_name()
+        ));
+    }
+    let hostnames = attachment.hostnames.clone();
+    match claims.iter_mut().find(|(kind, _)| *kind == flavor.kind) {
+        Some((_, routes)) => routes.push(hostnames),
+        None => claims.push((flavor.kind, vec![hostnames])),
+    }
+    Ok(())
 }
 
 /// Whether an attachment is to a Gateway listener (or a ListenerSet's, keyed under its

@@ -46,10 +46,10 @@ pub(crate) fn cluster_ip(snapshot: &Snapshot, service: &ObjectName) -> Option<Ip
 pub(crate) fn attach(
     snapshot: &Snapshot,
     route: &RouteInfo<'_>,
-    parent: &ParentRef,
+    parent: &ParentRef<'_>,
 ) -> ParentOutcome {
-    let namespace = parent.namespace.as_deref().unwrap_or(&route.name.namespace);
-    let name = ObjectName::new(namespace, &parent.name);
+    let namespace = parent.namespace.unwrap_or(&route.name.namespace);
+    let name = ObjectName::new(namespace, parent.name);
     let Some(service) = snapshot.services.get(&name) else {
         return ParentOutcome::Rejected(
             Reason::NoMatchingParent,
