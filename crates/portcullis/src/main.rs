@@ -7,7 +7,8 @@
 
 /// jemalloc instead of glibc's malloc: with 5,000 routes a reload spent about half its time
 /// in glibc's bin coalescing (`malloc_consolidate`, `unlink_chunk`), and file change to served
-/// took nearly twice as long. Idle memory grows by about 1 MiB (bench/RESULTS.md).
+/// took nearly twice as long. Idle memory grows by about 1 MiB (bench/RESULTS.md). Its
+/// options (a background thread that returns freed pages) are set in `.cargo/config.toml`.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -4,7 +4,7 @@
 //! time while its status stays the same, as the API server's convention requires.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use model::decode::{DecodeError, Warning};
 use model::status::{ConditionStatus, ResourceStatus, StatusSet};
@@ -80,15 +80,34 @@ impl Stamper {
         let round = self.round;
         self.seen.retain(|_, seen| seen.round == round);
     }
+
+    /// Sets `lastTransitionTime` on every condition of a status translated again from the
+    /// last stamped round's inputs: the same conditions, so each gets its remembered time.
+    /// The admin server runs on the control loop's thread, so no reload stamps a newer
+    /// round between a reload's stamping and its admin state, or during a render.
+    pub fn fill(&self, status: &mut StatusSet) {
+        for (key, resource) in &mut status.0 {
+            let times = self.seen.get(key).map(|seen| &seen.times[..]);
+            for (index, condition) in resource.conditions_mut().into_iter().enumerate() {
+                condition.last_transition_time = times
+                    .and_then(|times| times.get(index))
+                    .map(|(_, time)| time.clone());
+            }
+        }
+    }
 }
 
-/// What the status document is built from, kept so that `/status` renders it on request.
+/// What the status document is built from, kept so that `/status` renders it on request:
+/// the snapshot and the options it was translated with, since translating is a pure
+/// function and cheaper to repeat on request than the status of every resource is to keep.
 #[derive(Debug, Default)]
 pub struct StatusInputs {
     /// The translated resources (shared with the store that made them).
     pub snapshot: Arc<Snapshot>,
-    /// Their status.
-    pub status: StatusSet,
+    /// The options they were translated with.
+    pub options: translate::Options,
+    /// When each condition last changed (shared with the reconciler).
+    pub times: Arc<Mutex<Stamper>>,
     /// Manifest errors.
     pub errors: Vec<DecodeError>,
     /// Skipped documents.
@@ -98,7 +117,11 @@ pub struct StatusInputs {
 impl StatusInputs {
     /// The status document.
     pub fn document(&self) -> StatusDocument {
-        document(&self.snapshot, &self.status, &self.errors, &self.warnings)
+        let mut status = translate::translate(&self.snapshot, &self.options).status;
+        let times = self.times.lock().unwrap_or_else(PoisonError::into_inner);
+        times.fill(&mut status);
+        drop(times);
+        document(&self.snapshot, &status, &self.errors, &self.warnings)
     }
 }
 
@@ -249,5 +272,20 @@ mod tests {
         let mut back = set(false);
         stamper.stamp(&mut back, "t5");
         assert_eq!(time(&back).as_deref(), Some("t5"));
+    }
+
+    #[test]
+    fn a_status_translated_again_gets_the_stamped_times() {
+        let mut stamper = Stamper::default();
+        stamper.stamp(&mut set(true), "t1");
+        stamper.stamp(&mut set(false), "t2");
+        let mut again = set(false);
+        stamper.fill(&mut again);
+        assert_eq!(time(&again).as_deref(), Some("t2"));
+        // Filling remembers nothing: the next stamp still compares with the last one.
+        stamper.fill(&mut set(true));
+        let mut same = set(false);
+        stamper.stamp(&mut same, "t3");
+        assert_eq!(time(&same).as_deref(), Some("t2"));
     }
 }
