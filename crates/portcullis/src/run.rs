@@ -203,6 +203,12 @@ async fn serve_directory(
     Ok(())
 }
 
+/// Frees a large value (a previous config, a status of thousands of resources) on a
+/// blocking thread: tens of thousands of frees would otherwise delay the next reload.
+fn drop_elsewhere<T: Send + 'static>(value: T) {
+    tokio::task::spawn_blocking(move || drop(value));
+}
+
 fn signal(kind: tokio::signal::unix::SignalKind) -> anyhow::Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(kind).context("cannot install signal handler")
 }
@@ -297,7 +303,7 @@ impl Control {
         // `/config` and `/status` are rendered when asked for: building their JSON on every
         // reload cost more than translating (measured at 5,000 routes), and keeping the
         // status of every resource cost 3 MB at 5,000 routes; `/status` translates again.
-        drop(status);
+        drop_elsewhere(status);
         let status = status::StatusInputs {
             snapshot: Arc::clone(snapshot),
             options: translated_with,
@@ -316,7 +322,7 @@ impl Control {
             last_translate_seconds: translated.as_secs_f64(),
             status_writer: self.status_writer.as_ref().map(|w| w.metrics().clone()),
         };
-        self.state.send_replace(Arc::new(state));
+        drop_elsewhere(self.state.send_replace(Arc::new(state)));
         tracing::info!(
             binds,
             errors = errors.len(),
