@@ -124,13 +124,9 @@ impl Snapshot {
     pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
         let mut snapshot = Self::default();
         for object in objects {
-            snapshot.insert(object);
+            snapshot.place(object, false);
         }
         snapshot
-    }
-
-    fn insert(&mut self, object: Object) {
-        self.place(object, false);
     }
 
     /// Adds `object`; an object already under its key is replaced when `replace`, kept when
