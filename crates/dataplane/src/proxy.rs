@@ -689,7 +689,7 @@ fn apply_backend_filters(
     protocol: BackendProtocol,
     te_trailers: bool,
 ) {
-    filters::modify_headers(chosen.request_headers.as_ref(), &mut parts.headers);
+    filters::modify_headers(chosen.request_headers.as_deref(), &mut parts.headers);
     if te_trailers && protocol == BackendProtocol::H2c {
         // `TE` is hop-by-hop, but HTTP/2 allows `TE: trailers` (RFC 9113 §8.2.2) and gRPC
         // servers require it, so a client's promise to accept trailers is passed on.
@@ -708,7 +708,7 @@ where
 {
     let (mut parts, body) = response.into_parts();
     filters::remove_hop_by_hop(&mut parts.headers);
-    filters::modify_headers(chosen.response_headers.as_ref(), &mut parts.headers);
+    filters::modify_headers(chosen.response_headers.as_deref(), &mut parts.headers);
     // The client connection decides its own version; hyper frames the response for it.
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body::boxed(body))
@@ -723,7 +723,7 @@ fn prepare_switch(response: Response<Incoming>, chosen: &WeightedBackend) -> Res
     if let Some(protocol) = protocol {
         upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
     }
-    filters::modify_headers(chosen.response_headers.as_ref(), &mut parts.headers);
+    filters::modify_headers(chosen.response_headers.as_deref(), &mut parts.headers);
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body::empty())
 }

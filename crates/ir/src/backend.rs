@@ -15,11 +15,13 @@ pub struct WeightedBackend {
     /// A resolved backend, or why the reference is invalid.
     pub target: BackendTarget,
     /// `RequestHeaderModifier` filters on this backendRef, applied only when it is chosen.
+    /// Boxed, like the other optional parts of compiled rules: most backendRefs have none,
+    /// and a config holds one of these per backendRef of every rule.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_headers: Option<HeaderModifier>,
+    pub request_headers: Option<Box<HeaderModifier>>,
     /// `ResponseHeaderModifier` filters on this backendRef.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_headers: Option<HeaderModifier>,
+    pub response_headers: Option<Box<HeaderModifier>>,
 }
 
 /// A backendRef resolves to a backend or stays invalid; requests that pick an invalid one get

@@ -4,14 +4,20 @@
 //! leading labels ("`*.example.com` matches `foo.example.com` and `foo.bar.example.com`, but
 //! not `example.com`", HTTPRoute `hostnames` and Listener `hostname` docs).
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// A lowercase DNS name without a port.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Hostname(String);
+///
+/// Shared, not copied: one route hostname ends up in the route's attachments, in a candidate
+/// per rule match and as the key of its listener's hostname index, and with thousands of
+/// routes those copies were a measurable part of a config and of the time to build it.
+/// Hashes and compares as the `str` it holds, so maps keyed by it are looked up by `&str`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hostname(Arc<str>);
 
 /// A hostname or a `*.`-prefixed wildcard.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -21,7 +27,7 @@ pub enum HostnameMatch {
     Exact(Hostname),
     /// Matches any name with at least one label before this suffix. Holds the suffix without
     /// the `*`, starting with a dot: `*.example.com` is stored as `.example.com`.
-    Wildcard(String),
+    Wildcard(Arc<str>),
 }
 
 // === impl Hostname ===
@@ -35,17 +41,33 @@ impl Hostname {
         if host.is_empty() {
             return None;
         }
-        Some(Self(host.to_ascii_lowercase()))
+        Some(Self::new_unchecked(host))
     }
 
     /// Wraps a name that `model` already validated.
     pub fn new_unchecked(name: &str) -> Self {
-        Self(name.to_ascii_lowercase())
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Self(name.to_ascii_lowercase().into())
+        } else {
+            Self(name.into())
+        }
     }
 
     /// The name as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Borrow<str> for Hostname {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for Hostname {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 
@@ -61,7 +83,7 @@ impl HostnameMatch {
     /// Parses a hostname or wildcard already validated against the Gateway API pattern.
     pub fn parse(value: &str) -> Self {
         match value.strip_prefix('*') {
-            Some(suffix) => Self::Wildcard(suffix.to_ascii_lowercase()),
+            Some(suffix) => Self::Wildcard(suffix.to_ascii_lowercase().into()),
             None => Self::Exact(Hostname::new_unchecked(value)),
         }
     }
@@ -70,7 +92,7 @@ impl HostnameMatch {
     pub fn matches(&self, host: &str) -> bool {
         match self {
             Self::Exact(name) => name.as_str() == host,
-            Self::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            Self::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(&**suffix),
         }
     }
 
@@ -94,9 +116,9 @@ impl HostnameMatch {
                 .matches(name.as_str())
                 .then(|| Self::Exact(name.clone())),
             (Self::Wildcard(a), Self::Wildcard(b)) => {
-                if a.ends_with(b.as_str()) {
+                if a.ends_with(&**b) {
                     Some(self.clone())
-                } else if b.ends_with(a.as_str()) {
+                } else if b.ends_with(&**a) {
                     Some(other.clone())
                 } else {
                     None
@@ -151,9 +173,9 @@ mod tests {
     #[test]
     fn request_host_drops_port_case_and_trailing_dot() {
         let host = Hostname::from_request_host("Foo.Example.com.:8080");
-        assert_eq!(host.map(|h| h.0), Some("foo.example.com".to_string()));
+        assert_eq!(host.as_ref().map(Hostname::as_str), Some("foo.example.com"));
         let v6 = Hostname::from_request_host("[::1]:80");
-        assert_eq!(v6.map(|h| h.0), Some("[::1]".to_string()));
+        assert_eq!(v6.as_ref().map(Hostname::as_str), Some("[::1]"));
     }
 
     #[test]

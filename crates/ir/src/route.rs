@@ -30,7 +30,7 @@ use serde::{Serialize, Serializer};
 
 use crate::backend::WeightedBackend;
 use crate::filter::{Redirect, RequestFilters};
-use crate::hostname::HostnameMatch;
+use crate::hostname::{Hostname, HostnameMatch};
 
 /// Which kind of route a rule came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -76,9 +76,10 @@ pub struct Rule {
     pub action: Action,
     /// `timeouts`.
     pub timeouts: Timeouts,
-    /// `retry` (experimental channel): how a failed backend request is tried again.
+    /// `retry` (experimental channel): how a failed backend request is tried again. Boxed,
+    /// as is a redirect: few rules have one, and a config holds a rule per route rule.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry: Option<Retry>,
+    pub retry: Option<Box<Retry>>,
     /// Authentication and rate limits from our policies.
     #[serde(skip_serializing_if = "crate::RulePolicies::is_empty")]
     pub policies: crate::RulePolicies,
@@ -91,7 +92,7 @@ pub enum Action {
     /// Pick one backend by weight and forward.
     Forward(Vec<WeightedBackend>),
     /// Answer with a redirect.
-    Redirect(Redirect),
+    Redirect(Box<Redirect>),
     /// The rule cannot be served (for example an unsupported filter); every matching request
     /// gets 500, as the spec requires for invalid rules.
     Invalid(String),
@@ -220,7 +221,8 @@ pub struct Selected<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     entries: Vec<Candidate>,
-    exact: HashMap<String, Group, RandomState>,
+    /// Keyed by the candidates' own (shared) hostnames, looked up by the request's host.
+    exact: HashMap<Hostname, Group, RandomState>,
     /// Wildcard groups, most specific first.
     wildcards: Vec<(HostnameMatch, Group)>,
     any: Group,
@@ -229,9 +231,16 @@ pub struct RouteTable {
 /// The matches of one hostname group, in precedence order. Exact-path matches outrank every
 /// other path match, so they are indexed by path: a request first looks up its own path,
 /// then scans the remaining matches.
+///
+/// A table has a group per exact hostname, most of which have no exact-path matches: the
+/// path index is boxed so that those groups (and the hostname index's slots) stay small.
 #[derive(Clone, Debug, Default)]
 struct Group {
-    exact_paths: HashMap<String, Vec<usize>, RandomState>,
+    #[expect(
+        clippy::box_collection,
+        reason = "the box keeps an empty index one word wide instead of five"
+    )]
+    exact_paths: Option<Box<HashMap<String, Vec<usize>, RandomState>>>,
     others: Vec<usize>,
 }
 
@@ -244,15 +253,13 @@ impl RouteTable {
         // Sized for the worst case (every entry its own hostname) and trimmed after: growing
         // rehashed every hostname several times (with the hashing, a tenth of translating
         // 5,000 routes).
-        let mut exact: HashMap<String, Group, RandomState> =
+        let mut exact: HashMap<Hostname, Group, RandomState> =
             HashMap::with_capacity_and_hasher(entries.len(), RandomState::default());
         let mut wildcards: HashMap<HostnameMatch, Group> = HashMap::new();
         let mut any = Group::default();
         for (index, entry) in entries.iter().enumerate() {
             let group = match &entry.hostname {
-                Some(HostnameMatch::Exact(name)) => {
-                    exact.entry(name.as_str().to_string()).or_default()
-                }
+                Some(HostnameMatch::Exact(name)) => exact.entry(name.clone()).or_default(),
                 Some(wildcard @ HostnameMatch::Wildcard(_)) => {
                     wildcards.entry(wildcard.clone()).or_default()
                 }
@@ -306,7 +313,12 @@ impl RouteTable {
         group: &Group,
         request: &HttpRequestParts<'_>,
     ) -> Option<Selected<'a>> {
-        let exact = group.exact_paths.get(request.path).into_iter().flatten();
+        let exact = group
+            .exact_paths
+            .as_ref()
+            .and_then(|paths| paths.get(request.path))
+            .into_iter()
+            .flatten();
         exact.chain(&group.others).find_map(|&index| {
             let entry = &self.entries[index];
             entry.matcher.matches(request).then_some(Selected {
@@ -323,6 +335,7 @@ impl Group {
         match path {
             PathMatch::Exact(value) => self
                 .exact_paths
+                .get_or_insert_default()
                 .entry(value.clone())
                 .or_default()
                 .push(index),

@@ -292,7 +292,7 @@ pub(crate) fn compile(
     snapshot: &Snapshot,
     options: &Options,
     networks: Vec<(ObjectName, Arc<EgressNetwork>, Vec<ir::NetworkRange>)>,
-    routes: &Routes,
+    routes: &mut Routes,
     streams: &StreamRoutes,
 ) -> ir::Egress {
     let ports = kinds_by_port(snapshot);
@@ -302,7 +302,7 @@ pub(crate) fn compile(
             let mut compiled = BTreeMap::new();
             for (_, port) in ports.keys().filter(|(n, _)| *n == name) {
                 let key = listener_key(*port);
-                let candidates = routes.for_listener(&name, &key);
+                let candidates = routes.take_listener(&name, &key);
                 let port_routes = if candidates.is_empty() {
                     let attached = streams.for_listener(&name, &key);
                     match attached.first().map(|r| r.id.kind) {

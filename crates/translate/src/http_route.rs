@@ -50,11 +50,11 @@ impl Routes {
             .collect()
     }
 
-    /// The candidates attached to one listener.
-    pub(crate) fn for_listener(&self, gateway: &ObjectName, listener: &str) -> Vec<Candidate> {
+    /// The candidates attached to one listener, taken out: each listener is served once,
+    /// and copying thousands of candidates cost more than building their route table.
+    pub(crate) fn take_listener(&mut self, gateway: &ObjectName, listener: &str) -> Vec<Candidate> {
         self.by_listener
-            .get(&(gateway.clone(), listener.to_string()))
-            .cloned()
+            .remove(&(gateway.clone(), listener.to_string()))
             .unwrap_or_default()
     }
 }
@@ -460,7 +460,7 @@ fn compile_rule(
     );
     let action = match (invalid, redirect) {
         (Some(message), _) => Action::Invalid(message),
-        (None, Some(redirect)) => Action::Redirect(redirect),
+        (None, Some(redirect)) => Action::Redirect(Box::new(redirect)),
         (None, None) if backends.is_empty() && flavor.egress => {
             Action::Forward(vec![ir::WeightedBackend {
                 weight: 1,
@@ -490,19 +490,21 @@ fn compile_rule(
                 .filter(|d| !d.is_zero()),
         });
     // GEP-1731 leaves the default backoff to implementations; 25 ms is Envoy's base interval.
-    let retry = spec.retry.as_ref().map(|r| ir::Retry {
-        attempts: r.attempts.and_then(|a| u32::try_from(a).ok()).unwrap_or(1),
-        backoff: r
-            .backoff
-            .as_deref()
-            .and_then(model::parse_duration)
-            .unwrap_or(std::time::Duration::from_millis(25)),
-        codes: r
-            .codes
-            .iter()
-            .flatten()
-            .filter_map(|c| u16::try_from(*c).ok())
-            .collect(),
+    let retry = spec.retry.as_ref().map(|r| {
+        Box::new(ir::Retry {
+            attempts: r.attempts.and_then(|a| u32::try_from(a).ok()).unwrap_or(1),
+            backoff: r
+                .backoff
+                .as_deref()
+                .and_then(model::parse_duration)
+                .unwrap_or(std::time::Duration::from_millis(25)),
+            codes: r
+                .codes
+                .iter()
+                .flatten()
+                .filter_map(|c| u16::try_from(*c).ok())
+                .collect(),
+        })
     });
     CompiledRule {
         rule: Arc::new(Rule {

@@ -133,7 +133,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     let health = health::HealthPolicies::resolve(snapshot);
     health.write_status(snapshot, options, &mut status);
     let attached = policies::Policies::resolve(snapshot, options, &mut status);
-    let routes = http_route::compile_all(
+    let mut routes = http_route::compile_all(
         snapshot,
         &mut gateways,
         options,
@@ -156,8 +156,8 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
             continue;
         }
         let ip = gateway.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let compiled = Compiled {
-            routes: &routes,
+        let mut compiled = Compiled {
+            routes: &mut routes,
             streams: &stream_routes,
             backend_client_certificate: gateway.backend_client_certificate(),
         };
@@ -201,7 +201,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
             let Ok(port) = u16::try_from(port.port) else {
                 continue;
             };
-            let candidates = routes.for_listener(name, &mesh::listener_key(port));
+            let candidates = routes.take_listener(name, &mesh::listener_key(port));
             let bind = binds.entry(SocketAddr::new(ip, port)).or_default();
             let mesh_listener = |candidates| {
                 Arc::new(ir::HttpListener {
@@ -219,7 +219,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
             for key in routes.listeners_of(name) {
                 let prefix = mesh::consumer_key(port, "");
                 if let Some(namespace) = key.strip_prefix(&prefix) {
-                    let consumer = routes.for_listener(name, &key);
+                    let consumer = routes.take_listener(name, &key);
                     bind.consumers
                         .insert(namespace.to_string(), mesh_listener(consumer));
                 }
@@ -238,7 +238,13 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
     for bind in binds.values_mut() {
         bind.sort_listeners();
     }
-    let egress = egress::compile(snapshot, options, egress_networks, &routes, &stream_routes);
+    let egress = egress::compile(
+        snapshot,
+        options,
+        egress_networks,
+        &mut routes,
+        &stream_routes,
+    );
     let allocations = gateways
         .values()
         .filter_map(|g| g.allocated.map(|ip| (g.name.clone(), ip)))
@@ -252,7 +258,7 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
 
 /// Compiled routes of every kind, to be placed on listeners.
 struct Compiled<'a> {
-    routes: &'a http_route::Routes,
+    routes: &'a mut http_route::Routes,
     streams: &'a stream_route::StreamRoutes,
     /// The Gateway's `spec.tls.backend` client certificate.
     backend_client_certificate: Option<Arc<ir::TlsCertificate>>,
@@ -262,7 +268,7 @@ impl Compiled<'_> {
     /// Adds one serving listener to its socket. `owner` and `key` identify the listener in
     /// the route maps (a Gateway's listener name, or a prefixed ListenerSet one).
     fn add(
-        &self,
+        &mut self,
         bind: &mut ir::Bind,
         label: &str,
         owner: &ObjectName,
@@ -305,7 +311,7 @@ impl Compiled<'_> {
                 hostname,
                 port: listener.port,
                 scheme: listener.scheme(),
-                routes: ir::RouteTable::new(self.routes.for_listener(owner, key)),
+                routes: ir::RouteTable::new(self.routes.take_listener(owner, key)),
                 tls: listener.tls.clone(),
                 client_validation: listener.client_validation.clone(),
                 backend_client_certificate: self.backend_client_certificate.clone(),

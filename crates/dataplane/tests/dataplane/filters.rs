@@ -46,13 +46,13 @@ fn redirect(
     port: Option<u16>,
     path: Option<PathModifier>,
 ) -> Action {
-    Action::Redirect(Redirect {
+    Action::Redirect(Box::new(Redirect {
         scheme,
         hostname: None,
         path,
         port,
         status: 302,
-    })
+    }))
 }
 
 #[tokio::test]
@@ -78,13 +78,13 @@ async fn redirects_build_location_per_the_spec() {
             PathMatch::prefix("/old"),
             rule(
                 "prefix",
-                Action::Redirect(Redirect {
+                Action::Redirect(Box::new(Redirect {
                     scheme: None,
                     hostname: Some("new.example.com".into()),
                     path: Some(PathModifier::PrefixMatch("/new".into())),
                     port: None,
                     status: 301,
-                }),
+                })),
             ),
         ),
     ];
@@ -141,8 +141,12 @@ async fn url_rewrite_changes_host_and_prefix() {
 async fn header_modifiers_apply_on_rule_and_backend() {
     let upstream = Upstream::echo("headers").await;
     let mut backend = weighted(1, upstream.backend());
-    backend.request_headers = Some(modifier(&[("x-backend", "yes")], &[], &[]));
-    backend.response_headers = Some(modifier(&[], &[("x-backend-response", "yes")], &[]));
+    backend.request_headers = Some(Box::new(modifier(&[("x-backend", "yes")], &[], &[])));
+    backend.response_headers = Some(Box::new(modifier(
+        &[],
+        &[("x-backend-response", "yes")],
+        &[],
+    )));
     let mut modified = forward("modified", vec![backend]);
     modified.filters.request_headers = Some(Box::new(modifier(
         &[("x-set", "new")],

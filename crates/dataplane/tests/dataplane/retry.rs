@@ -71,7 +71,7 @@ fn retrying(name: &str, endpoints: &[SocketAddr], retry: Option<Retry>) -> ir::R
         endpoints,
     );
     let mut rule = rule(name, Action::Forward(vec![weighted(1, target)]));
-    rule.retry = retry;
+    rule.retry = retry.map(Box::new);
     rule
 }
 

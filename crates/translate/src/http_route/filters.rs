@@ -174,14 +174,16 @@ pub(crate) fn backends(
                         weighted.request_headers = view
                             .request_header_modifier
                             .map(header_modifier)
-                            .transpose()?;
+                            .transpose()?
+                            .map(Box::new);
                         Ok(())
                     }
                     "ResponseHeaderModifier" => {
                         weighted.response_headers = view
                             .response_header_modifier
                             .map(header_modifier)
-                            .transpose()?;
+                            .transpose()?
+                            .map(Box::new);
                         Ok(())
                     }
                     other => Err(format!(
