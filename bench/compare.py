@@ -478,9 +478,10 @@ spec:
   listeners: [{listener}]"""
 
 
-def scale_config(directory, count, port):
-    """A Gateway, one Service and `count` HTTPRoutes, route i for host r<i>.example.com."""
-    routes = "".join(f"""---
+def scale_config(directory, count, port, split=False):
+    """A Gateway, one Service and `count` HTTPRoutes, route i for host r<i>.example.com: all
+    in one file, or (`split`) a file per route, as a GitOps repository often lays them out."""
+    routes = [f"""---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: r{i}, namespace: default}}
@@ -488,7 +489,7 @@ spec:
   parentRefs: [{{name: bench}}]
   hostnames: [r{i}.example.com]
   rules: [{{backendRefs: [{{name: a, port: 80}}]}}]
-""" for i in range(count))
+""" for i in range(count)]
     listener = f"{{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: Same}}}}}}"
     (directory / "base.yaml").write_text(f"""{gateway_yaml(listener)}
 ---
@@ -504,7 +505,13 @@ addressType: IPv4
 ports: [{{port: {UPSTREAM_A[1]}}}]
 endpoints: [{{addresses: ["{UPSTREAM_A[0]}"]}}]
 """)
-    (directory / "routes.yaml").write_text(routes)
+    if split:
+        routes_dir = directory / "routes"
+        routes_dir.mkdir()
+        for i, route in enumerate(routes):
+            (routes_dir / f"r{i}.yaml").write_text(route)
+    else:
+        (directory / "routes.yaml").write_text("".join(routes))
 
 
 def answers(port, host):
@@ -526,10 +533,11 @@ def rss_kib(pid):
 def route_scale(args, bench):
     port = PORTS["portcullis"]
     results = []
-    for count in ((10, 1000) if args.train else (10, 1000, 5000)):
-        directory = bench.work / f"scale-{count}"
+    sizes = [(10, False), (1000, False)] + ([] if args.train else [(5000, False), (5000, True)])
+    for count, split in sizes:
+        directory = bench.work / f"scale-{count}{'-split' if split else ''}"
         directory.mkdir()
-        scale_config(directory, count, port)
+        scale_config(directory, count, port, split)
         process = bench.start([str(portcullis_binary(args)), "run", "--config", str(directory),
                                "--admin", "127.0.0.1:18199", "--workers", "1", "--access-log", "off"],
                               env=dict(os.environ, PORTCULLIS_LOG="error"))
@@ -573,14 +581,15 @@ spec:
         process.wait(timeout=20)
         bench.processes.remove(process)
         latencies.sort()
-        results.append((count, idle, rps, peak, latencies[len(latencies) // 2],
+        label = f"{count}, a file each" if split else str(count)
+        results.append((label, idle, rps, peak, latencies[len(latencies) // 2],
                         latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]))
-        print(f"{count} routes: {rps:.0f} req/s", file=sys.stderr)
+        print(f"{label} routes: {rps:.0f} req/s", file=sys.stderr)
     print(f"### Route scale: portcullis alone, {args.seconds} s of wrk -t2 -c{args.connections} per size\n")
     print("| HTTPRoutes | idle RSS MiB | req/s | vs 10 routes | peak RSS MiB | change to served p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|")
-    for count, idle, rps, peak, p50, p99 in results:
-        print(f"| {count} | {idle / 1024:.1f} | {rps:.0f} | {rps / results[0][2]:.2f} | {peak / 1024:.1f} | "
+    for label, idle, rps, peak, p50, p99 in results:
+        print(f"| {label} | {idle / 1024:.1f} | {rps:.0f} | {rps / results[0][2]:.2f} | {peak / 1024:.1f} | "
               f"{p50:.0f} | {p99:.0f} |")
     print()
 

@@ -1,8 +1,9 @@
 //! `portcullis run`: the control loop that keeps the data plane in step with the directory
 //! (or, with `--kube`, the cluster: see [`kube`]).
 //!
-//! Each round: rescan the directory (changed files only), take a snapshot, translate, hand
-//! the config to the data plane. Addresses the data plane cannot bind are fed back into the
+//! Each round: read the files that the watcher named (or, after lost events, rescan the
+//! directory for changed files), take a snapshot, translate, hand the config to the data
+//! plane. Addresses the data plane cannot bind are fed back into the
 //! next translation (so the Gateway reports `Programmed=False AddressNotUsable`). A file
 //! that stops decoding keeps its last good version, so a typo never takes routes away.
 
@@ -191,7 +192,13 @@ async fn serve_directory(
                 if tick.is_none() {
                     break;
                 }
-                match directory.rescan() {
+                let changes = watch.take_changes();
+                let scanned = if changes.everything {
+                    directory.rescan()
+                } else {
+                    directory.rescan_paths(&changes.paths)
+                };
+                match scanned {
                     Ok(report) if report.changed == 0 && report.removed == 0 => continue,
                     Ok(_) => control.reconcile_directory(directory).await,
                     Err(error) => tracing::warn!(%error, "cannot rescan the config directory"),
