@@ -226,7 +226,8 @@ pub fn watch(root: &Path, quiet: Duration) -> notify::Result<Watch> {
                 Ok(event) if event.need_rescan() || event.paths.is_empty() => {
                     changes.everything = true;
                 }
-                Ok(event) if !matches!(event.kind, notify::EventKind::Access(_)) => {
+                // Reads are not changes (our own reads among them); a close after writing is.
+                Ok(event) if Change::of(event).is_some() => {
                     changes.paths.extend(event.paths.iter().cloned());
                 }
                 Ok(_) => {}
