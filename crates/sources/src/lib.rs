@@ -212,39 +212,36 @@ impl Directory {
 /// file modified but not yet closed waits for its close, or for `quiet` without events,
 /// whichever comes first, so that a half-written file is not read while its writer is
 /// still busy (a truncated manifest can still decode). Reads (our own rescans) are not
-/// changes.
+/// changes. The paths that changed add up until [`Watch::take_changes`] takes them.
 pub fn watch(root: &Path, quiet: Duration) -> notify::Result<Watch> {
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<Change>();
     let changes = Arc::new(Mutex::new(Changes::default()));
     let recorded = Arc::clone(&changes);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Events were dropped (a full inotify queue), or the watcher failed: only a whole
+        // rescan knows what changed.
+        let rescan = event
+            .as_ref()
+            .map_or(true, |e| e.need_rescan() || e.paths.is_empty());
+        let change = match &event {
+            Ok(event) if !rescan => Change::of(event),
+            _ => Some(Change::Settled(Vec::new())),
+        };
         {
             let mut changes = recorded.lock().unwrap_or_else(PoisonError::into_inner);
-            match &event {
-                // Events were dropped (a full inotify queue) or the watcher failed: only a
-                // whole rescan knows what changed.
-                Ok(event) if event.need_rescan() || event.paths.is_empty() => {
-                    changes.everything = true;
-                }
-                // Reads are not changes (our own reads among them); a close after writing is.
-                Ok(event) if Change::of(event).is_some() => {
-                    changes.paths.extend(event.paths.iter().cloned());
-                }
-                Ok(_) => {}
-                Err(_) => changes.everything = true,
+            if rescan {
+                changes.everything = true;
+            } else if let (Ok(event), Some(_)) = (&event, &change) {
+                changes.paths.extend(event.paths.iter().cloned());
             }
         }
-        let Ok(event) = event else {
-            let _ = raw_tx.send(Change::Settled(Vec::new()));
-            return;
-        };
-        if let Some(change) = Change::of(&event) {
+        if let Some(change) = change {
             // A closed receiver only means the watch is being torn down.
             let _ = raw_tx.send(change);
         }
     })?;
     watcher.watch(root, RecursiveMode::Recursive)?;
-    // Bounded: one pending tick is enough, since a tick means "rescan everything".
+    // Bounded: one pending tick is enough, since the changes add up until they are taken.
     let (tick_tx, ticks) = mpsc::channel(1);
     tokio::spawn(async move {
         let mut writing: BTreeSet<PathBuf> = BTreeSet::new();
