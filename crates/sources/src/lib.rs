@@ -26,6 +26,9 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub struct Directory {
     root: PathBuf,
+    /// `root` made absolute against the working directory, as the watcher reports paths
+    /// under a relative root.
+    absolute_root: PathBuf,
     store: Store,
     /// Modification time and size of each file at its last read, to skip unchanged files.
     seen: BTreeMap<PathBuf, (SystemTime, u64)>,
@@ -65,8 +68,10 @@ pub struct Changes {
 impl Directory {
     /// A source for `root` (nothing is read until [`Directory::rescan`]).
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
         Self {
-            root: root.into(),
+            absolute_root: std::path::absolute(&root).unwrap_or_else(|_| root.clone()),
+            root,
             store: Store::default(),
             seen: BTreeMap::new(),
         }
@@ -86,20 +91,8 @@ impl Directory {
         for path in &files {
             self.read_if_changed(path, &mut report);
         }
-        // A set, not a scan of the list per known file: a directory of a file per route
-        // holds thousands of them.
-        let listed: HashSet<&PathBuf> = files.iter().collect();
-        let gone: Vec<_> = self
-            .seen
-            .keys()
-            .filter(|p| !listed.contains(p))
-            .cloned()
-            .collect();
-        for path in gone {
-            self.store.remove_file(&path);
-            self.seen.remove(&path);
-            report.removed += 1;
-        }
+        let root = self.root.clone();
+        self.forget_under(&root, &files, &mut report);
         Ok(report)
     }
 
@@ -122,9 +115,15 @@ impl Directory {
         }
         let mut report = ScanReport::default();
         for path in paths {
-            let Ok(relative) = path.strip_prefix(&self.root) else {
+            let relative = path
+                .strip_prefix(&self.root)
+                .or_else(|_| path.strip_prefix(&self.absolute_root));
+            let Ok(relative) = relative else {
                 continue;
             };
+            // Spelled as a whole rescan spells it (the key of `seen`), whichever form the
+            // event used.
+            let path = &self.root.join(relative);
             let hidden = relative
                 .components()
                 .any(|c| c.as_os_str().to_str().is_some_and(|c| c.starts_with('.')));
@@ -180,7 +179,8 @@ impl Directory {
         report.changed += 1;
     }
 
-    /// Forgets the known files at or under `path` that are not in `present`.
+    /// Forgets the known files at or under `path` that are not in `present`. A set, not a
+    /// search of the list per known file: a directory of a file per route holds thousands.
     fn forget_under(&mut self, path: &Path, present: &[PathBuf], report: &mut ScanReport) {
         let present: HashSet<&PathBuf> = present.iter().collect();
         let gone: Vec<PathBuf> = self
@@ -543,6 +543,30 @@ mod tests {
             "{changes:?}"
         );
         assert_eq!(watch.take_changes(), Changes::default(), "taken once");
+    }
+
+    #[tokio::test]
+    async fn a_relative_root_reads_the_paths_its_watch_names() {
+        // `run --config examples/basic`: the watcher may name paths in absolute form.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let here = std::env::current_dir().expect("cwd");
+        let up: PathBuf = here.components().skip(1).map(|_| "..").collect();
+        let root = up.join(dir.path().strip_prefix("/").expect("absolute tempdir"));
+        assert!(root.is_relative());
+        let mut directory = Directory::new(&root);
+        directory.rescan().expect("scan");
+        let mut watch = watch(&root, Duration::from_millis(50)).expect("watch");
+        std::fs::write(root.join("a.yaml"), service("a", 80)).expect("write");
+        let tick = tokio::time::timeout(Duration::from_secs(10), watch.ticks.recv()).await;
+        assert_eq!(tick.ok().flatten(), Some(()));
+        let changes = watch.take_changes();
+        let report = directory
+            .rescan_paths(&changes.paths)
+            .expect("rescan paths");
+        assert_eq!(report.changed, 1, "{changes:?}");
+        assert_eq!(services(&mut directory), ["default/a:Some(80)"]);
+        // Known by the name a whole rescan gives it, so that a rescan finds nothing new.
+        assert_eq!(directory.rescan().expect("scan"), ScanReport::default());
     }
 
     #[tokio::test]
