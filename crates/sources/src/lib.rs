@@ -277,8 +277,12 @@ impl Watch {
     }
 }
 
-/// How long settled files wait for more events before the tick.
-pub const SETTLE: Duration = Duration::from_millis(2);
+/// How long settled files wait for more events before the tick. Tokio's timers tick in
+/// milliseconds, so this waits 1-2 ms: long enough for `cp -r`, which creates each next
+/// file within microseconds of closing the last, and a millisecond of every change's
+/// latency less than the 2 ms it was. A burst that pauses longer reloads twice, each time
+/// with whole files.
+pub const SETTLE: Duration = Duration::from_millis(1);
 
 /// A filesystem event, as far as reloading cares.
 #[derive(Debug)]
