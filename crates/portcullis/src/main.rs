@@ -400,11 +400,12 @@ const LOG_QUEUE_LINES: usize = 16_384;
 
 /// Log lines that may wait for stderr with the access log off: warnings and errors, and the
 /// info lines of reloads and listeners. A reload with thousands of rejected manifests can
-/// still outrun the writer; what does not fit is dropped and counted, as with access logs.
+/// still outrun the writer; what does not fit is dropped, as access log lines are.
 const LOG_QUEUE_LINES_WITHOUT_ACCESS: usize = 1_024;
 
-/// Logs go to stderr through a non-blocking writer (lines are dropped, and counted by the
-/// writer, rather than blocking a worker when stderr cannot keep up).
+/// Logs go to stderr through a non-blocking writer (lines are dropped rather than blocking a
+/// worker when stderr cannot keep up; the writer counts them, and nothing reports the count
+/// yet).
 fn init_logging(
     format: LogFormat,
     access: AccessLog,
@@ -419,7 +420,8 @@ fn init_logging(
     // The queue's slots are allocated and written up front (32 bytes each): tracing-appender's
     // default of 128,000 lines was 4 MiB of the idle process (a fifth of its RSS). 16,384
     // lines hold about 0.4 s of access log at 40,000 requests per second before lines are
-    // dropped; without the access log their 512 KiB were a sixth of the idle heap.
+    // dropped; without the access log their 512 KiB were a fifth of the idle process's
+    // anonymous memory.
     let lines = match access {
         AccessLog::On => LOG_QUEUE_LINES,
         AccessLog::Off => LOG_QUEUE_LINES_WITHOUT_ACCESS,
