@@ -638,9 +638,12 @@ def startup_trace(args, bench):
         sys.exit("callgrind wrote no trace")
     names = {}
     for line in dump.read_text(errors="replace").splitlines():
+        if not line.startswith(("fn=", "cfn=")):
+            continue
+        name = line.split("=", 1)[1].strip()
         # Code without a symbol is named by its address.
-        if line.startswith(("fn=", "cfn=")) and not line.split("=", 1)[1].startswith("0x"):
-            names.setdefault(line.split("=", 1)[1].strip(), None)
+        if not name.startswith("0x"):
+            names.setdefault(name, None)
     Path(args.startup_trace).write_text("".join(f"{name}\n" for name in names))
     print(f"startup trace: {len(names)} functions", file=sys.stderr)
 
