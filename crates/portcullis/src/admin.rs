@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -36,6 +36,10 @@ pub struct AdminState {
     /// Kubernetes mode: the status writer's counters.
     pub status_writer: Option<Arc<sources::kube::StatusMetrics>>,
 }
+
+/// The log writer's count of lines it dropped because stderr did not keep up; set once
+/// when logging starts (the writer is process-wide, as the tracing subscriber is).
+pub static LOG_DROPS: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
 
 /// Binds the admin listener and serves it in the background; returns the bound address.
 pub async fn serve(
@@ -101,12 +105,13 @@ fn handle(
 fn metrics(state: &AdminState, dataplane: &dataplane::Dataplane) -> String {
     use std::fmt::Write;
     let mut out = format!(
-        "# HELP portcullis_config_reloads_total Configurations applied.\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# HELP portcullis_config_reloads_rejected_total Reloads in which a manifest was rejected and its last good version kept.\n# TYPE portcullis_config_reloads_rejected_total counter\nportcullis_config_reloads_rejected_total {}\n# HELP portcullis_config_reload_seconds How long the last reload took.\n# TYPE portcullis_config_reload_seconds gauge\nportcullis_config_reload_seconds {}\n# HELP portcullis_translate_seconds How long the last translation took.\n# TYPE portcullis_translate_seconds gauge\nportcullis_translate_seconds {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n",
+        "# HELP portcullis_config_reloads_total Configurations applied.\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# HELP portcullis_config_reloads_rejected_total Reloads in which a manifest was rejected and its last good version kept.\n# TYPE portcullis_config_reloads_rejected_total counter\nportcullis_config_reloads_rejected_total {}\n# HELP portcullis_config_reload_seconds How long the last reload took.\n# TYPE portcullis_config_reload_seconds gauge\nportcullis_config_reload_seconds {}\n# HELP portcullis_translate_seconds How long the last translation took.\n# TYPE portcullis_translate_seconds gauge\nportcullis_translate_seconds {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n# HELP portcullis_log_lines_dropped_total Log lines (access log included) dropped because stderr did not keep up.\n# TYPE portcullis_log_lines_dropped_total counter\nportcullis_log_lines_dropped_total {}\n",
         state.reloads,
         state.rejected_reloads,
         state.last_reload_seconds,
         state.last_translate_seconds,
-        dataplane.mirror_drops()
+        dataplane.mirror_drops(),
+        LOG_DROPS.get().map_or(0, |c| c.dropped_lines()),
     );
     status_writer_metrics(state, &mut out);
     out.push_str(&dataplane.request_metrics());

@@ -403,9 +403,9 @@ const LOG_QUEUE_LINES: usize = 16_384;
 /// still outrun the writer; what does not fit is dropped, as access log lines are.
 const LOG_QUEUE_LINES_WITHOUT_ACCESS: usize = 1_024;
 
-/// Logs go to stderr through a non-blocking writer (lines are dropped rather than blocking a
-/// worker when stderr cannot keep up; the writer counts them, and nothing reports the count
-/// yet).
+/// Logs go to stderr through a non-blocking writer: lines are dropped rather than blocking a
+/// worker when stderr cannot keep up, and `/metrics` reports how many
+/// (`portcullis_log_lines_dropped_total`).
 fn init_logging(
     format: LogFormat,
     access: AccessLog,
@@ -430,6 +430,7 @@ fn init_logging(
         .buffered_lines_limit(lines)
         .lossy(true)
         .finish(std::io::stderr());
+    let _ = admin::LOG_DROPS.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -399,30 +399,46 @@ async fn metrics_count_requests_per_route_backend_and_status_class() {
     assert!(!metrics.contains("# EOF"), "{metrics}");
 }
 
-/// Runs the gateway with `args`, sends one request, stops it with SIGTERM and returns what it
-/// wrote to stderr.
 /// A W3C trace context sent by a client.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-async fn logs_of_one_request(args: &[&str]) -> String {
+/// Starts `portcullis run` on `config` with its stderr on a pipe that the caller reads, or
+/// leaves unread.
+fn run_with_piped_stderr(
+    config: &std::path::Path,
+    admin: u16,
+    args: &[&str],
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start portcullis")
+}
+
+/// An upstream and a directory routing a Gateway listener to it; with the listener's and an
+/// admin port.
+async fn web_files() -> (Upstream, tempfile::TempDir, u16, u16) {
     let upstream = Upstream::start("up").await;
     let port = free_port();
-    let admin = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     support::replace(
         dir.path(),
         "all.yaml",
         &manifests(port, upstream.port, "headers"),
     );
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--config"])
-        .arg(dir.path())
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start portcullis");
+    (upstream, dir, port, free_port())
+}
+
+/// Runs the gateway with `args`, sends one request, stops it with SIGTERM and returns what it
+/// wrote to stderr.
+async fn logs_of_one_request(args: &[&str]) -> String {
+    let (_upstream, dir, port, admin) = web_files().await;
+    let child = run_with_piped_stderr(dir.path(), admin, args);
     let url = format!("http://127.0.0.1:{port}/");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while get(&url, &[]).await.map(|(s, _)| s) != Ok(200) {
@@ -603,4 +619,44 @@ spec:
         })
         .await;
     assert_eq!(get(&url, &[]).await.map(|(s, _)| s), Ok(200));
+}
+
+/// Stderr that is never read while a reload logs more lines than the log queue holds: the
+/// gateway neither stalls nor grows the queue; it drops what does not fit and says how many
+/// on `/metrics`.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_lines_stderr_cannot_take_are_dropped_and_counted() {
+    let (_upstream, dir, port, admin) = web_files().await;
+    // One warning per rejected manifest: 4,000 lines, beyond the 1,024-line queue (access
+    // log off) and a pipe's buffer together.
+    for i in 0..4_000 {
+        std::fs::write(
+            dir.path().join(format!("broken-{i}.yaml")),
+            format!("kind: HTTPRoute\napiVersion: gateway.networking.k8s.io/v1\nmetadata: {{name: broken-{i}}}\nspec: {{rules: 3}}\n"),
+        )
+        .expect("write manifest");
+    }
+    let mut child = run_with_piped_stderr(dir.path(), admin, &["--access-log", "off"]);
+    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    let url = format!("http://127.0.0.1:{port}/");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let dropped = loop {
+        let served = get(&url, &[]).await.is_ok_and(|(s, _)| s == 200);
+        let dropped = match get(&metrics_url, &[]).await {
+            Ok((200, metrics)) => sample(&metrics, "portcullis_log_lines_dropped_total"),
+            _ => 0.0,
+        };
+        if served && dropped > 0.0 {
+            break dropped;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "served {served}, dropped {dropped}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // At most every line but those the queue and the pipe held.
+    assert!(dropped < 4_000.0, "{dropped}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
