@@ -141,6 +141,7 @@ async fn serve(args: RunArgs, serving: tokio::runtime::Handle) -> anyhow::Result
         options: args.translate.translate_options(),
         dataplane: dataplane.clone(),
         stamper: Arc::default(),
+        reuse: translate::Reuse::default(),
         state: state_tx,
         reloads: 0,
         rejected_reloads: 0,
@@ -226,6 +227,8 @@ struct Control {
     dataplane: dataplane::Dataplane,
     /// When each condition last changed; `/status` reads it too.
     stamper: Arc<Mutex<Stamper>>,
+    /// The routes' compiled rules, for the next translation.
+    reuse: translate::Reuse,
     state: watch::Sender<Arc<AdminState>>,
     reloads: u64,
     rejected_reloads: u64,
@@ -260,7 +263,8 @@ impl Control {
         // Unusable addresses are rediscovered every round, so an address that becomes
         // bindable later (or leaves the spec) is picked up.
         self.options.unusable_addresses.clear();
-        let mut translation = translate::translate(snapshot, &self.options);
+        let mut translation =
+            translate::translate_reusing(snapshot, &self.options, &mut self.reuse);
         let translated = started.elapsed();
         // Bind, and retranslate while new addresses turn out unusable: each round adds at
         // least one address to the unusable set, so this ends.
@@ -280,7 +284,7 @@ impl Control {
                 break config;
             }
             self.options.unusable_addresses.extend(new);
-            translation = translate::translate(snapshot, &self.options);
+            translation = translate::translate_reusing(snapshot, &self.options, &mut self.reuse);
         };
         // What `/status` translates with again.
         let translated_with = self.options.clone();

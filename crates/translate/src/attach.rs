@@ -29,7 +29,7 @@ pub(crate) struct ParentRef<'a> {
 }
 
 /// What went wrong while compiling a route's rules, for its status.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub(crate) struct RuleProblems {
     /// The first unresolvable reference (ResolvedRefs=False).
     pub unresolved: Option<(Reason, String)>,

@@ -1,9 +1,10 @@
 //! HTTPRoute: attaching each route to its parents and compiling its rules into IR.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ir::{Action, Candidate, HostnameMatch, RouteId, RouteKind, Rule, Timeouts};
+use model::gw::grpcroutes::GrpcRoute;
 use model::gw::httproutes::HttpRoute;
 use model::status::{ResourceStatus, StatusSet};
 use model::{Kind, ObjectName, ResourceKey, Snapshot};
@@ -36,6 +37,36 @@ type Claims = (RouteKind, Vec<Vec<Option<HostnameMatch>>>);
 struct CompiledRule {
     rule: Arc<Rule>,
     matches: Vec<ir::HttpMatch>,
+}
+
+/// A route's rules, compiled: what depends on the route and on the objects that are not
+/// routes (Services, grants, policies), and not on where the route attaches or on other
+/// routes.
+struct RouteRules {
+    /// The route these rules are of (a GRPCRoute's HTTPRoute equivalent): reused only for
+    /// this very object.
+    source: Arc<HttpRoute>,
+    rules: Vec<CompiledRule>,
+    problems: RuleProblems,
+    /// The BackendTLSPolicies its backends use.
+    used_policies: BTreeSet<ObjectName>,
+}
+
+type Hasher = foldhash::fast::RandomState;
+
+/// Rules compiled by one translation, for the next to reuse where a route has not changed;
+/// [`crate::Reuse`] keeps them only while nothing but routes changes.
+///
+/// Keyed by the address of the route object they were compiled from, which each entry holds
+/// (so no other object can have it): a route the store replaced, because it changed, is not
+/// found. Hashing an address rather than a name was a third of the cost of these maps.
+#[derive(Default)]
+pub(crate) struct Reused {
+    http: HashMap<usize, RouteRules, Hasher>,
+    /// With the GRPCRoute they were converted from.
+    grpc: HashMap<usize, (Arc<GrpcRoute>, RouteRules), Hasher>,
+    /// Backends by Service port, shared by the rules above.
+    backends: crate::backends::Resolved,
 }
 
 // === impl Routes ===
@@ -72,61 +103,88 @@ pub(crate) fn compile_all(
     ),
     attached: &crate::policies::Policies,
     status: &mut StatusSet,
+    reused: &mut Reused,
 ) -> Routes {
-    // GRPCRoutes are compiled as the HTTPRoutes they are equivalent to; the list to sort
-    // holds references only (an HTTPRoute is several hundred bytes).
+    let mut earlier = std::mem::take(reused);
+    // GRPCRoutes are compiled as the HTTPRoutes they are equivalent to; the conversion goes
+    // through JSON, so a converted route is kept with its rules while the GRPCRoute stays.
     let mut converted = Vec::new();
     for (name, route) in &snapshot.grpc_routes {
-        match grpc::to_http(route) {
-            Ok(http) => converted.push((name, http)),
-            // The generated types have the same shapes, so this only fails on a value the
-            // decoder accepted and the HTTPRoute type does not; there is nothing to route.
-            Err(message) => reject_unconvertible(options, status, name, route, &message),
+        match earlier.grpc.remove(&Arc::as_ptr(route).addr()) {
+            Some((source, rules)) => {
+                converted.push((name, Arc::clone(&rules.source), source, Some(rules)));
+            }
+            None => match grpc::to_http(route) {
+                Ok(http) => converted.push((name, Arc::new(http), Arc::clone(route), None)),
+                // The generated types have the same shapes, so this only fails on a value
+                // the decoder accepted and the HTTPRoute type does not; there is nothing to
+                // route.
+                Err(message) => reject_unconvertible(options, status, name, route, &message),
+            },
         }
     }
-    let mut ordered: Vec<(RouteKind, &ObjectName, &HttpRoute)> =
+    // What is compiled, in precedence order, with its rules from the last translation if
+    // they can be reused.
+    type Ordered<'s> = (
+        RouteKind,
+        &'s ObjectName,
+        Arc<HttpRoute>,
+        Option<Arc<GrpcRoute>>,
+        Option<RouteRules>,
+    );
+    let mut ordered: Vec<Ordered<'_>> =
         Vec::with_capacity(snapshot.http_routes.len() + converted.len());
+    ordered.extend(snapshot.http_routes.iter().map(|(name, route)| {
+        let rules = earlier.http.remove(&Arc::as_ptr(route).addr());
+        (RouteKind::Http, name, Arc::clone(route), None, rules)
+    }));
+    let both_kinds = !snapshot.http_routes.is_empty() && !converted.is_empty();
     ordered.extend(
-        snapshot
-            .http_routes
-            .iter()
-            .map(|(name, route)| (RouteKind::Http, name, route.as_ref())),
+        converted.into_iter().map(|(name, route, source, rules)| {
+            (RouteKind::Grpc, name, route, Some(source), rules)
+        }),
     );
-    ordered.extend(
-        converted
-            .iter()
-            .map(|(name, route)| (RouteKind::Grpc, *name, route)),
-    );
-    ordered.sort_by(|(_, a_name, a), (_, b_name, b)| {
+    ordered.sort_by(|(_, a_name, a, ..), (_, b_name, b, ..)| {
         crate::oldest_first((&a.metadata, a_name), (&b.metadata, b_name))
     });
-    // Hostname claims only matter between the two kinds.
-    let both_kinds = !snapshot.http_routes.is_empty() && !converted.is_empty();
     let mut routes = Routes::default();
-    let mut resolver = Resolver::with_policies(policies, health);
+    let mut resolver = Resolver::with_policies(policies, health)
+        .with_resolved(std::mem::take(&mut earlier.backends));
+    // Dropped out of the way of the rest: the rules of routes that are gone.
+    drop(earlier);
+    let mut next = Reused::default();
     let mut statuses = Vec::with_capacity(ordered.len());
-    for (rank, (kind, name, route)) in ordered.iter().enumerate() {
-        let parents = mesh_parents(name, route);
+    for (rank, (kind, name, route, grpc_source, rules)) in ordered.into_iter().enumerate() {
+        let parents = mesh_parents(name, &route);
         let flavor = Flavor {
-            kind: *kind,
+            kind,
             rank,
             name,
-            egress: has_egress_parent(route),
+            egress: has_egress_parent(&route),
             mesh_parents: &parents,
             both_kinds,
         };
-        compile_route(
+        let rules = rules
+            .unwrap_or_else(|| compile_rules(snapshot, &mut resolver, attached, flavor, route));
+        attach_route(
             snapshot,
             gateways,
             options,
             &mut statuses,
             &mut routes,
-            &mut resolver,
             attached,
             flavor,
-            route,
+            &rules,
         );
+        if let Some(source) = grpc_source {
+            next.grpc
+                .insert(Arc::as_ptr(&source).addr(), (source, rules));
+        } else {
+            next.http.insert(Arc::as_ptr(&rules.source).addr(), rules);
+        }
     }
+    next.backends = resolver.into_resolved();
+    *reused = next;
     // One bulk build rather than an insert per route, each a search of a growing tree that
     // compares keys string by string (an eighth of a reload at 5,000 routes). The sort finds
     // the runs that precedence order leaves, and a later entry for a key replaces an earlier
@@ -242,27 +300,15 @@ fn reject_unconvertible(
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn compile_route(
+/// Compiles a route's rules.
+fn compile_rules(
     snapshot: &Snapshot,
-    gateways: &mut BTreeMap<ObjectName, GatewayState>,
-    options: &Options,
-    statuses: &mut Vec<(ResourceKey, ResourceStatus)>,
-    routes: &mut Routes,
     resolver: &mut Resolver,
     attached: &crate::policies::Policies,
     flavor: Flavor<'_>,
-    route: &HttpRoute,
-) {
-    let (rank, name) = (flavor.rank, flavor.name);
-    let generation = route.metadata.generation.unwrap_or(1);
-    let hostnames: Vec<_> = route
-        .spec
-        .hostnames
-        .iter()
-        .flatten()
-        .map(|h| HostnameMatch::parse(h))
-        .collect();
+    route: Arc<HttpRoute>,
+) -> RouteRules {
+    let name = flavor.name;
     let mut problems = RuleProblems::default();
     let rules: Vec<_> = route
         .spec
@@ -278,7 +324,37 @@ fn compile_route(
             compiled
         })
         .collect();
-    let used_policies = resolver.take_used_policies();
+    RouteRules {
+        source: route,
+        rules,
+        problems,
+        used_policies: resolver.take_used_policies(),
+    }
+}
+
+/// Attaches a route to its parents with its compiled rules, and writes its status.
+#[allow(clippy::too_many_arguments)]
+fn attach_route(
+    snapshot: &Snapshot,
+    gateways: &mut BTreeMap<ObjectName, GatewayState>,
+    options: &Options,
+    statuses: &mut Vec<(ResourceKey, ResourceStatus)>,
+    routes: &mut Routes,
+    attached: &crate::policies::Policies,
+    flavor: Flavor<'_>,
+    compiled: &RouteRules,
+) {
+    let (rank, name) = (flavor.rank, flavor.name);
+    let route = &compiled.source;
+    let (rules, problems) = (&compiled.rules, &compiled.problems);
+    let generation = route.metadata.generation.unwrap_or(1);
+    let hostnames: Vec<_> = route
+        .spec
+        .hostnames
+        .iter()
+        .flatten()
+        .map(|h| HostnameMatch::parse(h))
+        .collect();
     let mut attached_gateways = BTreeSet::new();
     let info = RouteInfo {
         kind: flavor.kind_name(),
@@ -308,7 +384,7 @@ fn compile_route(
         &info,
         &parents,
         generation,
-        &problems,
+        problems,
         |attachment| {
             let key = (attachment.gateway.clone(), attachment.listener.clone());
             if flavor.both_kinds {
@@ -354,10 +430,10 @@ fn compile_route(
             Ok(())
         },
     );
-    for policy in used_policies {
+    for policy in &compiled.used_policies {
         routes
             .policy_ancestors
-            .entry(policy)
+            .entry(policy.clone())
             .or_default()
             .extend(attached_gateways.iter().cloned());
     }
