@@ -50,6 +50,31 @@ struct RouteRules {
     problems: RuleProblems,
     /// The BackendTLSPolicies its backends use.
     used_policies: BTreeSet<ObjectName>,
+    /// Where it attached, kept only from a translation without routes of both kinds.
+    attached: Option<Attached>,
+}
+
+/// Where a route attached and what its status said. With routes of one kind only, that
+/// depends on the route and on objects that are not routes, as its rules do: a route is
+/// refused a listener for the sake of another route only between HTTPRoutes and GRPCRoutes.
+struct Attached {
+    /// Its status entry, if it has a parent of ours.
+    status: Option<(ResourceKey, Vec<model::status::RouteParentStatus>)>,
+    /// What each listener it attached to serves from it.
+    served: Vec<Served>,
+    /// The listeners its attachments were counted on.
+    counted: Vec<(ObjectName, String)>,
+    /// The Gateways it attached to (for its BackendTLSPolicies' ancestors).
+    gateways: BTreeSet<ObjectName>,
+}
+
+/// A route's rules on one listener.
+struct Served {
+    listener: (ObjectName, String),
+    hostnames: Vec<Option<HostnameMatch>>,
+    /// Its rules as that listener serves them (with the listener's policies where they have
+    /// none of their own), in the order of [`RouteRules::rules`].
+    rules: Vec<Arc<Rule>>,
 }
 
 type Hasher = foldhash::fast::RandomState;
@@ -67,6 +92,19 @@ pub(crate) struct Reused {
     grpc: HashMap<usize, (Arc<GrpcRoute>, RouteRules), Hasher>,
     /// Backends by Service port, shared by the rules above.
     backends: crate::backends::Resolved,
+    /// Whether to keep anything: a translation that is not followed by another keeps
+    /// nothing.
+    keep: bool,
+}
+
+impl Reused {
+    /// An empty one that keeps what the translation compiles.
+    pub(crate) fn kept() -> Self {
+        Self {
+            keep: true,
+            ..Self::default()
+        }
+    }
 }
 
 // === impl Routes ===
@@ -106,6 +144,7 @@ pub(crate) fn compile_all(
     reused: &mut Reused,
 ) -> Routes {
     let mut earlier = std::mem::take(reused);
+    let keep = earlier.keep;
     // GRPCRoutes are compiled as the HTTPRoutes they are equivalent to; the conversion goes
     // through JSON, so a converted route is kept with its rules while the GRPCRoute stays.
     let mut converted = Vec::new();
@@ -152,7 +191,10 @@ pub(crate) fn compile_all(
         .with_resolved(std::mem::take(&mut earlier.backends));
     // Dropped out of the way of the rest: the rules of routes that are gone.
     drop(earlier);
-    let mut next = Reused::default();
+    let mut next = Reused {
+        keep,
+        ..Reused::default()
+    };
     let mut statuses = Vec::with_capacity(ordered.len());
     for (rank, (kind, name, route, grpc_source, rules)) in ordered.into_iter().enumerate() {
         let parents = mesh_parents(name, &route);
@@ -163,19 +205,29 @@ pub(crate) fn compile_all(
             egress: has_egress_parent(&route),
             mesh_parents: &parents,
             both_kinds,
+            record: keep && !both_kinds,
         };
-        let rules = rules
+        let mut rules = rules
             .unwrap_or_else(|| compile_rules(snapshot, &mut resolver, attached, flavor, route));
-        attach_route(
-            snapshot,
-            gateways,
-            options,
-            &mut statuses,
-            &mut routes,
-            attached,
-            flavor,
-            &rules,
-        );
+        rules.attached = match rules.attached.take().filter(|_| !both_kinds) {
+            Some(earlier) => {
+                attach_again(gateways, &mut statuses, &mut routes, rank, &rules, &earlier);
+                Some(earlier)
+            }
+            None => attach_route(
+                snapshot,
+                gateways,
+                options,
+                &mut statuses,
+                &mut routes,
+                attached,
+                flavor,
+                &rules,
+            ),
+        };
+        if !keep {
+            continue;
+        }
         if let Some(source) = grpc_source {
             next.grpc
                 .insert(Arc::as_ptr(&source).addr(), (source, rules));
@@ -207,6 +259,8 @@ struct Flavor<'a> {
     mesh_parents: &'a [ObjectName],
     /// Whether there are both HTTPRoutes and GRPCRoutes, which may conflict.
     both_kinds: bool,
+    /// Whether to keep where it attaches for the next translation.
+    record: bool,
 }
 
 /// The Services a route names as parents.
@@ -329,10 +383,88 @@ fn compile_rules(
         rules,
         problems,
         used_policies: resolver.take_used_policies(),
+        attached: None,
     }
 }
 
-/// Attaches a route to its parents with its compiled rules, and writes its status.
+/// Attaches a route again where it attached before, and writes the status it had.
+fn attach_again(
+    gateways: &mut BTreeMap<ObjectName, GatewayState>,
+    statuses: &mut Vec<(ResourceKey, ResourceStatus)>,
+    routes: &mut Routes,
+    rank: usize,
+    compiled: &RouteRules,
+    earlier: &Attached,
+) {
+    attach::count_again(gateways, &earlier.counted);
+    for served in &earlier.served {
+        if !routes.by_listener.contains_key(&served.listener) {
+            routes
+                .by_listener
+                .insert(served.listener.clone(), Vec::new());
+        }
+        if let Some(bucket) = routes.by_listener.get_mut(&served.listener) {
+            add_candidates(
+                bucket,
+                &served.hostnames,
+                &compiled.rules,
+                &served.rules,
+                rank,
+            );
+        }
+    }
+    add_policy_ancestors(routes, &compiled.used_policies, &earlier.gateways);
+    if let Some((key, parents)) = &earlier.status {
+        statuses.push((
+            key.clone(),
+            ResourceStatus::Route {
+                parents: parents.clone(),
+            },
+        ));
+    }
+}
+
+/// One candidate per hostname, rule and match.
+fn add_candidates(
+    bucket: &mut Vec<Candidate>,
+    hostnames: &[Option<HostnameMatch>],
+    rules: &[CompiledRule],
+    served: &[Arc<Rule>],
+    rank: usize,
+) {
+    for hostname in hostnames {
+        for (compiled, rule) in rules.iter().zip(served) {
+            for (match_index, matcher) in compiled.matches.iter().enumerate() {
+                bucket.push(Candidate {
+                    hostname: hostname.clone(),
+                    matcher: matcher.clone(),
+                    rule: rule.clone(),
+                    route_rank: rank,
+                    match_index,
+                });
+            }
+        }
+    }
+}
+
+/// The BackendTLSPolicies a route's backends use have the Gateways it attached to as
+/// ancestors.
+fn add_policy_ancestors(
+    routes: &mut Routes,
+    used_policies: &BTreeSet<ObjectName>,
+    gateways: &BTreeSet<ObjectName>,
+) {
+    for policy in used_policies {
+        routes
+            .policy_ancestors
+            .entry(policy.clone())
+            .or_default()
+            .extend(gateways.iter().cloned());
+    }
+}
+
+/// Attaches a route to its parents with its compiled rules, and writes its status. Returns
+/// where it attached, for [`attach_again`], unless there are routes of both kinds.
 #[allow(clippy::too_many_arguments)]
 fn attach_route(
     snapshot: &Snapshot,
@@ -343,7 +475,7 @@ fn attach_route(
     attached: &crate::policies::Policies,
     flavor: Flavor<'_>,
     compiled: &RouteRules,
-) {
+) -> Option<Attached> {
     let (rank, name) = (flavor.rank, flavor.name);
     let route = &compiled.source;
     let (rules, problems) = (&compiled.rules, &compiled.problems);
@@ -377,6 +509,9 @@ fn attach_route(
             )
         })
         .collect();
+    // What to keep for the next translation.
+    let record = flavor.record;
+    let (mut counted, mut kept) = (Vec::new(), Vec::new());
     let parents = attach::parent_statuses(
         snapshot,
         gateways,
@@ -385,6 +520,7 @@ fn attach_route(
         &parents,
         generation,
         problems,
+        record.then_some(&mut counted),
         |attachment| {
             let key = (attachment.gateway.clone(), attachment.listener.clone());
             if flavor.both_kinds {
@@ -413,36 +549,46 @@ fn attach_route(
                     }
                 })
                 .collect();
+            let listener = record.then(|| key.clone());
             let bucket = routes.by_listener.entry(key).or_default();
-            for hostname in &attachment.hostnames {
-                for (compiled, rule) in rules.iter().zip(&served) {
-                    for (match_index, matcher) in compiled.matches.iter().enumerate() {
-                        bucket.push(Candidate {
-                            hostname: hostname.clone(),
-                            matcher: matcher.clone(),
-                            rule: rule.clone(),
-                            route_rank: rank,
-                            match_index,
-                        });
-                    }
-                }
+            add_candidates(bucket, &attachment.hostnames, rules, &served, rank);
+            if let Some(listener) = listener {
+                kept.push(Served {
+                    listener,
+                    hostnames: attachment.hostnames.clone(),
+                    rules: served,
+                });
             }
             Ok(())
         },
     );
-    for policy in &compiled.used_policies {
-        routes
-            .policy_ancestors
-            .entry(policy.clone())
-            .or_default()
-            .extend(attached_gateways.iter().cloned());
-    }
-    if !parents.is_empty() {
-        statuses.push((
+    add_policy_ancestors(routes, &compiled.used_policies, &attached_gateways);
+    let status = (!parents.is_empty()).then(|| {
+        (
             ResourceKey::new(flavor.kind_model(), &name.namespace, &name.name),
-            ResourceStatus::Route { parents },
+            parents,
+        )
+    });
+    if !record {
+        if let Some((key, parents)) = status {
+            statuses.push((key, ResourceStatus::Route { parents }));
+        }
+        return None;
+    }
+    if let Some((key, parents)) = &status {
+        statuses.push((
+            key.clone(),
+            ResourceStatus::Route {
+                parents: parents.clone(),
+            },
         ));
     }
+    Some(Attached {
+        status,
+        served: kept,
+        counted,
+        gateways: attached_gateways,
+    })
 }
 
 /// Records that a route of `flavor`'s kind serves the attachment's hostnames on its

@@ -157,7 +157,7 @@ impl Reuse {
             *self = Self {
                 basis,
                 options: Some(options.clone()),
-                routes: http_route::Reused::default(),
+                routes: http_route::Reused::kept(),
             };
         }
     }

@@ -236,6 +236,7 @@ fn compile_route(
         &parents,
         generation,
         &problems,
+        None,
         |attachment| {
             let Some((index, rule_name, backends)) = compiled.first() else {
                 return Ok(());
