@@ -141,7 +141,6 @@ async fn serve(args: RunArgs, serving: tokio::runtime::Handle) -> anyhow::Result
         options: args.translate.translate_options(),
         dataplane: dataplane.clone(),
         stamper: Arc::default(),
-        reuse: translate::Reuse::default(),
         state: state_tx,
         reloads: 0,
         rejected_reloads: 0,
@@ -227,8 +226,6 @@ struct Control {
     dataplane: dataplane::Dataplane,
     /// When each condition last changed; `/status` reads it too.
     stamper: Arc<Mutex<Stamper>>,
-    /// The routes' compiled rules, for the next translation.
-    reuse: translate::Reuse,
     state: watch::Sender<Arc<AdminState>>,
     reloads: u64,
     rejected_reloads: u64,
@@ -263,8 +260,7 @@ impl Control {
         // Unusable addresses are rediscovered every round, so an address that becomes
         // bindable later (or leaves the spec) is picked up.
         self.options.unusable_addresses.clear();
-        let mut translation =
-            translate::translate_reusing(snapshot, &self.options, &mut self.reuse);
+        let mut translation = translate::translate(snapshot, &self.options);
         let translated = started.elapsed();
         // Bind, and retranslate while new addresses turn out unusable: each round adds at
         // least one address to the unusable set, so this ends.
@@ -284,7 +280,7 @@ impl Control {
                 break config;
             }
             self.options.unusable_addresses.extend(new);
-            translation = translate::translate_reusing(snapshot, &self.options, &mut self.reuse);
+            translation = translate::translate(snapshot, &self.options);
         };
         // What `/status` translates with again.
         let translated_with = self.options.clone();

@@ -30,25 +30,6 @@ fn bench(c: &mut Criterion) {
     group.bench_function("10000_routes", |b| {
         b.iter(|| black_box(translate::translate(black_box(&snapshot), &options)))
     });
-    // A reload that changed one route among 10,000: the rules of the others are reused.
-    let mut changed = snapshot.clone();
-    let mut reuse = translate::Reuse::default();
-    group.bench_function("10000_routes_one_changed", |b| {
-        b.iter(|| {
-            let (name, route) = changed
-                .http_routes
-                .iter()
-                .next()
-                .map(|(name, route)| (name.clone(), std::sync::Arc::new((**route).clone())))
-                .expect("a route");
-            changed.http_routes.insert(name, route);
-            black_box(translate::translate_reusing(
-                black_box(&changed),
-                &options,
-                &mut reuse,
-            ))
-        })
-    });
     group.bench_function("decode_10000_routes", |b| {
         b.iter(|| {
             black_box(

@@ -29,7 +29,7 @@ pub(crate) struct ParentRef<'a> {
 }
 
 /// What went wrong while compiling a route's rules, for its status.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub(crate) struct RuleProblems {
     /// The first unresolvable reference (ResolvedRefs=False).
     pub unresolved: Option<(Reason, String)>,
@@ -112,7 +112,6 @@ pub(crate) fn parent_statuses(
     parents: &[ParentRef<'_>],
     generation: i64,
     problems: &RuleProblems,
-    mut counted: Option<&mut Vec<(ObjectName, String)>>,
     mut attached: impl FnMut(&Attachment) -> Result<(), String>,
 ) -> Vec<RouteParentStatus> {
     let mut statuses = Vec::with_capacity(parents.len());
@@ -128,7 +127,7 @@ pub(crate) fn parent_statuses(
                     .into_iter()
                     .filter(|a| attached(a).map_err(|m| refused.push(m)).is_ok())
                     .collect();
-                count_attachments(gateways, &kept, counted.as_deref_mut());
+                count_attachments(gateways, &kept);
                 if kept.is_empty() {
                     Condition::new(
                         ConditionType::Accepted,
@@ -288,58 +287,33 @@ fn attach(
     ParentOutcome::Attached(attachments)
 }
 
-/// Counts attached routes on listeners: each route counts once per listener of a parentRef.
-/// The listeners counted are added to `counted`, if given, for [`count_again`].
+/// Counts attached routes on listeners: each route counts once per listener.
 fn count_attachments(
     gateways: &mut BTreeMap<ObjectName, GatewayState>,
     attachments: &[Attachment],
-    mut counted: Option<&mut Vec<(ObjectName, String)>>,
 ) {
     for (index, attachment) in attachments.iter().enumerate() {
         let (owner, listener) = (&attachment.gateway, &attachment.listener);
         // A handful per parentRef: looking back is cheaper than a set.
-        let seen = attachments[..index]
+        let counted = attachments[..index]
             .iter()
             .any(|a| &a.gateway == owner && &a.listener == listener);
-        if seen {
+        if counted {
             continue;
         }
-        if let Some(counted) = counted.as_deref_mut() {
-            counted.push((owner.clone(), listener.clone()));
+        let listener_state = match listener.strip_prefix(crate::listener_sets::KEY_PREFIX) {
+            Some(listener) => gateways
+                .values_mut()
+                .flat_map(|g| g.listener_sets.iter_mut())
+                .find(|set| &set.name == owner)
+                .and_then(|set| set.listeners.iter_mut().find(|l| l.name == listener)),
+            None => gateways
+                .get_mut(owner)
+                .and_then(|g| g.listeners.iter_mut().find(|l| &l.name == listener)),
+        };
+        if let Some(state) = listener_state {
+            state.attached_routes += 1;
         }
-        count_one(gateways, owner, listener);
-    }
-}
-
-/// Counts a route again on the listeners [`count_attachments`] counted it on before.
-pub(crate) fn count_again(
-    gateways: &mut BTreeMap<ObjectName, GatewayState>,
-    counted: &[(ObjectName, String)],
-) {
-    for (owner, listener) in counted {
-        count_one(gateways, owner, listener);
-    }
-}
-
-/// Counts one route on a listener: `owner` is a Gateway, or a ListenerSet for a listener
-/// key with the ListenerSet prefix.
-fn count_one(
-    gateways: &mut BTreeMap<ObjectName, GatewayState>,
-    owner: &ObjectName,
-    listener: &str,
-) {
-    let listener_state = match listener.strip_prefix(crate::listener_sets::KEY_PREFIX) {
-        Some(listener) => gateways
-            .values_mut()
-            .flat_map(|g| g.listener_sets.iter_mut())
-            .find(|set| &set.name == owner)
-            .and_then(|set| set.listeners.iter_mut().find(|l| l.name == listener)),
-        None => gateways
-            .get_mut(owner)
-            .and_then(|g| g.listeners.iter_mut().find(|l| l.name == listener)),
-    };
-    if let Some(state) = listener_state {
-        state.attached_routes += 1;
     }
 }
 

@@ -37,13 +37,10 @@ pub(crate) struct Referrer<'a> {
 /// A resolved backend and the BackendTLSPolicy applied to it.
 type Cached = (Arc<Backend>, Option<ObjectName>);
 
-/// Resolved backends by Service, port and whether the referrer is a GRPCRoute.
-pub(crate) type Resolved = BTreeMap<(ObjectName, i32, bool), Cached>;
-
 /// Resolves backendRefs, sharing one `Arc<Backend>` per Service port.
 #[derive(Default)]
 pub(crate) struct Resolver<'p> {
-    cache: Resolved,
+    cache: BTreeMap<(ObjectName, i32, bool), Cached>,
     /// BackendTLSPolicies; without them no backend speaks TLS.
     policies: Option<&'p Policies>,
     /// HealthCheckPolicies; without them no endpoint is probed.
@@ -63,18 +60,6 @@ impl<'p> Resolver<'p> {
             health: Some(health),
             ..Self::default()
         }
-    }
-
-    /// Starts from backends resolved before, against the same Services, endpoints and
-    /// policies: rules compiled then and now share one `Arc<Backend>` per Service port, as
-    /// rules compiled together do.
-    pub(crate) fn with_resolved(self, cache: Resolved) -> Self {
-        Self { cache, ..self }
-    }
-
-    /// The backends resolved so far, for [`Resolver::with_resolved`].
-    pub(crate) fn into_resolved(self) -> Resolved {
-        self.cache
     }
 
     /// The BackendTLSPolicies applied to the backends resolved since the last call.

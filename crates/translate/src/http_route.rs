@@ -1,10 +1,9 @@
 //! HTTPRoute: attaching each route to its parents and compiling its rules into IR.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ir::{Action, Candidate, HostnameMatch, RouteId, RouteKind, Rule, Timeouts};
-use model::gw::grpcroutes::GrpcRoute;
 use model::gw::httproutes::HttpRoute;
 use model::status::{ResourceStatus, StatusSet};
 use model::{Kind, ObjectName, ResourceKey, Snapshot};
@@ -37,74 +36,6 @@ type Claims = (RouteKind, Vec<Vec<Option<HostnameMatch>>>);
 struct CompiledRule {
     rule: Arc<Rule>,
     matches: Vec<ir::HttpMatch>,
-}
-
-/// A route's rules, compiled: what depends on the route and on the objects that are not
-/// routes (Services, grants, policies), and not on where the route attaches or on other
-/// routes.
-struct RouteRules {
-    /// The route these rules are of (a GRPCRoute's HTTPRoute equivalent): reused only for
-    /// this very object.
-    source: Arc<HttpRoute>,
-    rules: Vec<CompiledRule>,
-    problems: RuleProblems,
-    /// The BackendTLSPolicies its backends use.
-    used_policies: BTreeSet<ObjectName>,
-    /// Where it attached, kept only from a translation without routes of both kinds.
-    attached: Option<Attached>,
-}
-
-/// Where a route attached and what its status said. With routes of one kind only, that
-/// depends on the route and on objects that are not routes, as its rules do: a route is
-/// refused a listener for the sake of another route only between HTTPRoutes and GRPCRoutes.
-struct Attached {
-    /// Its status entry, if it has a parent of ours.
-    status: Option<(ResourceKey, Vec<model::status::RouteParentStatus>)>,
-    /// What each listener it attached to serves from it.
-    served: Vec<Served>,
-    /// The listeners its attachments were counted on.
-    counted: Vec<(ObjectName, String)>,
-    /// The Gateways it attached to (for its BackendTLSPolicies' ancestors).
-    gateways: BTreeSet<ObjectName>,
-}
-
-/// A route's rules on one listener.
-struct Served {
-    listener: (ObjectName, String),
-    hostnames: Vec<Option<HostnameMatch>>,
-    /// Its rules as that listener serves them (with the listener's policies where they have
-    /// none of their own), in the order of [`RouteRules::rules`].
-    rules: Vec<Arc<Rule>>,
-}
-
-type Hasher = foldhash::fast::RandomState;
-
-/// Rules compiled by one translation, for the next to reuse where a route has not changed;
-/// [`crate::Reuse`] keeps them only while nothing but routes changes.
-///
-/// Keyed by the address of the route object they were compiled from, which each entry holds
-/// (so no other object can have it): a route the store replaced, because it changed, is not
-/// found. Hashing an address rather than a name was a third of the cost of these maps.
-#[derive(Default)]
-pub(crate) struct Reused {
-    http: HashMap<usize, RouteRules, Hasher>,
-    /// With the GRPCRoute they were converted from.
-    grpc: HashMap<usize, (Arc<GrpcRoute>, RouteRules), Hasher>,
-    /// Backends by Service port, shared by the rules above.
-    backends: crate::backends::Resolved,
-    /// Whether to keep anything: a translation that is not followed by another keeps
-    /// nothing.
-    keep: bool,
-}
-
-impl Reused {
-    /// An empty one that keeps what the translation compiles.
-    pub(crate) fn kept() -> Self {
-        Self {
-            keep: true,
-            ..Self::default()
-        }
-    }
 }
 
 // === impl Routes ===
@@ -141,102 +72,61 @@ pub(crate) fn compile_all(
     ),
     attached: &crate::policies::Policies,
     status: &mut StatusSet,
-    reused: &mut Reused,
 ) -> Routes {
-    let mut earlier = std::mem::take(reused);
-    let keep = earlier.keep;
-    // GRPCRoutes are compiled as the HTTPRoutes they are equivalent to; the conversion goes
-    // through JSON, so a converted route is kept with its rules while the GRPCRoute stays.
+    // GRPCRoutes are compiled as the HTTPRoutes they are equivalent to; the list to sort
+    // holds references only (an HTTPRoute is several hundred bytes).
     let mut converted = Vec::new();
     for (name, route) in &snapshot.grpc_routes {
-        match earlier.grpc.remove(&Arc::as_ptr(route).addr()) {
-            Some((source, rules)) => {
-                converted.push((name, Arc::clone(&rules.source), source, Some(rules)));
-            }
-            None => match grpc::to_http(route) {
-                Ok(http) => converted.push((name, Arc::new(http), Arc::clone(route), None)),
-                // The generated types have the same shapes, so this only fails on a value
-                // the decoder accepted and the HTTPRoute type does not; there is nothing to
-                // route.
-                Err(message) => reject_unconvertible(options, status, name, route, &message),
-            },
+        match grpc::to_http(route) {
+            Ok(http) => converted.push((name, http)),
+            // The generated types have the same shapes, so this only fails on a value the
+            // decoder accepted and the HTTPRoute type does not; there is nothing to route.
+            Err(message) => reject_unconvertible(options, status, name, route, &message),
         }
     }
-    // What is compiled, in precedence order, with its rules from the last translation if
-    // they can be reused.
-    type Ordered<'s> = (
-        RouteKind,
-        &'s ObjectName,
-        Arc<HttpRoute>,
-        Option<Arc<GrpcRoute>>,
-        Option<RouteRules>,
-    );
-    let mut ordered: Vec<Ordered<'_>> =
+    let mut ordered: Vec<(RouteKind, &ObjectName, &HttpRoute)> =
         Vec::with_capacity(snapshot.http_routes.len() + converted.len());
-    ordered.extend(snapshot.http_routes.iter().map(|(name, route)| {
-        let rules = earlier.http.remove(&Arc::as_ptr(route).addr());
-        (RouteKind::Http, name, Arc::clone(route), None, rules)
-    }));
-    let both_kinds = !snapshot.http_routes.is_empty() && !converted.is_empty();
     ordered.extend(
-        converted.into_iter().map(|(name, route, source, rules)| {
-            (RouteKind::Grpc, name, route, Some(source), rules)
-        }),
+        snapshot
+            .http_routes
+            .iter()
+            .map(|(name, route)| (RouteKind::Http, name, route.as_ref())),
     );
-    ordered.sort_by(|(_, a_name, a, ..), (_, b_name, b, ..)| {
+    ordered.extend(
+        converted
+            .iter()
+            .map(|(name, route)| (RouteKind::Grpc, *name, route)),
+    );
+    ordered.sort_by(|(_, a_name, a), (_, b_name, b)| {
         crate::oldest_first((&a.metadata, a_name), (&b.metadata, b_name))
     });
+    // Hostname claims only matter between the two kinds.
+    let both_kinds = !snapshot.http_routes.is_empty() && !converted.is_empty();
     let mut routes = Routes::default();
-    let mut resolver = Resolver::with_policies(policies, health)
-        .with_resolved(std::mem::take(&mut earlier.backends));
-    // Dropped out of the way of the rest: the rules of routes that are gone.
-    drop(earlier);
-    let mut next = Reused {
-        keep,
-        ..Reused::default()
-    };
+    let mut resolver = Resolver::with_policies(policies, health);
     let mut statuses = Vec::with_capacity(ordered.len());
-    for (rank, (kind, name, route, grpc_source, rules)) in ordered.into_iter().enumerate() {
-        let parents = mesh_parents(name, &route);
+    for (rank, (kind, name, route)) in ordered.iter().enumerate() {
+        let parents = mesh_parents(name, route);
         let flavor = Flavor {
-            kind,
+            kind: *kind,
             rank,
             name,
-            egress: has_egress_parent(&route),
+            egress: has_egress_parent(route),
             mesh_parents: &parents,
             both_kinds,
-            record: keep && !both_kinds,
         };
-        let mut rules = rules
-            .unwrap_or_else(|| compile_rules(snapshot, &mut resolver, attached, flavor, route));
-        rules.attached = match rules.attached.take().filter(|_| !both_kinds) {
-            Some(earlier) => {
-                attach_again(gateways, &mut statuses, &mut routes, rank, &rules, &earlier);
-                Some(earlier)
-            }
-            None => attach_route(
-                snapshot,
-                gateways,
-                options,
-                &mut statuses,
-                &mut routes,
-                attached,
-                flavor,
-                &rules,
-            ),
-        };
-        if !keep {
-            continue;
-        }
-        if let Some(source) = grpc_source {
-            next.grpc
-                .insert(Arc::as_ptr(&source).addr(), (source, rules));
-        } else {
-            next.http.insert(Arc::as_ptr(&rules.source).addr(), rules);
-        }
+        compile_route(
+            snapshot,
+            gateways,
+            options,
+            &mut statuses,
+            &mut routes,
+            &mut resolver,
+            attached,
+            flavor,
+            route,
+        );
     }
-    next.backends = resolver.into_resolved();
-    *reused = next;
     // One bulk build rather than an insert per route, each a search of a growing tree that
     // compares keys string by string (an eighth of a reload at 5,000 routes). The sort finds
     // the runs that precedence order leaves, and a later entry for a key replaces an earlier
@@ -259,8 +149,6 @@ struct Flavor<'a> {
     mesh_parents: &'a [ObjectName],
     /// Whether there are both HTTPRoutes and GRPCRoutes, which may conflict.
     both_kinds: bool,
-    /// Whether to keep where it attaches for the next translation.
-    record: bool,
 }
 
 /// The Services a route names as parents.
@@ -354,15 +242,27 @@ fn reject_unconvertible(
     );
 }
 
-/// Compiles a route's rules.
-fn compile_rules(
+#[allow(clippy::too_many_arguments)]
+fn compile_route(
     snapshot: &Snapshot,
+    gateways: &mut BTreeMap<ObjectName, GatewayState>,
+    options: &Options,
+    statuses: &mut Vec<(ResourceKey, ResourceStatus)>,
+    routes: &mut Routes,
     resolver: &mut Resolver,
     attached: &crate::policies::Policies,
     flavor: Flavor<'_>,
-    route: Arc<HttpRoute>,
-) -> RouteRules {
-    let name = flavor.name;
+    route: &HttpRoute,
+) {
+    let (rank, name) = (flavor.rank, flavor.name);
+    let generation = route.metadata.generation.unwrap_or(1);
+    let hostnames: Vec<_> = route
+        .spec
+        .hostnames
+        .iter()
+        .flatten()
+        .map(|h| HostnameMatch::parse(h))
+        .collect();
     let mut problems = RuleProblems::default();
     let rules: Vec<_> = route
         .spec
@@ -378,115 +278,7 @@ fn compile_rules(
             compiled
         })
         .collect();
-    RouteRules {
-        source: route,
-        rules,
-        problems,
-        used_policies: resolver.take_used_policies(),
-        attached: None,
-    }
-}
-
-/// Attaches a route again where it attached before, and writes the status it had.
-fn attach_again(
-    gateways: &mut BTreeMap<ObjectName, GatewayState>,
-    statuses: &mut Vec<(ResourceKey, ResourceStatus)>,
-    routes: &mut Routes,
-    rank: usize,
-    compiled: &RouteRules,
-    earlier: &Attached,
-) {
-    attach::count_again(gateways, &earlier.counted);
-    for served in &earlier.served {
-        if !routes.by_listener.contains_key(&served.listener) {
-            routes
-                .by_listener
-                .insert(served.listener.clone(), Vec::new());
-        }
-        if let Some(bucket) = routes.by_listener.get_mut(&served.listener) {
-            add_candidates(
-                bucket,
-                &served.hostnames,
-                &compiled.rules,
-                &served.rules,
-                rank,
-            );
-        }
-    }
-    add_policy_ancestors(routes, &compiled.used_policies, &earlier.gateways);
-    if let Some((key, parents)) = &earlier.status {
-        statuses.push((
-            key.clone(),
-            ResourceStatus::Route {
-                parents: parents.clone(),
-            },
-        ));
-    }
-}
-
-/// One candidate per hostname, rule and match.
-fn add_candidates(
-    bucket: &mut Vec<Candidate>,
-    hostnames: &[Option<HostnameMatch>],
-    rules: &[CompiledRule],
-    served: &[Arc<Rule>],
-    rank: usize,
-) {
-    for hostname in hostnames {
-        for (compiled, rule) in rules.iter().zip(served) {
-            for (match_index, matcher) in compiled.matches.iter().enumerate() {
-                bucket.push(Candidate {
-                    hostname: hostname.clone(),
-                    matcher: matcher.clone(),
-                    rule: rule.clone(),
-                    route_rank: rank,
-                    match_index,
-                });
-            }
-        }
-    }
-}
-
-/// The BackendTLSPolicies a route's backends use have the Gateways it attached to as
-/// ancestors.
-fn add_policy_ancestors(
-    routes: &mut Routes,
-    used_policies: &BTreeSet<ObjectName>,
-    gateways: &BTreeSet<ObjectName>,
-) {
-    for policy in used_policies {
-        routes
-            .policy_ancestors
-            .entry(policy.clone())
-            .or_default()
-            .extend(gateways.iter().cloned());
-    }
-}
-
-/// Attaches a route to its parents with its compiled rules, and writes its status. Returns
-/// where it attached, for [`attach_again`], unless there are routes of both kinds.
-#[allow(clippy::too_many_arguments)]
-fn attach_route(
-    snapshot: &Snapshot,
-    gateways: &mut BTreeMap<ObjectName, GatewayState>,
-    options: &Options,
-    statuses: &mut Vec<(ResourceKey, ResourceStatus)>,
-    routes: &mut Routes,
-    attached: &crate::policies::Policies,
-    flavor: Flavor<'_>,
-    compiled: &RouteRules,
-) -> Option<Attached> {
-    let (rank, name) = (flavor.rank, flavor.name);
-    let route = &compiled.source;
-    let (rules, problems) = (&compiled.rules, &compiled.problems);
-    let generation = route.metadata.generation.unwrap_or(1);
-    let hostnames: Vec<_> = route
-        .spec
-        .hostnames
-        .iter()
-        .flatten()
-        .map(|h| HostnameMatch::parse(h))
-        .collect();
+    let used_policies = resolver.take_used_policies();
     let mut attached_gateways = BTreeSet::new();
     let info = RouteInfo {
         kind: flavor.kind_name(),
@@ -509,9 +301,6 @@ fn attach_route(
             )
         })
         .collect();
-    // What to keep for the next translation.
-    let record = flavor.record;
-    let (mut counted, mut kept) = (Vec::new(), Vec::new());
     let parents = attach::parent_statuses(
         snapshot,
         gateways,
@@ -519,8 +308,7 @@ fn attach_route(
         &info,
         &parents,
         generation,
-        problems,
-        record.then_some(&mut counted),
+        &problems,
         |attachment| {
             let key = (attachment.gateway.clone(), attachment.listener.clone());
             if flavor.both_kinds {
@@ -549,46 +337,36 @@ fn attach_route(
                     }
                 })
                 .collect();
-            let listener = record.then(|| key.clone());
             let bucket = routes.by_listener.entry(key).or_default();
-            add_candidates(bucket, &attachment.hostnames, rules, &served, rank);
-            if let Some(listener) = listener {
-                kept.push(Served {
-                    listener,
-                    hostnames: attachment.hostnames.clone(),
-                    rules: served,
-                });
+            for hostname in &attachment.hostnames {
+                for (compiled, rule) in rules.iter().zip(&served) {
+                    for (match_index, matcher) in compiled.matches.iter().enumerate() {
+                        bucket.push(Candidate {
+                            hostname: hostname.clone(),
+                            matcher: matcher.clone(),
+                            rule: rule.clone(),
+                            route_rank: rank,
+                            match_index,
+                        });
+                    }
+                }
             }
             Ok(())
         },
     );
-    add_policy_ancestors(routes, &compiled.used_policies, &attached_gateways);
-    let status = (!parents.is_empty()).then(|| {
-        (
-            ResourceKey::new(flavor.kind_model(), &name.namespace, &name.name),
-            parents,
-        )
-    });
-    if !record {
-        if let Some((key, parents)) = status {
-            statuses.push((key, ResourceStatus::Route { parents }));
-        }
-        return None;
+    for policy in used_policies {
+        routes
+            .policy_ancestors
+            .entry(policy)
+            .or_default()
+            .extend(attached_gateways.iter().cloned());
     }
-    if let Some((key, parents)) = &status {
+    if !parents.is_empty() {
         statuses.push((
-            key.clone(),
-            ResourceStatus::Route {
-                parents: parents.clone(),
-            },
+            ResourceKey::new(flavor.kind_model(), &name.namespace, &name.name),
+            ResourceStatus::Route { parents },
         ));
     }
-    Some(Attached {
-        status,
-        served: kept,
-        counted,
-        gateways: attached_gateways,
-    })
 }
 
 /// Records that a route of `flavor`'s kind serves the attachment's hostnames on its

@@ -123,130 +123,8 @@ pub(crate) fn oldest_first(
         .then_with(|| a_name.cmp(b_name))
 }
 
-/// What one translation leaves for the next: the compiled rules of every HTTPRoute and
-/// GRPCRoute. A change to a few routes among thousands then compiles those few again, not
-/// all (at 5,000 routes their rules were about a fifth of a translation). Rules are reused
-/// only while every object that is not an HTTPRoute or GRPCRoute is the very one they were
-/// compiled against (the store replaces an object only when it changes) and the options
-/// are the same; attachment, precedence and status are computed again every time, since
-/// they depend on the other routes.
-#[derive(Default)]
-pub struct Reuse {
-    /// The objects the rules were compiled against, held so that none is freed and its
-    /// address given to another.
-    basis: Vec<Arc<dyn std::any::Any + Send + Sync>>,
-    options: Option<Options>,
-    routes: http_route::Reused,
-}
-
-impl Reuse {
-    /// Forgets what was compiled unless `snapshot` and `options` are what it was compiled
-    /// against, but for routes.
-    fn keep_if_same_basis(&mut self, snapshot: &Snapshot, options: &Options) {
-        let basis = basis(snapshot);
-        let same_objects = basis.len() == self.basis.len()
-            && basis
-                .iter()
-                .zip(&self.basis)
-                .all(|(a, b)| Arc::ptr_eq(a, b));
-        let same_options = self
-            .options
-            .as_ref()
-            .is_some_and(|earlier| same_rule_options(earlier, options));
-        if !(same_objects && same_options) {
-            *self = Self {
-                basis,
-                options: Some(options.clone()),
-                routes: http_route::Reused::kept(),
-            };
-        }
-    }
-}
-
-/// Every object of the snapshot but its HTTPRoutes and GRPCRoutes, in a fixed order.
-fn basis(snapshot: &Snapshot) -> Vec<Arc<dyn std::any::Any + Send + Sync>> {
-    // Named in full, so that a new kind in the snapshot has to be placed here or below.
-    let Snapshot {
-        gateway_classes,
-        gateways,
-        listener_sets,
-        http_routes: _,
-        grpc_routes: _,
-        tls_routes,
-        tcp_routes,
-        reference_grants,
-        backend_tls_policies,
-        namespaces,
-        services,
-        endpoint_slices,
-        secrets,
-        config_maps,
-        egress_networks,
-        authentication_policies,
-        rate_limit_policies,
-        health_check_policies,
-    } = snapshot;
-    let mut objects: Vec<Arc<dyn std::any::Any + Send + Sync>> = Vec::new();
-    macro_rules! keep {
-        ($($collection:expr),*) => {
-            $(objects.extend($collection.values().map(|o| Arc::clone(o) as Arc<_>));)*
-        };
-    }
-    keep!(
-        gateway_classes,
-        gateways,
-        listener_sets,
-        tls_routes,
-        tcp_routes
-    );
-    keep!(reference_grants, backend_tls_policies, namespaces, services);
-    keep!(endpoint_slices, secrets, config_maps, egress_networks);
-    keep!(
-        authentication_policies,
-        rate_limit_policies,
-        health_check_policies
-    );
-    objects
-}
-
-/// Whether two options compile the same rules. Address allocations and unusable addresses
-/// change where Gateways bind, not what a rule does.
-fn same_rule_options(a: &Options, b: &Options) -> bool {
-    let Options {
-        controller_name,
-        address_pool,
-        allocations: _,
-        unusable_addresses: _,
-        load_balancer_addresses,
-        cluster_networks,
-        global_egress_namespace,
-        only_gateway,
-    } = a;
-    *controller_name == b.controller_name
-        && *address_pool == b.address_pool
-        && *load_balancer_addresses == b.load_balancer_addresses
-        && *cluster_networks == b.cluster_networks
-        && *global_egress_namespace == b.global_egress_namespace
-        && *only_gateway == b.only_gateway
-}
-
 /// Translates a snapshot.
 pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
-    translate_with(snapshot, options, &mut http_route::Reused::default())
-}
-
-/// Translates a snapshot, reusing what the last translation through `reuse` compiled where
-/// it can; the result is the same as [`translate`]'s.
-pub fn translate_reusing(snapshot: &Snapshot, options: &Options, reuse: &mut Reuse) -> Translation {
-    reuse.keep_if_same_basis(snapshot, options);
-    translate_with(snapshot, options, &mut reuse.routes)
-}
-
-fn translate_with(
-    snapshot: &Snapshot,
-    options: &Options,
-    reused: &mut http_route::Reused,
-) -> Translation {
     let mut status = StatusSet::default();
     let classes = classes::accepted(snapshot, options, &mut status);
     let mut gateways = gateways::resolve(snapshot, &classes, options);
@@ -262,7 +140,6 @@ fn translate_with(
         (&policies, &health),
         &attached,
         &mut status,
-        reused,
     );
     policies.write_status(snapshot, &routes.policy_ancestors, options, &mut status);
     let stream_routes = stream_route::compile_all(snapshot, &mut gateways, options, &mut status);

@@ -236,7 +236,6 @@ fn compile_route(
         &parents,
         generation,
         &problems,
-        None,
         |attachment| {
             let Some((index, rule_name, backends)) = compiled.first() else {
                 return Ok(());
