@@ -72,14 +72,16 @@ def process_tree(pid):
 
 
 def cpu_seconds(pid):
-    total = 0
+    """CPU time of pid and its descendants so far: (user, system) seconds."""
+    user = system = 0
     for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
+        user += int(fields[11])  # utime
+        system += int(fields[12])  # stime
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def peak_rss_kib(pid):
@@ -418,10 +420,14 @@ data: {{tls.crt: {data['crt']}, tls.key: {data['key']}}}"""
         else:
             wait_http(port, HOST, tls)
         pid = process.pid if process else None
-        cpu_before = cpu_seconds(pid) if pid else 0.0
+        user_before, system_before = cpu_seconds(pid) if pid else (0.0, 0.0)
         result = self.h2load(port) if scenario == "C" else self.wrk(port, tls)
         if pid:
-            result["cpu_us"] = (cpu_seconds(pid) - cpu_before) * 1e6 / max(result["requests"], 1)
+            user, system = cpu_seconds(pid)
+            requests = max(result["requests"], 1)
+            result["user_us"] = (user - user_before) * 1e6 / requests
+            result["system_us"] = (system - system_before) * 1e6 / requests
+            result["cpu_us"] = result["user_us"] + result["system_us"]
             result["rss_kib"] = peak_rss_kib(pid)
             os.killpg(pid, signal.SIGTERM)
             process.wait(timeout=10)
@@ -728,7 +734,7 @@ def report(args, rows, names):
                  "C": "C: gRPC unary over h2c through a GRPCRoute (h2load -c16 -m4)",
                  "D": "D: TLS 1.3 termination, then as A (direct is plain HTTP)"}[scenario]
         print(f"### {title}\n")
-        print("| target | req/s | spread | vs nginx | vs direct | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors |"
+        print("| target | req/s | spread | vs nginx | vs direct | p50 ms | p99 ms | CPU µs/req (user + kernel) | peak RSS MiB | errors |"
               + (" b share |" if scenario == "B" else ""))
         print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if scenario == "B" else ""))
         median = lambda name, key: statistics.median(r.get(key, 0.0) for r in rows[(scenario, name)])
@@ -736,7 +742,8 @@ def report(args, rows, names):
             runs = rows[(scenario, name)]
             rps = median(name, "rps")
             spread = f"{min(r['rps'] for r in runs):.0f}-{max(r['rps'] for r in runs):.0f}"
-            cpu = "-" if name == "direct" else f"{median(name, 'cpu_us'):.1f}"
+            cpu = "-" if name == "direct" else (f"{median(name, 'cpu_us'):.1f} ({median(name, 'user_us'):.1f} + "
+                                                f"{median(name, 'system_us'):.1f})")
             rss = "-" if name == "direct" else f"{median(name, 'rss_kib') / 1024:.1f}"
             line = (f"| {name} | {rps:.0f} | {spread} | {rps / median('nginx', 'rps'):.2f} | "
                     f"{rps / median('direct', 'rps'):.2f} | {median(name, 'p50'):.2f} | {median(name, 'p99'):.2f} | "
