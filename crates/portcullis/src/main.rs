@@ -430,6 +430,7 @@ fn init_logging(
         .buffered_lines_limit(lines)
         .lossy(true)
         .finish(std::io::stderr());
+    // Logging starts once per process, so this is the only value it is set to.
     let _ = admin::LOG_DROPS.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -636,7 +636,11 @@ async fn log_lines_stderr_cannot_take_are_dropped_and_counted() {
         )
         .expect("write manifest");
     }
-    let mut child = run_with_piped_stderr(dir.path(), admin, &["--access-log", "off"]);
+    // Killed when dropped; its stderr stays unread until then.
+    let _gateway = Gateway::adopt(
+        run_with_piped_stderr(dir.path(), admin, &["--access-log", "off"]),
+        admin,
+    );
     let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
     let url = format!("http://127.0.0.1:{port}/");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -657,6 +661,4 @@ async fn log_lines_stderr_cannot_take_are_dropped_and_counted() {
     };
     // At most every line but those the queue and the pipe held.
     assert!(dropped < 4_000.0, "{dropped}");
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -145,6 +145,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A `portcullis run` process the test started itself, killed when dropped like the
+    /// others (also when an assertion fails first).
+    pub fn adopt(child: Child, admin: u16) -> Self {
+        Self { child, admin }
+    }
+
     pub async fn start(config: &Path) -> Self {
         Self::start_with(config, &[]).await
     }
