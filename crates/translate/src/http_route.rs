@@ -52,6 +52,11 @@ impl Routes {
 
     /// The candidates attached to one listener, taken out: each listener is served once,
     /// and copying thousands of candidates cost more than building their route table.
+    /// Every listener's candidates.
+    pub(crate) fn into_listeners(self) -> BTreeMap<(ObjectName, String), Vec<Candidate>> {
+        self.by_listener
+    }
+
     pub(crate) fn take_listener(&mut self, gateway: &ObjectName, listener: &str) -> Vec<Candidate> {
         self.by_listener
             .remove(&(gateway.clone(), listener.to_string()))
@@ -133,6 +138,48 @@ pub(crate) fn compile_all(
     // one, as an insert would.
     let earlier = std::mem::take(&mut status.0);
     status.0 = earlier.into_iter().chain(statuses).collect();
+    routes
+}
+
+/// Compiles some HTTPRoutes, each with its rank among all routes, as [`compile_all`] would
+/// (for [`crate::patch`], which declines when there are GRPCRoutes). Their status is not
+/// kept.
+pub(crate) fn compile_routes(
+    snapshot: &Snapshot,
+    gateways: &mut BTreeMap<ObjectName, GatewayState>,
+    options: &Options,
+    (policies, health): (
+        &crate::backend_tls::Policies,
+        &crate::health::HealthPolicies,
+    ),
+    attached: &crate::policies::Policies,
+    ranked: &[(usize, &ObjectName, &HttpRoute)],
+) -> Routes {
+    let mut routes = Routes::default();
+    let mut resolver = Resolver::with_policies(policies, health);
+    let mut statuses = Vec::new();
+    for &(rank, name, route) in ranked {
+        let parents = mesh_parents(name, route);
+        let flavor = Flavor {
+            kind: RouteKind::Http,
+            rank,
+            name,
+            egress: has_egress_parent(route),
+            mesh_parents: &parents,
+            both_kinds: false,
+        };
+        compile_route(
+            snapshot,
+            gateways,
+            options,
+            &mut statuses,
+            &mut routes,
+            &mut resolver,
+            attached,
+            flavor,
+            route,
+        );
+    }
     routes
 }
 

@@ -28,6 +28,7 @@ mod health;
 mod http_route;
 mod listener_sets;
 mod mesh;
+mod patch;
 mod policies;
 pub mod provision;
 mod references;
@@ -42,6 +43,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use model::status::StatusSet;
 use model::{ObjectName, Snapshot};
+pub use patch::{MAX_CHANGED, patch};
 pub use references::referenced_objects;
 
 /// The controller name portcullis answers to unless configured otherwise.
