@@ -23,8 +23,8 @@ pub struct Portcullis {
 }
 
 impl Portcullis {
-    /// Starts `BINARY run --config DIR --admin 127.0.0.1:PORT --address-pool 127.0.100.0/24`,
-    /// with stdout and stderr going to `log`.
+    /// Starts `BINARY run --config DIR --admin 127.0.0.1:PORT --address-pool 127.0.100.0/24
+    /// --verify-patches`, with stdout and stderr going to `log`.
     pub fn start(
         binary: &Path,
         config: &Path,
@@ -51,6 +51,9 @@ impl Portcullis {
             .arg(admin.to_string())
             .arg("--address-pool")
             .arg(ADDRESS_POOL)
+            // A reload served by patching the previous config is checked against a full
+            // translation; a difference stops portcullis, which fails the case.
+            .arg("--verify-patches")
             // Plain log lines: they end up in failure messages.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

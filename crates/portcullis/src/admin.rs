@@ -33,6 +33,11 @@ pub struct AdminState {
     pub last_reload_seconds: f64,
     /// How long its translation took, in seconds.
     pub last_translate_seconds: f64,
+    /// How long it took until the data plane served the new config, in seconds: the
+    /// translation's share, or a patch's when only HTTPRoutes changed.
+    pub last_served_seconds: f64,
+    /// Reloads served by patching the previous config.
+    pub patched_reloads: u64,
     /// Kubernetes mode: the status writer's counters.
     pub status_writer: Option<Arc<sources::kube::StatusMetrics>>,
 }
@@ -105,11 +110,13 @@ fn handle(
 fn metrics(state: &AdminState, dataplane: &dataplane::Dataplane) -> String {
     use std::fmt::Write;
     let mut out = format!(
-        "# HELP portcullis_config_reloads_total Configurations applied.\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# HELP portcullis_config_reloads_rejected_total Reloads in which a manifest was rejected and its last good version kept.\n# TYPE portcullis_config_reloads_rejected_total counter\nportcullis_config_reloads_rejected_total {}\n# HELP portcullis_config_reload_seconds How long the last reload took.\n# TYPE portcullis_config_reload_seconds gauge\nportcullis_config_reload_seconds {}\n# HELP portcullis_translate_seconds How long the last translation took.\n# TYPE portcullis_translate_seconds gauge\nportcullis_translate_seconds {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n# HELP portcullis_log_lines_dropped_total Log lines (access log included) dropped because stderr did not keep up.\n# TYPE portcullis_log_lines_dropped_total counter\nportcullis_log_lines_dropped_total {}\n",
+        "# HELP portcullis_config_reloads_total Configurations applied.\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total {}\n# HELP portcullis_config_reloads_rejected_total Reloads in which a manifest was rejected and its last good version kept.\n# TYPE portcullis_config_reloads_rejected_total counter\nportcullis_config_reloads_rejected_total {}\n# HELP portcullis_config_reload_seconds How long the last reload took.\n# TYPE portcullis_config_reload_seconds gauge\nportcullis_config_reload_seconds {}\n# HELP portcullis_translate_seconds How long the last translation took.\n# TYPE portcullis_translate_seconds gauge\nportcullis_translate_seconds {}\n# HELP portcullis_config_served_seconds How long the last reload took until the data plane served it (less than the reload when a patch of the previous config served it).\n# TYPE portcullis_config_served_seconds gauge\nportcullis_config_served_seconds {}\n# HELP portcullis_config_patched_reloads_total Reloads served by patching the previous config (only HTTPRoutes changed).\n# TYPE portcullis_config_patched_reloads_total counter\nportcullis_config_patched_reloads_total {}\n# TYPE portcullis_mirror_dropped_total counter\nportcullis_mirror_dropped_total {}\n# HELP portcullis_log_lines_dropped_total Log lines (access log included) dropped because stderr did not keep up.\n# TYPE portcullis_log_lines_dropped_total counter\nportcullis_log_lines_dropped_total {}\n",
         state.reloads,
         state.rejected_reloads,
         state.last_reload_seconds,
         state.last_translate_seconds,
+        state.last_served_seconds,
+        state.patched_reloads,
         dataplane.mirror_drops(),
         LOG_DROPS.get().map_or(0, |c| c.dropped_lines()),
     );

@@ -195,6 +195,11 @@ struct RunArgs {
         requires = "otlp_endpoint"
     )]
     otlp_service_name: String,
+    /// After each reload served by patching the previous config (a change of HTTPRoutes
+    /// only), also compare it with a full translation and stop with an error if they differ.
+    /// For tests: it serializes both configs on every such reload.
+    #[arg(long, hide = true)]
+    verify_patches: bool,
 }
 
 fn parse_otlp_endpoint(value: &str) -> Result<String, String> {

@@ -146,6 +146,9 @@ async fn serve(args: RunArgs, serving: tokio::runtime::Handle) -> anyhow::Result
         rejected_reloads: 0,
         status_writer: None,
         provisioning: None,
+        last: None,
+        patched_reloads: 0,
+        verify_patches: args.verify_patches,
     };
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -184,7 +187,7 @@ async fn serve_directory(
     let root = directory.root().to_path_buf();
     let mut watch = sources::watch(&root, DEBOUNCE)
         .with_context(|| format!("cannot watch {}", root.display()))?;
-    control.reconcile_directory(directory).await;
+    control.reconcile_directory(directory).await?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -200,7 +203,7 @@ async fn serve_directory(
                 };
                 match scanned {
                     Ok(report) if report.changed == 0 && report.removed == 0 => continue,
-                    Ok(_) => control.reconcile_directory(directory).await,
+                    Ok(_) => control.reconcile_directory(directory).await?,
                     Err(error) => tracing::warn!(%error, "cannot rescan the config directory"),
                 }
             }
@@ -233,55 +236,83 @@ struct Control {
     status_writer: Option<sources::kube::StatusWriter>,
     /// Kubernetes mode with provisioning: what each Gateway's pods run.
     provisioning: Option<translate::provision::ProvisionOptions>,
+    /// The snapshot and config last applied, which the next change may patch.
+    last: Option<(Arc<model::Snapshot>, Arc<ir::Config>)>,
+    /// Reloads served by a patch of the previous config.
+    patched_reloads: u64,
+    /// `--verify-patches`.
+    verify_patches: bool,
 }
 
 impl Control {
     /// Translates the directory's current contents and applies the result.
-    async fn reconcile_directory(&mut self, directory: &mut Directory) {
+    async fn reconcile_directory(&mut self, directory: &mut Directory) -> anyhow::Result<()> {
         let store = directory.store();
         let snapshot = store.snapshot();
         let errors = store.errors();
         let warnings = store.warnings();
-        self.reconcile(&snapshot, &errors, &warnings).await;
+        self.reconcile(&snapshot, &errors, &warnings).await
     }
 
     /// Translates a snapshot and applies the result: data plane, admin state and, in
-    /// Kubernetes mode, the status writer.
+    /// Kubernetes mode, the status writer. Fails only with `--verify-patches`, when a
+    /// patched config turns out different from the full translation.
     async fn reconcile(
         &mut self,
         snapshot: &Arc<model::Snapshot>,
         errors: &[model::decode::DecodeError],
         warnings: &[model::decode::Warning],
-    ) {
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         for error in errors {
             tracing::warn!(%error, "manifest rejected; its last good version stays in use");
         }
+        // A change of HTTPRoutes only is served from the previous config, patched, before the
+        // full translation below (which status needs): at 5,000 routes that translation is
+        // most of a change's time to be served. Not while addresses are unusable, whose
+        // rediscovery needs a full round.
+        let patched = match &self.last {
+            Some((before, previous)) if self.options.unusable_addresses.is_empty() => {
+                translate::patch(before, previous, snapshot, &self.options).map(Arc::new)
+            }
+            _ => None,
+        };
+        let patched = match patched {
+            // The same addresses as the previous config, all bound: nothing to bind.
+            Some(config) => {
+                let failures = self.dataplane.apply(config.clone()).await;
+                if failures.is_empty() {
+                    self.patched_reloads += 1;
+                    Some(config)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        let served = started.elapsed();
         // Unusable addresses are rediscovered every round, so an address that becomes
         // bindable later (or leaves the spec) is picked up.
         self.options.unusable_addresses.clear();
         let mut translation = translate::translate(snapshot, &self.options);
         let translated = started.elapsed();
-        // Bind, and retranslate while new addresses turn out unusable: each round adds at
-        // least one address to the unusable set, so this ends.
-        let config = loop {
-            let config = Arc::new(std::mem::take(&mut translation.config));
-            let failures = self.dataplane.apply(config.clone()).await;
-            let mut unusable: BTreeSet<IpAddr> = BTreeSet::new();
-            for failure in &failures {
-                tracing::warn!(addr = %failure.addr, error = %failure.error, "cannot bind");
-                unusable.insert(failure.addr.ip());
+        let config = match patched {
+            Some(patched) if self.verify_patches => {
+                if let Some(difference) = translate::difference(&patched, &translation.config) {
+                    anyhow::bail!(
+                        "a patched config differs from the full translation: {difference}"
+                    );
+                }
+                drop_elsewhere(std::mem::take(&mut translation.config));
+                patched
             }
-            let new: Vec<_> = unusable
-                .difference(&self.options.unusable_addresses)
-                .copied()
-                .collect();
-            if new.is_empty() {
-                break config;
+            Some(patched) => {
+                drop_elsewhere(std::mem::take(&mut translation.config));
+                patched
             }
-            self.options.unusable_addresses.extend(new);
-            translation = translate::translate(snapshot, &self.options);
+            None => self.apply(snapshot, &mut translation).await,
         };
+        self.last = Some((Arc::clone(snapshot), Arc::clone(&config)));
         // What `/status` translates with again.
         let translated_with = self.options.clone();
         self.options.allocations = translation.allocations.clone();
@@ -327,6 +358,8 @@ impl Control {
             rejected_reloads: self.rejected_reloads,
             last_reload_seconds: started.elapsed().as_secs_f64(),
             last_translate_seconds: translated.as_secs_f64(),
+            last_served_seconds: served.as_secs_f64(),
+            patched_reloads: self.patched_reloads,
             status_writer: self.status_writer.as_ref().map(|w| w.metrics().clone()),
         };
         drop_elsewhere(self.state.send_replace(Arc::new(state)));
@@ -336,5 +369,33 @@ impl Control {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "config applied"
         );
+        Ok(())
+    }
+
+    /// Applies a full translation: binds, and retranslates while new addresses turn out
+    /// unusable (each round adds at least one address to the unusable set, so this ends).
+    async fn apply(
+        &mut self,
+        snapshot: &model::Snapshot,
+        translation: &mut translate::Translation,
+    ) -> Arc<ir::Config> {
+        loop {
+            let config = Arc::new(std::mem::take(&mut translation.config));
+            let failures = self.dataplane.apply(config.clone()).await;
+            let mut unusable: BTreeSet<IpAddr> = BTreeSet::new();
+            for failure in &failures {
+                tracing::warn!(addr = %failure.addr, error = %failure.error, "cannot bind");
+                unusable.insert(failure.addr.ip());
+            }
+            let new: Vec<_> = unusable
+                .difference(&self.options.unusable_addresses)
+                .copied()
+                .collect();
+            if new.is_empty() {
+                return config;
+            }
+            self.options.unusable_addresses.extend(new);
+            *translation = translate::translate(snapshot, &self.options);
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Reloads under load: a route's weights and matches are rewritten 100 times while clients
-//! keep sending requests through the gateway; not one request may fail.
+//! keep sending requests through the gateway; not one request may fail. And routes added,
+//! removed and edited among others, served by patching the previous config, in precedence
+//! order.
 //!
 //! Starts the real `portcullis` binary on a temporary directory, two upstreams in-process,
 //! all on 127.0.0.1. Files are replaced by rename, the way Kubernetes volume updates and
@@ -112,4 +114,108 @@ async fn rewriting_a_route_a_hundred_times_under_load_fails_no_request() {
         a.hits(),
         b.hits()
     );
+}
+
+/// An HTTPRoute `name` sending `match` (a path match) to Service `backend`.
+fn path_route(name: &str, path: &str, backend: &str) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{matches: [{{path: {path}}}], backendRefs: [{{name: {backend}, port: 80}}]}}]
+"
+    )
+}
+
+#[tokio::test]
+async fn route_changes_are_patched_in_precedence_order() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("base.yaml"),
+        manifests(port, a.port, b.port),
+    )
+    .expect("write");
+    let mut routes: String = (0..20)
+        .map(|i| {
+            path_route(
+                &format!("filler-{i:02}"),
+                &format!("{{type: PathPrefix, value: /f{i}}}"),
+                "a",
+            )
+        })
+        .collect();
+    routes.push_str(&path_route("m-api", "{type: PathPrefix, value: /v1}", "a"));
+    std::fs::write(dir.path().join("routes.yaml"), routes).expect("write");
+    let gateway = Gateway::start(dir.path()).await;
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let answers = |path: &'static str, expected: &'static str| {
+        let url = url(path);
+        async move {
+            get(&url, &[])
+                .await
+                .is_ok_and(|(status, body)| status == 200 && body == expected)
+        }
+    };
+    gateway.wait_until(|| answers("/v1/x", "a")).await;
+    let patched = || async {
+        support::sample(
+            &gateway.admin("/metrics").await.1,
+            "portcullis_config_patched_reloads_total ",
+        )
+    };
+    let before = patched().await;
+
+    // Same path match, and `default/a-api` comes before `default/m-api`: it wins.
+    support::replace(
+        dir.path(),
+        "a-api.yaml",
+        &path_route("a-api", "{type: PathPrefix, value: /v1}", "b"),
+    );
+    gateway.wait_until(|| answers("/v1/x", "b")).await;
+    // Later by name: it changes what /v1 answers in no way, so wait for the reload.
+    let reloads = || async {
+        support::sample(
+            &gateway.admin("/metrics").await.1,
+            "portcullis_config_reloads_total ",
+        )
+    };
+    let reloaded = reloads().await;
+    support::replace(
+        dir.path(),
+        "z-api.yaml",
+        &path_route("z-api", "{type: PathPrefix, value: /v1}", "a"),
+    );
+    gateway
+        .wait_until(|| async { reloads().await > reloaded })
+        .await;
+    assert!(answers("/v1/x", "b").await);
+    // Removed: the older route serves again.
+    std::fs::remove_file(dir.path().join("a-api.yaml")).expect("remove");
+    gateway.wait_until(|| answers("/v1/x", "a")).await;
+    // Edited to a longer prefix (more specific): it takes /v1/only, z-api the rest.
+    support::replace(
+        dir.path(),
+        "z-api.yaml",
+        &path_route("z-api", "{type: PathPrefix, value: /v1/only}", "b"),
+    );
+    gateway.wait_until(|| answers("/v1/only/x", "b")).await;
+    assert!(answers("/v1/x", "a").await);
+    assert!(answers("/f19/y", "a").await);
+
+    // Each of the four changes was its own reload, and `--verify-patches` (on in every
+    // test) compared each patch with a full translation.
+    let after = patched().await;
+    assert!(
+        after - before >= 4.0,
+        "{} patched reloads for 4 changes",
+        after - before
+    );
+    let (status, _) = gateway.admin("/ready").await;
+    assert_eq!(status, 200, "the gateway is still up");
 }

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use model::status::StatusSet;
 use model::{ObjectName, Snapshot};
-pub use patch::{MAX_CHANGED, patch};
+pub use patch::{MAX_CHANGED, difference, patch};
 pub use references::referenced_objects;
 
 /// The controller name portcullis answers to unless configured otherwise.

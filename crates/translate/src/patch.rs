@@ -110,6 +110,51 @@ pub fn patch(
     })
 }
 
+/// Where `patched` differs from `full` (the full translation of the same snapshot), as
+/// `/config` shows them or in the ranks behind each route table's order; `None` when they
+/// are the same. For checking patches at run time (`portcullis run --verify-patches`).
+pub fn difference(patched: &ir::Config, full: &ir::Config) -> Option<String> {
+    let binds = |config: &ir::Config| config.binds.keys().copied().collect::<Vec<_>>();
+    if binds(patched) != binds(full) {
+        return Some("the configs bind different addresses".into());
+    }
+    for ((addr, a), b) in patched.binds.iter().zip(full.binds.values()) {
+        let listeners = |bind: &ir::Bind| {
+            bind.http
+                .iter()
+                .chain(bind.consumers.values())
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let (a_listeners, b_listeners) = (listeners(a), listeners(b));
+        if a_listeners.len() != b_listeners.len() {
+            return Some(format!("{addr}: the configs have different HTTP listeners"));
+        }
+        for (a, b) in a_listeners.iter().zip(&b_listeners) {
+            let ranks = |l: &ir::HttpListener| {
+                l.routes
+                    .candidates()
+                    .iter()
+                    .map(|c| (c.route_rank, c.match_index))
+                    .collect::<Vec<_>>()
+            };
+            if ranks(a) != ranks(b) {
+                return Some(format!(
+                    "{addr}: listener {} {}: route ranks differ",
+                    a.gateway, a.name
+                ));
+            }
+        }
+        if serde_json::to_value(a).ok() != serde_json::to_value(b).ok() {
+            return Some(format!("{addr}: the listeners or their routes differ"));
+        }
+    }
+    if serde_json::to_value(&patched.egress).ok() != serde_json::to_value(&full.egress).ok() {
+        return Some("egress differs".into());
+    }
+    None
+}
+
 /// Whether every kind but HTTPRoute holds the same objects in both snapshots.
 fn only_routes_differ(before: &Snapshot, after: &Snapshot) -> bool {
     let Snapshot {

@@ -111,7 +111,7 @@ async fn watch(
                             &current.errors,
                             &current.warnings,
                         )
-                        .await;
+                        .await?;
                 }
             }
             () = &mut stop => break,

@@ -162,6 +162,9 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(config)
             .args(["--admin", &format!("127.0.0.1:{admin}")])
+            // Every reload served by a patch is checked against a full translation; a
+            // difference stops the gateway, which fails the test.
+            .arg("--verify-patches")
             .args(args)
             .env("PORTCULLIS_LOG", "warn")
             .stdout(Stdio::null())
