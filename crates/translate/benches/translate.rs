@@ -1,5 +1,6 @@
 //! Time to translate a snapshot with many HTTPRoutes (one Gateway, N routes with their own
-//! hostnames, two rules each, one Service per route).
+//! hostnames, two rules each, one Service per route), and to patch its config for one added
+//! route instead.
 
 use std::hint::black_box;
 
@@ -29,6 +30,36 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("10000_routes", |b| {
         b.iter(|| black_box(translate::translate(black_box(&snapshot), &options)))
+    });
+    // One more route, as a new file would add it: the patch against a full translation of
+    // the same snapshot.
+    let previous = translate::translate(&snapshot, &options).config;
+    let added = decode_file(
+        std::path::Path::new("added.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: added, namespace: bench}\nspec:\n  parentRefs: [{name: edge}]\n  hostnames: [added.example.com]\n  rules: [{backendRefs: [{name: svc-0, port: 80}]}]\n",
+    )
+    .expect("the added route decodes");
+    let mut after = snapshot.clone();
+    for (object, _) in added.objects {
+        if let model::Object::HttpRoute(route) = object {
+            after
+                .http_routes
+                .insert(model::ObjectName::new("bench", "added"), route);
+        }
+    }
+    assert_eq!(after.http_routes.len(), 10_001);
+    group.bench_function("patch_10000_routes_one_added", |b| {
+        b.iter(|| {
+            black_box(translate::patch(
+                black_box(&snapshot),
+                &previous,
+                black_box(&after),
+                &options,
+            ))
+        })
+    });
+    group.bench_function("10001_routes", |b| {
+        b.iter(|| black_box(translate::translate(black_box(&after), &options)))
     });
     group.bench_function("decode_10000_routes", |b| {
         b.iter(|| {
