@@ -11,9 +11,9 @@ use crate::{Kind, Object, ResourceKey, gw, k8s};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectName {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 /// A complete, consistent set of resources: the only input of `translate`.
@@ -105,8 +105,8 @@ impl ObjectName {
     /// Builds a name.
     pub fn new(namespace: &str, name: &str) -> Self {
         Self {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }
@@ -141,10 +141,7 @@ impl Snapshot {
         }
         let meta = object.meta();
         let name = meta.name.clone().unwrap_or_default();
-        let namespaced = || ObjectName {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: name.clone(),
-        };
+        let namespaced = || ObjectName::new(meta.namespace.as_deref().unwrap_or_default(), &name);
         let r = replace;
         match &object {
             Object::GatewayClass(o) => put(&mut self.gateway_classes, name, o.clone(), r),

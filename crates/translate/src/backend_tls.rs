@@ -144,8 +144,8 @@ impl Policies {
                     ancestor_ref: ParentReference {
                         group: GATEWAY_GROUP.to_string(),
                         kind: "Gateway".to_string(),
-                        namespace: Some(gateway.namespace.clone()),
-                        name: gateway.name.clone(),
+                        namespace: Some(gateway.namespace.to_string()),
+                        name: gateway.name.to_string(),
                         section_name: None,
                         port: None,
                     },

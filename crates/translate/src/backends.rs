@@ -135,7 +135,7 @@ impl<'p> Resolver<'p> {
         let own_parent = referrer
             .mesh_parents
             .iter()
-            .any(|p| p.namespace == namespace && p.name == reference.name);
+            .any(|p| *p.namespace == *namespace && *p.name == *reference.name);
         if !permitted && !own_parent {
             return Err((
                 Reason::RefNotPermitted,
@@ -224,7 +224,8 @@ fn endpoints(
             .labels
             .as_ref()
             .and_then(|l| l.get("kubernetes.io/service-name"));
-        if name.namespace != service.namespace || owner != Some(&service.name) {
+        if name.namespace != service.namespace || owner.map(String::as_str) != Some(&*service.name)
+        {
             continue;
         }
         let port = match &slice.ports {

@@ -326,8 +326,8 @@ pub(crate) fn compile(
                 compiled.insert(*port, port_routes);
             }
             Arc::new(ir::EgressNetwork {
-                namespace: name.namespace,
-                name: name.name,
+                namespace: name.namespace.to_string(),
+                name: name.name.to_string(),
                 policy: match network.spec.traffic_policy {
                     TrafficPolicy::Allow => ir::TrafficPolicy::Allow,
                     TrafficPolicy::Deny => ir::TrafficPolicy::Deny,

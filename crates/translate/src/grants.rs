@@ -28,7 +28,7 @@ pub(crate) fn permitted(snapshot: &Snapshot, from: &From<'_>, to: &To<'_>) -> bo
     snapshot
         .reference_grants
         .iter()
-        .filter(|(name, _)| name.namespace == to.namespace)
+        .filter(|(name, _)| *name.namespace == *to.namespace)
         .any(|(_, grant)| {
             let from_ok = grant.spec.from.iter().any(|f| {
                 f.group == from.group && f.kind == from.kind && f.namespace == from.namespace

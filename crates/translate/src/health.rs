@@ -136,7 +136,7 @@ impl HealthPolicies {
                         ancestor_ref: ParentReference {
                             group: String::new(),
                             kind: "Service".to_string(),
-                            namespace: Some(name.namespace.clone()),
+                            namespace: Some(name.namespace.to_string()),
                             name: target.name.clone(),
                             section_name: target.section_name.clone(),
                             port: None,

@@ -472,8 +472,8 @@ fn compile_rule(
     let route = flavor.name;
     let id = RouteId {
         kind: flavor.kind,
-        namespace: route.namespace.clone(),
-        name: route.name.clone(),
+        namespace: route.namespace.to_string(),
+        name: route.name.to_string(),
         rule: index,
         rule_name: spec.name.clone(),
     };

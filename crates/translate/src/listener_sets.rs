@@ -123,7 +123,7 @@ fn admits(
         .and_then(|a| a.namespaces.as_ref());
     match namespaces.and_then(|n| n.from.clone()) {
         None | Some(From::None) => false,
-        Some(From::Same) => gateway_name.namespace == namespace,
+        Some(From::Same) => *gateway_name.namespace == *namespace,
         Some(From::All) => true,
         Some(From::Selector) => {
             let Some(selector) = namespaces.and_then(|n| n.selector.as_ref()) else {

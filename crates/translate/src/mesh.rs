@@ -72,7 +72,7 @@ pub(crate) fn attach(
             ),
         );
     }
-    let consumer = (namespace != route.name.namespace).then_some(route.name.namespace.as_str());
+    let consumer = (*namespace != *route.name.namespace).then_some(&*route.name.namespace);
     if cluster_ip(snapshot, &name).is_none() {
         return ParentOutcome::Rejected(
             Reason::UnsupportedValue,
@@ -119,8 +119,8 @@ pub(crate) fn passthrough(
     let route = StreamRoute {
         id: RouteId {
             kind: RouteKind::Tcp,
-            namespace: service.namespace.clone(),
-            name: service.name.clone(),
+            namespace: service.namespace.to_string(),
+            name: service.name.to_string(),
             rule: 0,
             rule_name: Some("passthrough".to_string()),
         },

@@ -247,7 +247,7 @@ fn attach<T>(
                     ParentReference {
                         group: target.group.clone(),
                         kind: target.kind.clone(),
-                        namespace: Some(name.namespace.clone()),
+                        namespace: Some(name.namespace.to_string()),
                         name: target.name.clone(),
                         section_name: target.section_name.clone(),
                         port: None,
@@ -440,7 +440,7 @@ fn compile_authentication(
             let text = String::from_utf8(file)
                 .map_err(|_| format!("Secret {secret} key {key} is not UTF-8 text"))?;
             Ok(BasicAuth {
-                realm: basic.realm.clone().unwrap_or_else(|| name.name.clone()),
+                realm: basic.realm.clone().unwrap_or_else(|| name.name.to_string()),
                 users: htpasswd(&text).map_err(|e| format!("Secret {secret} key {key}: {e}"))?,
             })
         })

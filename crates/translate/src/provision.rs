@@ -128,7 +128,7 @@ fn render(
     let mut labels: BTreeMap<String, String> = infrastructure
         .and_then(|i| i.labels.clone())
         .unwrap_or_default();
-    labels.insert(GATEWAY_NAME_LABEL.into(), name.name.clone());
+    labels.insert(GATEWAY_NAME_LABEL.into(), name.name.to_string());
     labels.insert("app.kubernetes.io/managed-by".into(), "portcullis".into());
     let annotations: BTreeMap<String, String> = infrastructure
         .and_then(|i| i.annotations.clone())
@@ -243,7 +243,7 @@ fn listener_ports(
         let parent = &set.spec.parent_ref;
         let set_namespace = set.metadata.namespace.as_deref().unwrap_or_default();
         let parent_namespace = parent.namespace.as_deref().unwrap_or(set_namespace);
-        if parent.name == name.name && parent_namespace == name.namespace {
+        if *parent.name == *name.name && *parent_namespace == *name.namespace {
             ports.extend(set.spec.listeners.iter().map(|l| l.port));
         }
     }

@@ -16,7 +16,7 @@ use model::{Kind, ObjectName, Snapshot};
 pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
     let mut refs = Refs::default();
     for (gateway_name, gateway) in &snapshot.gateways {
-        let own = gateway_name.namespace.as_str();
+        let own = &*gateway_name.namespace;
         for listener in &gateway.spec.listeners {
             for r in listener
                 .tls
@@ -91,7 +91,7 @@ pub fn referenced_objects(snapshot: &Snapshot) -> BTreeSet<(Kind, ObjectName)> {
         }
     }
     for (policy_name, policy) in &snapshot.authentication_policies {
-        let own = policy_name.namespace.as_str();
+        let own = &*policy_name.namespace;
         let spec = &policy.spec;
         for jwks in spec
             .jwt

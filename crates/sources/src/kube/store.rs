@@ -126,7 +126,7 @@ impl ClusterStore {
         self.kinds.get(&kind).is_some_and(|k| {
             k.current
                 .objects
-                .contains_key(&(name.namespace.clone(), name.name.clone()))
+                .contains_key(&(name.namespace.to_string(), name.name.to_string()))
         })
     }
 
