@@ -219,3 +219,62 @@ async fn route_changes_are_patched_in_precedence_order() {
     let (status, _) = gateway.admin("/ready").await;
     assert_eq!(status, 200, "the gateway is still up");
 }
+
+/// Whether `/status` shows HTTPRoute `name` accepted by its parent.
+fn accepted(status: &str, name: &str) -> bool {
+    let document: serde_json::Value = serde_json::from_str(status).unwrap_or_default();
+    document["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["kind"] == "HTTPRoute" && o["metadata"]["name"] == name)
+        .flat_map(|o| {
+            o["status"]["parents"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
+        .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+}
+
+#[tokio::test]
+async fn patched_routes_get_their_status_once_changes_pause() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("base.yaml"),
+        manifests(port, a.port, b.port),
+    )
+    .expect("write");
+    support::replace(
+        dir.path(),
+        "m-api.yaml",
+        &path_route("m-api", "{type: PathPrefix, value: /v1}", "a"),
+    );
+    // As users run it: without --verify-patches, status is computed after the changes.
+    let gateway = Gateway::start_unverified(dir.path(), &[]).await;
+    let url = format!("http://127.0.0.1:{port}/v1/x");
+    gateway
+        .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(_, body)| body == "a") })
+        .await;
+    assert!(accepted(&gateway.admin("/status").await.1, "m-api"));
+
+    support::replace(
+        dir.path(),
+        "a-api.yaml",
+        &path_route("a-api", "{type: PathPrefix, value: /v1}", "b"),
+    );
+    gateway
+        .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(_, body)| body == "b") })
+        .await;
+    let metrics = gateway.admin("/metrics").await.1;
+    assert!(support::sample(&metrics, "portcullis_config_patched_reloads_total ") >= 1.0);
+    // Served by a patch; its status follows within the quiet period.
+    gateway
+        .wait_until(|| async { accepted(&gateway.admin("/status").await.1, "a-api") })
+        .await;
+    assert!(accepted(&gateway.admin("/status").await.1, "m-api"));
+}

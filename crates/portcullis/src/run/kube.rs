@@ -114,6 +114,7 @@ async fn watch(
                         .await?;
                 }
             }
+            () = super::settle_timer(control.settle_at()) => control.settle(),
             () = &mut stop => break,
         }
     }

@@ -155,16 +155,23 @@ impl Gateway {
         Self::start_with(config, &[]).await
     }
 
-    /// Starts `portcullis run` with extra arguments.
+    /// Starts `portcullis run` with extra arguments. Every reload served by a patch is
+    /// checked against a full translation (`--verify-patches`); a difference stops the
+    /// gateway, which fails the test.
     pub async fn start_with(config: &Path, args: &[&str]) -> Self {
+        let mut all = vec!["--verify-patches"];
+        all.extend_from_slice(args);
+        Self::start_unverified(config, &all).await
+    }
+
+    /// Starts `portcullis run` with extra arguments, as users run it: patched reloads get
+    /// their status once changes pause.
+    pub async fn start_unverified(config: &Path, args: &[&str]) -> Self {
         let admin = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "--config"])
             .arg(config)
             .args(["--admin", &format!("127.0.0.1:{admin}")])
-            // Every reload served by a patch is checked against a full translation; a
-            // difference stops the gateway, which fails the test.
-            .arg("--verify-patches")
             .args(args)
             .env("PORTCULLIS_LOG", "warn")
             .stdout(Stdio::null())
