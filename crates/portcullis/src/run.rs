@@ -2,8 +2,9 @@
 //! (or, with `--kube`, the cluster: see [`kube`]).
 //!
 //! Each round: read the files that the watcher named (or, after lost events, rescan the
-//! directory for changed files), take a snapshot, translate, hand the config to the data
-//! plane. Addresses the data plane cannot bind are fed back into the
+//! directory for changed files), take a snapshot, translate (or, when only HTTPRoutes
+//! changed, patch the previous config and compute status once changes pause), hand the
+//! config to the data plane. Addresses the data plane cannot bind are fed back into the
 //! next translation (so the Gateway reports `Programmed=False AddressNotUsable`). A file
 //! that stops decoding keeps its last good version, so a typo never takes routes away.
 
