@@ -25,6 +25,26 @@ fn manifests(port: u16, a: u16, b: u16) -> String {
     )
 }
 
+/// Upstreams `a` and `b`, the gateway's port, and a directory with the Gateway and both
+/// Services in `base.yaml`.
+async fn setup() -> (Upstream, Upstream, u16, tempfile::TempDir) {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("base.yaml"),
+        manifests(port, a.port, b.port),
+    )
+    .expect("write");
+    (a, b, port, dir)
+}
+
+/// The value of a counter on the gateway's `/metrics`.
+async fn counter(gateway: &Gateway, name: &str) -> f64 {
+    support::sample(&gateway.admin("/metrics").await.1, &format!("{name} "))
+}
+
 /// The route in its `round`-th form: every form matches the clients' requests, with a
 /// different match and a different split.
 fn route(round: usize) -> String {
@@ -53,15 +73,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rewriting_a_route_a_hundred_times_under_load_fails_no_request() {
-    let a = Upstream::start("a").await;
-    let b = Upstream::start("b").await;
-    let port = free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("base.yaml"),
-        manifests(port, a.port, b.port),
-    )
-    .expect("write");
+    let (a, b, port, dir) = setup().await;
     support::replace(dir.path(), "route.yaml", &route(0));
     let gateway = Gateway::start(dir.path()).await;
     let url = format!("http://127.0.0.1:{port}/load/ping");
@@ -132,15 +144,7 @@ spec:
 
 #[tokio::test]
 async fn route_changes_are_patched_in_precedence_order() {
-    let a = Upstream::start("a").await;
-    let b = Upstream::start("b").await;
-    let port = free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("base.yaml"),
-        manifests(port, a.port, b.port),
-    )
-    .expect("write");
+    let (a, b, port, dir) = setup().await;
     let mut routes: String = (0..20)
         .map(|i| {
             path_route(
@@ -163,13 +167,7 @@ async fn route_changes_are_patched_in_precedence_order() {
         }
     };
     gateway.wait_until(|| answers("/v1/x", "a")).await;
-    let patched = || async {
-        support::sample(
-            &gateway.admin("/metrics").await.1,
-            "portcullis_config_patched_reloads_total ",
-        )
-    };
-    let before = patched().await;
+    let before = counter(&gateway, "portcullis_config_patched_reloads_total").await;
 
     // Same path match, and `default/a-api` comes before `default/m-api`: it wins.
     support::replace(
@@ -179,12 +177,7 @@ async fn route_changes_are_patched_in_precedence_order() {
     );
     gateway.wait_until(|| answers("/v1/x", "b")).await;
     // Later by name: it changes what /v1 answers in no way, so wait for the reload.
-    let reloads = || async {
-        support::sample(
-            &gateway.admin("/metrics").await.1,
-            "portcullis_config_reloads_total ",
-        )
-    };
+    let reloads = || counter(&gateway, "portcullis_config_reloads_total");
     let reloaded = reloads().await;
     support::replace(
         dir.path(),
@@ -210,7 +203,7 @@ async fn route_changes_are_patched_in_precedence_order() {
 
     // Each of the four changes was its own reload, and `--verify-patches` (on in every
     // test) compared each patch with a full translation.
-    let after = patched().await;
+    let after = counter(&gateway, "portcullis_config_patched_reloads_total").await;
     assert!(
         after - before >= 4.0,
         "{} patched reloads for 4 changes",
@@ -240,15 +233,7 @@ fn accepted(status: &str, name: &str) -> bool {
 
 #[tokio::test]
 async fn patched_routes_get_their_status_once_changes_pause() {
-    let a = Upstream::start("a").await;
-    let b = Upstream::start("b").await;
-    let port = free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("base.yaml"),
-        manifests(port, a.port, b.port),
-    )
-    .expect("write");
+    let (a, b, port, dir) = setup().await;
     support::replace(
         dir.path(),
         "m-api.yaml",
@@ -270,8 +255,7 @@ async fn patched_routes_get_their_status_once_changes_pause() {
     gateway
         .wait_until(|| async { get(&url, &[]).await.is_ok_and(|(_, body)| body == "b") })
         .await;
-    let metrics = gateway.admin("/metrics").await.1;
-    assert!(support::sample(&metrics, "portcullis_config_patched_reloads_total ") >= 1.0);
+    assert!(counter(&gateway, "portcullis_config_patched_reloads_total").await >= 1.0);
     // Served by a patch; its status follows within the quiet period.
     gateway
         .wait_until(|| async { accepted(&gateway.admin("/status").await.1, "a-api") })
