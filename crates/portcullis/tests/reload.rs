@@ -144,7 +144,7 @@ spec:
 
 #[tokio::test]
 async fn route_changes_are_patched_in_precedence_order() {
-    let (a, b, port, dir) = setup().await;
+    let (_a, _b, port, dir) = setup().await;
     let mut routes: String = (0..20)
         .map(|i| {
             path_route(
@@ -233,7 +233,7 @@ fn accepted(status: &str, name: &str) -> bool {
 
 #[tokio::test]
 async fn patched_routes_get_their_status_once_changes_pause() {
-    let (a, b, port, dir) = setup().await;
+    let (_a, _b, port, dir) = setup().await;
     support::replace(
         dir.path(),
         "m-api.yaml",
