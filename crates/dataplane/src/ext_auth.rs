@@ -104,7 +104,7 @@ pub(crate) async fn authorize(
 ) -> Result<(Decision, ProxyBody), ProxyError> {
     let (sent, body) = take_body(auth.forward_body, body).await?;
     let unavailable = |reason: String| ProxyError::AuthUnavailable {
-        service: auth.backend.name.clone(),
+        service: auth.backend.name.to_string(),
         reason,
     };
     let endpoint = upstreams

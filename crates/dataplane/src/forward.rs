@@ -59,7 +59,7 @@ pub struct Upstreams {
     connector: HttpConnector,
     builder: hyper_util::client::legacy::Builder,
     /// Round-robin position per backend name.
-    cursors: Arc<Mutex<HashMap<String, usize>>>,
+    cursors: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     /// Passive health of the endpoints.
     pub outliers: Arc<Outliers>,
     /// Active health of the endpoints (HealthCheckPolicy).
@@ -125,7 +125,7 @@ impl Upstreams {
         let count = backend.endpoints.len();
         if count == 0 {
             return Err(ProxyError::NoEndpoints {
-                backend: backend.name.clone(),
+                backend: backend.name.to_string(),
             });
         }
         let usable = |addr: &SocketAddr| {
@@ -449,7 +449,7 @@ pub fn choose_backend(
 /// The backend of egress traffic sent on to where the client was connecting.
 pub fn original_destination(destination: SocketAddr) -> Backend {
     Backend {
-        name: format!("original-destination {destination}"),
+        name: format!("original-destination {destination}").into(),
         protocol: BackendProtocol::Http1,
         endpoints: vec![ir::Endpoint { addr: destination }],
         tls: None,

@@ -138,7 +138,7 @@ fn checked_endpoints(config: &ir::Config) -> HashMap<ProbeKey, Arc<Backend>> {
                 };
                 for endpoint in &backend.endpoints {
                     let key = ProbeKey {
-                        backend: backend.name.clone(),
+                        backend: backend.name.to_string(),
                         endpoint: endpoint.addr,
                         protocol: backend.protocol,
                         tls: backend.tls.as_ref().map(|tls| tls.policy.clone()),

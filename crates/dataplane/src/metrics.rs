@@ -8,7 +8,7 @@
 //! never by what clients send: no paths, hosts or client addresses. Egress requests sent to
 //! their original destination are labelled `original-destination`, not with the address.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ir::{RouteId, RouteKind};
@@ -20,13 +20,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Labels of the request counter.
+/// The start of the backend name of egress requests sent to their original destination
+/// (`forward::original_destination`), and their backend label.
+const ORIGINAL_DESTINATION: &str = "original-destination";
+
+/// Labels of the request counter. The names are the config's own shared strings, so that
+/// labelling a request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route_kind: &'static str,
-    route_namespace: String,
-    route_name: String,
-    backend: String,
+    route_namespace: Arc<str>,
+    route_name: Arc<str>,
+    backend: Arc<str>,
     code_class: &'static str,
 }
 
@@ -34,8 +39,8 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
     route_kind: &'static str,
-    route_namespace: String,
-    route_name: String,
+    route_namespace: Arc<str>,
+    route_name: Arc<str>,
 }
 
 type Latencies = Family<LatencyLabels, Histogram, fn() -> Histogram>;
@@ -76,6 +81,10 @@ pub struct RequestMetrics {
     handshakes: Family<HandshakeLabels, Counter>,
     rate_limited: Family<PolicyLabels, Counter>,
     registry: Mutex<Registry>,
+    /// The label of requests without a route or backend.
+    empty: Arc<str>,
+    /// The backend label of egress requests sent to their original destination.
+    original_destination: Arc<str>,
 }
 
 impl Default for RequestMetrics {
@@ -141,6 +150,8 @@ impl Default for RequestMetrics {
             handshakes,
             rate_limited,
             registry: Mutex::new(registry),
+            empty: Arc::from(""),
+            original_destination: Arc::from(ORIGINAL_DESTINATION),
         }
     }
 }
@@ -150,18 +161,20 @@ impl RequestMetrics {
     pub fn record(
         &self,
         route: Option<&RouteId>,
-        backend: Option<&str>,
+        backend: Option<&Arc<str>>,
         status: u16,
         elapsed: Duration,
     ) {
         let (route_kind, route_namespace, route_name) = match route {
             Some(id) => (kind_name(id.kind), id.namespace.clone(), id.name.clone()),
-            None => ("", String::new(), String::new()),
+            None => ("", self.empty.clone(), self.empty.clone()),
         };
         let backend = match backend {
-            Some(name) if name.starts_with("original-destination") => "original-destination".into(),
-            Some(name) => name.to_string(),
-            None => String::new(),
+            Some(name) if name.starts_with(ORIGINAL_DESTINATION) => {
+                self.original_destination.clone()
+            }
+            Some(name) => name.clone(),
+            None => self.empty.clone(),
         };
         self.requests
             .get_or_create(&RequestLabels {
@@ -212,8 +225,8 @@ impl RequestMetrics {
 
     /// A failed connection to an endpoint of `backend`.
     pub(crate) fn connect_failed(&self, backend: &str) {
-        let backend = if backend.starts_with("original-destination") {
-            "original-destination".to_string()
+        let backend = if backend.starts_with(ORIGINAL_DESTINATION) {
+            ORIGINAL_DESTINATION.to_string()
         } else {
             backend.to_string()
         };
@@ -308,15 +321,12 @@ mod tests {
             rule_name: None,
         };
         let ms = Duration::from_millis(3);
-        metrics.record(Some(&id), Some("apps/web:80"), 200, ms);
-        metrics.record(Some(&id), Some("apps/web:80"), 204, ms);
+        let web: Arc<str> = "apps/web:80".into();
+        metrics.record(Some(&id), Some(&web), 200, ms);
+        metrics.record(Some(&id), Some(&web), 204, ms);
         metrics.record(None, None, 404, ms);
-        metrics.record(
-            Some(&id),
-            Some("original-destination 203.0.113.9:80"),
-            502,
-            ms,
-        );
+        let original: Arc<str> = "original-destination 203.0.113.9:80".into();
+        metrics.record(Some(&id), Some(&original), 502, ms);
         let text = metrics.encode();
         for expected in [
             r#"portcullis_requests_total{route_kind="HTTPRoute",route_namespace="apps",route_name="web",backend="apps/web:80",code_class="2xx"} 2"#,

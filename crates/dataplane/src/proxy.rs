@@ -116,7 +116,7 @@ pub async fn handle(
     let to_headers = started.elapsed();
     shared.requests.record(
         log.route.as_ref().map(|rule| &rule.id),
-        log.backend.as_deref(),
+        log.backend.as_ref(),
         response.status().as_u16(),
         to_headers,
     );
@@ -766,7 +766,7 @@ struct AccessLog {
     target: String,
     version: Version,
     route: Option<Arc<Rule>>,
-    backend: Option<String>,
+    backend: Option<Arc<str>>,
     endpoint: Option<SocketAddr>,
     /// Upstream attempts made (retries included).
     attempts: u32,

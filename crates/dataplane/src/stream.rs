@@ -189,7 +189,7 @@ fn choose_endpoint(
     log: &mut StreamLog,
 ) -> Result<SocketAddr, ProxyError> {
     let (_, backend) = forward::choose_backend(&route.backends, None)?;
-    log.backend = Some(backend.name.clone());
+    log.backend = Some(backend.name.to_string());
     let endpoint = shared.upstreams.endpoint(&backend)?;
     log.endpoint = Some(endpoint);
     Ok(endpoint)

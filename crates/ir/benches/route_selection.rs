@@ -52,7 +52,7 @@ fn table_with_hosts(routes: usize, host: impl Fn(usize) -> String) -> RouteTable
                     id: RouteId {
                         kind: RouteKind::Http,
                         namespace: "bench".into(),
-                        name: format!("route-{r}"),
+                        name: format!("route-{r}").into(),
                         rule: index,
                         rule_name: None,
                     },

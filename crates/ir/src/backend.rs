@@ -52,8 +52,9 @@ pub struct InvalidBackend {
 /// A Service port and the endpoints that serve it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Backend {
-    /// `namespace/name:port`, stable for metrics and pools.
-    pub name: String,
+    /// `namespace/name:port`, stable for metrics and pools; requests clone it into their log
+    /// and metric labels without allocating.
+    pub name: Arc<str>,
     /// The protocol spoken to the endpoints.
     pub protocol: BackendProtocol,
     /// Ready endpoints; empty means the Service exists but nothing serves it (503).

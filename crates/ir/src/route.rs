@@ -54,10 +54,11 @@ pub enum RouteKind {
 pub struct RouteId {
     /// The route kind.
     pub kind: RouteKind,
-    /// Route namespace.
-    pub namespace: String,
+    /// Route namespace (shared by the route's rules, and cloned into each request's metric
+    /// labels without allocating).
+    pub namespace: Arc<str>,
     /// Route name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Index of the rule in `spec.rules`.
     pub rule: usize,
     /// The rule's `name`, when set.

@@ -143,7 +143,7 @@ mod tests {
                 route("exact-later", &["abc.example.com"]),
             ],
         };
-        let name = |sni| listener.select(sni).map(|r| r.id.name.as_str());
+        let name = |sni| listener.select(sni).map(|r| &*r.id.name);
         assert_eq!(name(Some("abc.example.com")), Some("exact"));
         assert_eq!(name(Some("x.example.com")), Some("wild"));
         assert_eq!(name(Some("other.org")), Some("any"));

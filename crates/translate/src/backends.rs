@@ -191,7 +191,7 @@ impl<'p> Resolver<'p> {
             None => (None, None),
         };
         let backend = Arc::new(Backend {
-            name: format!("{name}:{port}"),
+            name: format!("{name}:{port}").into(),
             protocol,
             endpoints: endpoints(snapshot, name, service_port),
             tls,

@@ -489,8 +489,8 @@ fn compile_rule(
     let route = flavor.name;
     let id = RouteId {
         kind: flavor.kind,
-        namespace: route.namespace.to_string(),
-        name: route.name.to_string(),
+        namespace: route.namespace.clone(),
+        name: route.name.clone(),
         rule: index,
         rule_name: spec.name.clone(),
     };

@@ -119,8 +119,8 @@ pub(crate) fn passthrough(
     let route = StreamRoute {
         id: RouteId {
             kind: RouteKind::Tcp,
-            namespace: service.namespace.to_string(),
-            name: service.name.to_string(),
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
             rule: 0,
             rule_name: Some("passthrough".to_string()),
         },

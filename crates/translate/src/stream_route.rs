@@ -248,8 +248,8 @@ fn compile_route(
                 .push(Arc::new(StreamRoute {
                     id: RouteId {
                         kind: view.kind,
-                        namespace: view.name.namespace.to_string(),
-                        name: view.name.name.to_string(),
+                        namespace: view.name.namespace.clone(),
+                        name: view.name.name.clone(),
                         rule: *index,
                         rule_name: rule_name.clone(),
                     },

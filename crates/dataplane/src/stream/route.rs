@@ -154,7 +154,7 @@ mod tests {
                     id: RouteId {
                         kind: RouteKind::Tls,
                         namespace: "ns".into(),
-                        name: format!("route-{index}"),
+                        name: format!("route-{index}").into(),
                         rule: 0,
                         rule_name: None,
                     },

@@ -289,7 +289,7 @@ pub async fn read(response: Response<Incoming>) -> Answer {
 /// A backend named `name` with `endpoints`.
 pub fn backend(name: &str, protocol: BackendProtocol, endpoints: &[SocketAddr]) -> Arc<Backend> {
     Arc::new(Backend {
-        name: name.to_string(),
+        name: name.into(),
         protocol,
         endpoints: endpoints.iter().map(|&addr| Endpoint { addr }).collect(),
         tls: None,

@@ -57,7 +57,7 @@ fn select<'a>(
         method: &Method::GET,
         headers,
     };
-    table.select(&request).map(|s| s.rule.id.name.as_str())
+    table.select(&request).map(|s| &*s.rule.id.name)
 }
 
 #[test]
@@ -205,7 +205,7 @@ proptest! {
         match (chosen, best) {
             (None, None) => {}
             (Some(name), Some(len)) => {
-                let chosen = candidates.iter().find(|c| c.rule.id.name == name).map(|c| &c.matcher.path);
+                let chosen = candidates.iter().find(|c| &*c.rule.id.name == name).map(|c| &c.matcher.path);
                 let chosen_len = match chosen { Some(PathMatch::Prefix(p)) => p.len(), _ => usize::MAX };
                 prop_assert_eq!(chosen_len, len);
             }
