@@ -261,4 +261,30 @@ async fn patched_routes_get_their_status_once_changes_pause() {
         .wait_until(|| async { accepted(&gateway.admin("/status").await.1, "a-api") })
         .await;
     assert!(accepted(&gateway.admin("/status").await.1, "m-api"));
+
+    // Changes about one quiet period apart: each status translation starts as the next
+    // change arrives, and the last one's status still comes.
+    let names: Vec<String> = (0..6).map(|k| format!("s{k}-api")).collect();
+    for (k, name) in names.iter().enumerate() {
+        let path = format!("{{type: PathPrefix, value: /s{k}}}");
+        support::replace(
+            dir.path(),
+            &format!("{name}.yaml"),
+            &path_route(name, &path, "b"),
+        );
+        tokio::time::sleep(Duration::from_millis(90 + 5 * k as u64)).await;
+    }
+    gateway
+        .wait_until(|| async {
+            let status = gateway.admin("/status").await.1;
+            names.iter().all(|name| accepted(&status, name))
+        })
+        .await;
+    for k in 0..names.len() {
+        let url = format!("http://127.0.0.1:{port}/s{k}/x");
+        assert_eq!(
+            get(&url, &[]).await.map(|(_, body)| body).ok(),
+            Some("b".into())
+        );
+    }
 }

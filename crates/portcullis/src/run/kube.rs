@@ -115,6 +115,7 @@ async fn watch(
                 }
             }
             () = super::settle_timer(control.settle_at()) => control.settle(),
+            translation = super::settled(&mut control.settling) => control.settled(translation),
             () = &mut stop => break,
         }
     }
