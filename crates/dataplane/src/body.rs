@@ -40,23 +40,29 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// Sets `failed` when `body` fails. A request whose body broke (a bad chunk size, a client that
-/// went away) is the client's doing, even though the upstream client is the one that reports
-/// it; the flag lets the request path answer 400 instead of blaming the backend.
-///
-/// Also adds the length of every data frame to `received`, for the access log.
-pub fn flag_errors(
-    body: ProxyBody,
-    failed: Arc<AtomicBool>,
-    received: Arc<AtomicU64>,
-) -> ProxyBody {
+/// What the request path learns from a request body as it streams to the upstream.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// Set when the body failed. A request whose body broke (a bad chunk size, a client that
+    /// went away) is the client's doing, even though the upstream client is the one that
+    /// reports it; the flag lets the request path answer 400 instead of blaming the backend.
+    pub failed: AtomicBool,
+    /// Bytes of data so far, for the access log.
+    pub received: AtomicU64,
+}
+
+/// Reports into `watched` what `body` does.
+pub fn watched(body: ProxyBody, watched: Arc<Watched>) -> ProxyBody {
+    let frames = Arc::clone(&watched);
     body.map_err(move |error| {
-        failed.store(true, Ordering::Relaxed);
+        watched.failed.store(true, Ordering::Relaxed);
         error
     })
     .map_frame(move |frame| {
         if let Some(data) = frame.data_ref() {
-            received.fetch_add(data.len() as u64, Ordering::Relaxed);
+            frames
+                .received
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         frame
     })

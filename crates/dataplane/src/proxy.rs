@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -19,6 +19,7 @@ use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use ir::{
     Action, Backend, BackendProtocol, Hostname, HttpListener, RedirectScheme, Rule, Selected,
@@ -86,19 +87,19 @@ pub async fn handle(
     };
     // Decided before any step can fail, so that every error ends a gRPC call in gRPC's terms.
     let grpc = grpc::is_grpc_request(request.headers());
-    let body_failed = Arc::new(AtomicBool::new(false));
-    let received = Arc::new(AtomicU64::new(0));
-    let request = request.map(|b| {
-        body::flag_errors(
-            body::boxed(b),
-            Arc::clone(&body_failed),
-            Arc::clone(&received),
-        )
+    // Most requests have no body (a GET, or a length of 0): nothing to watch, nothing to box.
+    let watched = (!request.body().is_end_stream()).then(|| Arc::new(body::Watched::default()));
+    let request = request.map(|b| match &watched {
+        Some(watched) => body::watched(body::boxed(b), Arc::clone(watched)),
+        None => body::empty(),
     });
     let response = match proxy(&shared, &config, &connection, &mut log, request).await {
         Ok(response) => response,
         Err(error) => {
-            let error = if body_failed.load(Ordering::Relaxed) && error.fault() == Fault::Upstream {
+            let body_failed = watched
+                .as_ref()
+                .is_some_and(|w| w.failed.load(Ordering::Relaxed));
+            let error = if body_failed && error.fault() == Fault::Upstream {
                 // The upstream attempt failed because the client's body did.
                 ProxyError::RequestBody(Box::new(error))
             } else {
@@ -132,7 +133,10 @@ pub async fn handle(
         body::on_end(body, move |sent| {
             let elapsed = started.elapsed();
             if logging {
-                log.record(received.load(Ordering::Relaxed), sent, elapsed);
+                let received = watched
+                    .as_ref()
+                    .map_or(0, |w| w.received.load(Ordering::Relaxed));
+                log.record(received, sent, elapsed);
             }
             if let (Some(span), Some(tracer)) = (span, shared.tracer.as_ref()) {
                 span.end(tracer, log.span_name(), log.status, sent);
